@@ -1,0 +1,29 @@
+# Quick start: `make demo` and `make test`. Both create .venv if needed (idempotent).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-slow clean
+
+venv: $(STAMP)
+
+# torch/torchvision come from pip's local wheel cache when one is configured (plain pip, not uv).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tdc-agent plan --config examples/digits.yaml
+	$(VENV)/bin/tdc-agent train-base --config examples/digits.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,184 @@
+"""The one way to save and load models and training state: JSON for structure, safetensors for tensors.
+
+Nothing here unpickles. A model directory holds
+
+- ``config.json``: the diffusers ``UNet2DModel`` config (so ``UNet2DModel.from_pretrained`` reads it),
+- ``model.safetensors``: the weights,
+- ``tdc_model.json``: our metadata (format version, noise schedule, image shape, extra records).
+
+All writes are atomic: a file is written to a temporary name, fsynced and renamed; a directory is
+written next to its final place and swapped in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError
+from .models import build_unet
+
+FORMAT_VERSION = 1
+MODEL_META = "tdc_model.json"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Read a JSON file; a missing or corrupt file is a :class:`CheckpointError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} is missing.")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(
+            f"{what} {path} is corrupt ({e}). Delete it (and its directory) to start that step anew."
+        ) from None
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomically save a flat dict of tensors as safetensors (contiguous CPU copies)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} file {path} is missing.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{what} file {path} is corrupt or not safetensors ({e}). Delete it to redo that step, "
+            "or restore it from a backup."
+        ) from None
+
+
+def save_model(directory: str | Path, model: torch.nn.Module, meta: dict[str, Any] | None = None) -> Path:
+    """Save a UNet as config.json + model.safetensors + tdc_model.json, atomically as a directory."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    config["_class_name"] = type(model).__name__
+    atomic_write_json(tmp / "config.json", _jsonable(config))
+    save_tensors(tmp / "model.safetensors", model.state_dict())
+    atomic_write_json(tmp / MODEL_META, {"format_version": FORMAT_VERSION, **(meta or {})})
+    replace_dir(tmp, directory)
+    return directory
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Swap ``src`` in as ``dst``. A crash leaves either the old ``dst``, or ``dst.old`` to recover."""
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_dir(directory: str | Path) -> Path:
+    """The directory, or its ``.old`` twin if a crash happened between the two renames."""
+    directory = Path(directory)
+    old = directory.with_name(directory.name + ".old")
+    if not directory.exists() and old.exists():
+        return old
+    return directory
+
+
+def load_model_meta(directory: str | Path) -> dict[str, Any]:
+    directory = resolve_dir(directory)
+    meta = read_json(directory / MODEL_META, "model metadata")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory / MODEL_META} has format_version {meta.get('format_version')!r}; this "
+            f"tdc-agent reads version {FORMAT_VERSION}. Re-export the model with this version."
+        )
+    return meta
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Load a model directory written by :func:`save_model`; returns (model, metadata)."""
+    directory = resolve_dir(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"Model directory {directory} does not exist.")
+    meta = load_model_meta(directory)
+    config = read_json(directory / "config.json", "model config")
+    model = build_unet(config)
+    state = load_tensors(directory / "model.safetensors", "model weights")
+    load_state_strict(model, state, directory / "model.safetensors")
+    return model.to(device), meta
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Load weights, turning any key or shape mismatch into a clear :class:`CheckpointError`."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        detail = []
+        if missing:
+            detail.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            detail.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+        if shapes:
+            k = shapes[0]
+            detail.append(f"shape of {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        raise CheckpointError(
+            f"Weights in {source} do not match the model architecture ({'; '.join(detail)}). The file "
+            "comes from another architecture or config: use the matching config, or a new run directory."
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj

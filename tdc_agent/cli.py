@@ -1,0 +1,195 @@
+"""The ``tdc-agent`` command: ``tdc-agent <verb> --config x.yaml key=value ...``.
+
+Every verb validates its inputs (config, device, data, model files) before it writes anything, and
+turns user errors into one paragraph and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from .config import Config, load_config
+from .errors import TDCError
+from .progress import console
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="TDC Training for diffusion models: timestep groups, a base denoiser, and agent-pruned "
+    "group models.",
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: examples/digits.yaml).")
+OverridesArg = typer.Argument(None, help="Config overrides, e.g. plan.groups=4 stage1.steps=500.")
+DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (overrides run.device).")
+RunDirOpt = typer.Option(None, "--run-dir", help="Run directory (default: run.output_dir/run.name).")
+
+
+def _config(config: Optional[Path], overrides: Optional[List[str]], device: Optional[str] = None) -> Config:
+    extra = list(overrides or [])
+    if device is not None:
+        extra.append(f"run.device={device}")
+    return load_config(config, extra)
+
+
+@app.command()
+def plan(
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+    timesteps: Optional[int] = typer.Option(None, "--timesteps", "-T", help="Number of diffusion timesteps."),
+    groups: Optional[int] = typer.Option(None, "--groups", "-N", help="Number of timestep groups."),
+    k: Optional[float] = typer.Option(None, "--k", help="Smallest budget as a fraction of F, in (0, 1]."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="linear or cosine."),
+    shape: Optional[str] = typer.Option(None, "--shape", help="paper, constant, increasing or decreasing."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Saved model dir: show limits in MACs."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset: show limits in MACs."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where plan.json/plan.png go (default: run dir)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON to stdout."),
+) -> None:
+    """Group the timesteps by SNR and give every group a MACs budget (paper Eq. 2-5)."""
+    from .planning import build_plan, plan_table, write_plan
+    from .runs import RunDir
+
+    extra = list(overrides or [])
+    for key, val in (("schedule.timesteps", timesteps), ("plan.groups", groups), ("plan.k", k),
+                     ("schedule.name", schedule), ("plan.shape", shape)):
+        if val is not None:
+            extra.append(f"{key}={val}")
+    cfg = load_config(config, extra)
+    p = build_plan(cfg)
+    base_macs = _base_macs(cfg, model, preset)
+    out_dir = out or RunDir.for_config(cfg).path
+    paths = write_plan(p, out_dir, base_macs)
+    if as_json:
+        d = p.to_dict()
+        d["base_macs"] = base_macs
+        typer.echo(json.dumps(d, indent=2))
+        return
+    console.print(plan_table(p, base_macs))
+    for w in p.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    console.print(f"plan written to {paths[0]} and {paths[1]}")
+
+
+def _base_macs(cfg: Config, model: Optional[Path], preset: Optional[str]) -> Optional[int]:
+    from .pruning.macs import thop_macs
+
+    if model is not None:
+        from .checkpoint import load_model
+
+        return thop_macs(load_model(model)[0])
+    if preset is not None:
+        from .models import build_unet, unet_config
+
+        return thop_macs(build_unet(unet_config(preset, cfg.data.image_size, cfg.data.channels)))
+    return None
+
+
+@app.command("train-base")
+def train_base(
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+    device: Optional[str] = DeviceOpt,
+    run_dir: Optional[Path] = RunDirOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Stage 1: train the base denoiser on all timesteps, then draw a sample grid."""
+    from .data import load_dataset
+    from .devices import dist_env, resolve_device
+    from .runs import RunDir
+    from .sampling import generate, write_samples
+    from .stage1 import train_base as _train
+
+    cfg = _config(config, overrides, device)
+    dev = resolve_device(cfg.run.device)
+    data = load_dataset(cfg.data)  # fails on missing data before anything is written
+    run = RunDir.for_config(cfg, run_dir)
+    env = dist_env()
+    if env.is_main:
+        run.prepare(cfg)
+        run.log(f"train-base start device={dev} world_size={env.world_size}")
+    t0 = time.time()
+    result = _train(cfg, run, dev, data, progress=not quiet)
+    if not env.is_main:
+        return
+    run.log(f"train-base done steps={result.steps} seconds={result.seconds:.1f}")
+    from .checkpoint import load_model
+    from .models import denoise
+
+    model, meta = load_model(result.model_dir, dev)
+    images = generate(lambda x, t: denoise(model, x, t), data.shape, cfg.schedule, cfg.sample,
+                      cfg.run.seed, dev, progress=not quiet)
+    grid, _ = write_samples(images, run.stage1, "samples")
+    table = Table(title="stage 1")
+    for col in ("steps", "resumed from", "final loss", "train time", "s/step", "model", "samples"):
+        table.add_column(col)
+    trained = result.steps - result.resumed_from
+    table.add_row(
+        str(result.steps), str(result.resumed_from),
+        f"{result.final_loss:.4f}" if result.final_loss is not None else "-",
+        f"{result.seconds:.1f}s", f"{result.seconds / trained:.3f}" if trained and result.seconds else "-",
+        str(result.model_dir), str(grid),
+    )
+    console.print(table)
+    if result.ddp_param_max_diff is not None:
+        console.print(f"DDP parameter sync check: max |θ_r - θ_0| = {result.ddp_param_max_diff:g}")
+    console.print(f"total {time.time() - t0:.1f}s")
+
+
+@app.command()
+def sample(
+    model: Path = typer.Option(..., "--model", "-m", help="A saved model directory (e.g. RUN/stage1/model)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: MODEL/../samples)."),
+    num: int = typer.Option(64, "--num", "-n", min=1, help="Number of samples."),
+    sampler: str = typer.Option("ddim", "--sampler", help="ddim or ddpm."),
+    steps: int = typer.Option(100, "--steps", min=1, help="Sampling steps (the paper uses 100 DDIM)."),
+    eta: float = typer.Option(0.0, "--eta", min=0.0, help="DDIM η (0 = deterministic)."),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(500, "--batch-size", min=1),
+    device: Optional[str] = DeviceOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Sample a saved model with DDIM or DDPM; writes a PNG grid and an .npz of samples."""
+    from .config import SampleConfig
+    from .devices import resolve_device
+    from .errors import ConfigError
+    from .sampling import sample_model_dir
+
+    if sampler not in ("ddim", "ddpm"):
+        raise ConfigError(f"--sampler must be ddim or ddpm, got {sampler!r}.")
+    dev = resolve_device(device or "auto")
+    cfg = SampleConfig(sampler=sampler, steps=steps, num=num, eta=eta, batch_size=batch_size)
+    out = out or Path(model).parent / "samples"
+    res = sample_model_dir(model, cfg, out, seed, dev, progress=not quiet)
+    console.print(f"{num} samples in {res.seconds:.1f}s ({res.seconds / num * 1000:.1f} ms/image): "
+                  f"{res.grid_path}, {res.npz_path}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning :class:`TDCError` into a message and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except TDCError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(e.exit_code)
+    except (typer.Exit, typer.Abort) as e:
+        sys.exit(getattr(e, "exit_code", 1))
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Run configuration: YAML files validated by pydantic, with ``key.sub=value`` overrides.
+
+``examples/digits.yaml`` is the embedded default. Every section has defaults, so a config file only
+needs what differs. Invalid values become a :class:`~tdc_agent.errors.ConfigError` that names the
+field and says how to fix it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "digits.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"
+
+
+class DataConfig(_Section):
+    name: Literal["digits", "cifar10", "imagefolder", "npz"] = "digits"
+    root: Optional[str] = None
+    download: bool = False
+    image_size: Optional[int] = Field(default=None, ge=4)
+    channels: Optional[int] = Field(default=None, ge=1, le=4)
+    split: Literal["train", "test", "all"] = "all"
+
+
+class ModelConfig(_Section):
+    preset: Optional[Literal["tiny", "ddpm-cifar10", "iddpm-cifar10"]] = "tiny"
+    path: Optional[str] = None  # diffusers folder or hub id; overrides preset
+
+
+class ScheduleConfig(_Section):
+    name: Literal["linear", "cosine"] = "linear"
+    timesteps: int = Field(default=1000, ge=2)
+    beta_start: float = Field(default=1e-4, gt=0, lt=1)
+    beta_end: float = Field(default=0.02, gt=0, lt=1)
+
+
+class PlanConfig(_Section):
+    groups: int = Field(default=10, ge=1)
+    k: float = Field(default=0.5, gt=0, le=1)
+    shape: Literal["paper", "constant", "increasing", "decreasing"] = "paper"
+    direction: Literal["noisy-hard", "clean-hard"] = "noisy-hard"
+    budget_rule: Literal["upper", "mean"] = "upper"
+    snr_clip: Optional[tuple[float, float]] = None
+
+
+class TrainConfig(_Section):
+    steps: int = Field(default=2000, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup: int = Field(default=100, ge=0)
+    grad_clip: Optional[float] = Field(default=1.0, gt=0)
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    ckpt_every: int = Field(default=500, ge=1)
+    log_every: int = Field(default=25, ge=1)
+    amp: bool = True
+
+
+class SampleConfig(_Section):
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    steps: int = Field(default=100, ge=1)
+    num: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=500, ge=1)
+    eta: float = Field(default=0.0, ge=0)
+
+
+class Config(_Section):
+    """The whole run configuration."""
+
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    plan: PlanConfig = PlanConfig()
+    stage1: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        if self.plan.groups > self.schedule.timesteps:
+            raise ValueError(
+                f"plan.groups={self.plan.groups} exceeds schedule.timesteps="
+                f"{self.schedule.timesteps}; use at most one group per timestep"
+            )
+        if self.schedule.beta_end <= self.schedule.beta_start:
+            raise ValueError("schedule.beta_end must be larger than schedule.beta_start")
+        if self.model.preset is None and self.model.path is None:
+            raise ValueError("set model.preset (tiny, ddpm-cifar10, iddpm-cifar10) or model.path")
+        return self
+
+
+def _parse_value(text: str) -> Any:
+    # YAML parsing gives numbers, booleans, null and lists for free: key=0.3, key=[a,b], key=null.
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides to a nested dict (in place) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"override {item!r} is not of the form key.sub=value (e.g. plan.groups=4)."
+            )
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {item!r} has an empty key.")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section.")
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling against examples/digits.yaml)"
+        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden"
+                     else f"  {loc}: {msg}")
+    return (
+        f"Invalid configuration in {source}:\n" + "\n".join(lines)
+        + "\nFix the value in the YAML file or override it, e.g. `plan.groups=4`."
+    )
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (default: ``examples/digits.yaml``), apply overrides, validate."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist. Pass --config with an existing YAML "
+                          "file, e.g. examples/digits.yaml.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {path} is not valid YAML: {e}. Fix the syntax.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must contain a mapping of sections (run, data, ...).")
+    apply_overrides(data, overrides or [])
+    return config_from_dict(data, str(path))
+
+
+def config_from_dict(data: dict, source: str = "config") -> Config:
+    """Validate a plain dict into a :class:`Config`."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The config as YAML (what a run directory stores as ``config.yaml``)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

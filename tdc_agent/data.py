@@ -1,0 +1,175 @@
+"""Datasets, held in memory as one image tensor in [-1, 1], shape (N, C, H, W).
+
+- ``digits``: scikit-learn's bundled 8x8 handwritten digits (1797 images). Ships with
+  scikit-learn, so it is the offline default.
+- ``cifar10``: CIFAR-10, read from the official *binary* distribution
+  (``cifar-10-batches-bin/*.bin``: one label byte + 3072 pixel bytes per record), which needs no
+  unpickling. ``data.download=true`` fetches it with torchvision's downloader.
+- ``imagefolder``: every image under a folder (recursively), centre-cropped and resized.
+- ``npz``: an array of images in an ``.npz`` file (key ``images`` or the only key), NHWC or NCHW,
+  uint8 in [0, 255] or float in [0, 1] / [-1, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import DataConfig
+from .errors import DataError
+
+CIFAR10_BINARY_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_BINARY_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class ImageDataset:
+    """Images in [-1, 1] as a float tensor; ``name`` says where they came from."""
+
+    images: torch.Tensor
+    name: str
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+
+def load_dataset(cfg: DataConfig) -> ImageDataset:
+    """Load the dataset a config names, checking paths first so errors come before any compute."""
+    loaders = {"digits": _digits, "cifar10": _cifar10, "imagefolder": _imagefolder, "npz": _npz}
+    ds = loaders[cfg.name](cfg)
+    if cfg.channels is not None and ds.images.shape[1] != cfg.channels:
+        ds.images = _convert_channels(ds.images, cfg.channels)
+    if cfg.image_size is not None and ds.images.shape[-1] != cfg.image_size:
+        ds.images = torch.nn.functional.interpolate(
+            ds.images, size=(cfg.image_size, cfg.image_size), mode="bilinear", antialias=True,
+            align_corners=False,
+        ).clamp(-1, 1)
+    return ds
+
+
+def _convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    if x.shape[1] == 3 and channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (x * w).sum(1, keepdim=True)
+    if x.shape[1] == 1:
+        return x.repeat(1, channels, 1, 1)
+    raise DataError(f"Cannot convert images with {x.shape[1]} channels to {channels}; "
+                    "set data.channels to match the dataset.")
+
+
+def _digits(cfg: DataConfig) -> ImageDataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0 * 2 - 1
+    if cfg.split != "all":
+        # A fixed split so the train/test classifier and FD reference are reproducible.
+        g = torch.Generator().manual_seed(0)
+        perm = torch.randperm(len(images), generator=g)
+        n_test = len(images) // 6
+        idx = perm[n_test:] if cfg.split == "train" else perm[:n_test]
+        images = images[idx]
+    return ImageDataset(images, f"digits[{cfg.split}]")
+
+
+def _cifar10(cfg: DataConfig) -> ImageDataset:
+    root = Path(cfg.root or "data/cifar10")
+    folder = root / "cifar-10-batches-bin"
+    if not folder.is_dir():
+        if not cfg.download:
+            raise DataError(
+                f"CIFAR-10 not found: {folder} does not exist. Set data.download=true to fetch it "
+                f"(binary version, ~162 MB) or set data.root to a folder holding "
+                "cifar-10-batches-bin/."
+            )
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(CIFAR10_BINARY_URL, str(root), md5=CIFAR10_BINARY_MD5)
+    names = {
+        "train": [f"data_batch_{i}.bin" for i in range(1, 6)],
+        "test": ["test_batch.bin"],
+    }
+    wanted = names["train"] + names["test"] if cfg.split == "all" else names[cfg.split]
+    files = [folder / n for n in wanted if (folder / n).is_file()]
+    if not files:
+        raise DataError(f"No CIFAR-10 batch files ({', '.join(wanted)}) in {folder}.")
+    chunks = []
+    for f in files:
+        raw = np.frombuffer(f.read_bytes(), dtype=np.uint8)
+        if raw.size % 3073:
+            raise DataError(f"{f} is truncated or not a CIFAR-10 binary batch (size {raw.size} is "
+                            "not a multiple of 3073 bytes). Delete it and download again.")
+        chunks.append(raw.reshape(-1, 3073)[:, 1:].reshape(-1, 3, 32, 32))
+    images = torch.from_numpy(np.concatenate(chunks)).float() / 127.5 - 1
+    return ImageDataset(images, f"cifar10[{cfg.split}]")
+
+
+def _imagefolder(cfg: DataConfig) -> ImageDataset:
+    from PIL import Image
+
+    if cfg.root is None or not Path(cfg.root).is_dir():
+        raise DataError(f"data.root={cfg.root!r} is not a folder. For data.name=imagefolder set "
+                        "data.root to a folder of images.")
+    paths = sorted(p for p in Path(cfg.root).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise DataError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {cfg.root}.")
+    size = cfg.image_size or 64
+    mode = "L" if cfg.channels == 1 else "RGB"
+    arrays = []
+    for p in paths:
+        try:
+            img = Image.open(p).convert(mode)
+        except OSError as e:
+            raise DataError(f"Cannot read image {p}: {e}. Remove or replace the file.") from None
+        w, h = img.size
+        s = min(w, h)
+        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        img = img.resize((size, size), Image.BICUBIC)
+        a = np.asarray(img, dtype=np.uint8)
+        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    images = torch.from_numpy(np.stack(arrays)).float() / 127.5 - 1
+    return ImageDataset(images, f"imagefolder[{cfg.root}]")
+
+
+def _npz(cfg: DataConfig) -> ImageDataset:
+    if cfg.root is None or not Path(cfg.root).is_file():
+        raise DataError(f"data.root={cfg.root!r} is not a file. For data.name=npz set data.root to "
+                        "an .npz file holding an 'images' array.")
+    try:
+        with np.load(cfg.root, allow_pickle=False) as z:
+            key = "images" if "images" in z.files else (z.files[0] if len(z.files) == 1 else None)
+            if key is None:
+                raise DataError(f"{cfg.root} holds arrays {z.files}; name the images array 'images'.")
+            arr = z[key]
+    except (OSError, ValueError) as e:
+        raise DataError(f"Cannot read {cfg.root} as .npz ({e}).") from None
+    return ImageDataset(images_from_array(arr, str(cfg.root)), f"npz[{cfg.root}]")
+
+
+def images_from_array(arr: np.ndarray, source: str = "array") -> torch.Tensor:
+    """Convert an image array (NHWC or NCHW; uint8, or float in [0,1] or [-1,1]) to NCHW in [-1,1]."""
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4:
+        raise DataError(f"{source}: images must be a 4-d array (N,H,W,C or N,C,H,W), got {arr.shape}.")
+    if arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
+        arr = arr.transpose(0, 3, 1, 2)
+    x = torch.from_numpy(np.ascontiguousarray(arr))
+    if x.dtype == torch.uint8:
+        return x.float() / 127.5 - 1
+    x = x.float()
+    return x * 2 - 1 if x.min() >= 0 else x.clamp(-1, 1)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW tensor to uint8 NHWC array (what ``.npz`` sample files hold)."""
+    x = ((images.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()

@@ -1,0 +1,93 @@
+"""Forward process, the ε-prediction loss, and DDIM/DDPM sampling through diffusers' schedulers.
+
+The β schedule comes from :mod:`tdc_agent.schedule` and is handed to diffusers as
+``trained_betas``, so training, grouping and sampling use exactly the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from . import schedule as sched
+from .config import ScheduleConfig
+
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def betas_for(cfg: ScheduleConfig) -> np.ndarray:
+    return sched.betas(cfg.name, cfg.timesteps, cfg.beta_start, cfg.beta_end)
+
+
+class ForwardProcess:
+    """q(x_t | x_0) for one schedule (Eq. 1), with ᾱ_t kept on the training device."""
+
+    def __init__(self, cfg: ScheduleConfig, device: str | torch.device = "cpu"):
+        self.cfg = cfg
+        self.timesteps = cfg.timesteps
+        ac = sched.alphas_cumprod(betas_for(cfg))
+        self.alphas_cumprod = torch.tensor(ac, dtype=torch.float32, device=device)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = self.alphas_cumprod[t].view(-1, *([1] * (x0.ndim - 1)))
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def loss(self, denoise_fn: DenoiseFn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+             reduction: str = "mean") -> torch.Tensor:
+        """ε-prediction MSE (the standard DDPM objective)."""
+        eps = denoise_fn(self.add_noise(x0, noise, t), t)
+        err = (eps.float() - noise.float()) ** 2
+        if reduction == "none":
+            return err.flatten(1).mean(1)
+        return err.mean()
+
+
+def make_scheduler(cfg: ScheduleConfig, sampler: str = "ddim") -> DDIMScheduler | DDPMScheduler:
+    """A diffusers scheduler using our β schedule, ε-prediction and x0 clipping to [-1, 1]."""
+    common = dict(
+        num_train_timesteps=cfg.timesteps,
+        trained_betas=betas_for(cfg).tolist(),
+        prediction_type="epsilon",
+        clip_sample=True,
+    )
+    if sampler == "ddim":
+        return DDIMScheduler(**common, set_alpha_to_one=True)
+    if sampler == "ddpm":
+        return DDPMScheduler(**common, variance_type="fixed_small")
+    raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ddpm'")
+
+
+@torch.no_grad()
+def sample(
+    denoise_fn: DenoiseFn,
+    shape: tuple[int, ...],
+    cfg: ScheduleConfig,
+    sampler: str = "ddim",
+    steps: int = 100,
+    seed: int = 0,
+    eta: float = 0.0,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Draw samples in [-1, 1]. All randomness comes from one CPU generator seeded with ``seed``,
+    so the same seed gives the same samples on any device (up to kernel numerics)."""
+    scheduler = make_scheduler(cfg, sampler)
+    scheduler.set_timesteps(min(steps, cfg.timesteps))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen).to(device)
+    for i, t in enumerate(scheduler.timesteps):
+        tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        eps = denoise_fn(x, tt).float()
+        if sampler == "ddim":
+            noise = torch.randn(shape, generator=gen).to(device) if eta > 0 else None
+            x = scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
+        else:
+            # diffusers draws DDPM's noise from the generator we pass (on CPU, then moved).
+            x = scheduler.step(eps, t, x, generator=gen).prev_sample
+        if progress is not None:
+            progress(i + 1)
+    return x.clamp(-1, 1)
+

@@ -1,0 +1,88 @@
+"""``tdc-agent plan``: the grouping from a config, as a table, ``plan.json`` and ``plan.png``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from .checkpoint import atomic_write_json, read_json
+from .config import Config
+from .errors import CheckpointError, ConfigError
+from .schedule import Plan, make_plan
+
+
+def build_plan(cfg: Config) -> Plan:
+    """The plan a config describes (schedule + plan sections)."""
+    try:
+        return make_plan(
+            schedule=cfg.schedule.name, timesteps=cfg.schedule.timesteps, n_groups=cfg.plan.groups,
+            k=cfg.plan.k, shape=cfg.plan.shape, direction=cfg.plan.direction,
+            budget_rule=cfg.plan.budget_rule, snr_clip=cfg.plan.snr_clip,
+            beta_start=cfg.schedule.beta_start, beta_end=cfg.schedule.beta_end,
+        )
+    except ValueError as e:
+        raise ConfigError(f"Cannot build the plan: {e}.") from None
+
+
+def write_plan(plan: Plan, out_dir: str | Path, base_macs: int | None = None) -> tuple[Path, Path]:
+    """Write ``plan.json`` and ``plan.png`` into ``out_dir``."""
+    from .plots import plot_plan
+
+    out_dir = Path(out_dir)
+    d = plan.to_dict()
+    d["base_macs"] = base_macs
+    atomic_write_json(out_dir / "plan.json", d)
+    png = plot_plan(plan, out_dir / "plan.png")
+    return out_dir / "plan.json", png
+
+
+def load_plan(path: str | Path, cfg: Config) -> Plan:
+    """Read ``plan.json`` back; it must agree with what the config would plan now."""
+    d = read_json(path, "plan")
+    fresh = build_plan(cfg)
+    try:
+        stored = Plan.from_dict(d, fresh.snr, fresh.budget)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"plan {path} is malformed ({e}). Delete it to re-plan.") from None
+    if [g.to_dict() for g in stored.groups] != [g.to_dict() for g in fresh.groups]:
+        raise CheckpointError(f"plan {path} does not match the config's schedule/plan sections. "
+                              "Delete it to re-plan, or restore the original config.")
+    return stored
+
+
+def _fmt_macs(x: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if x >= div:
+            return f"{x / div:.3g} {unit}"
+    return f"{x:.0f}"
+
+
+def plan_table(plan: Plan, base_macs: int | None = None) -> Table:
+    """A rich table: one row per group plus expected mean MACs per step."""
+    t = Table(title=f"TDC plan: {plan.schedule} schedule, T={plan.timesteps}, "
+                    f"N={len(plan.groups)}, k={plan.k}, shape={plan.shape}, rule={plan.budget_rule}")
+    for col in ("group", "t range", "#t", "SNR range (dB)", "limit / F"):
+        t.add_column(col, justify="right")
+    if base_macs:
+        t.add_column("limit (MACs)", justify="right")
+    for g in plan.groups:
+        row = [str(g.index), f"{g.t_start}-{g.t_end}", str(g.num_timesteps),
+               f"{g.snr_min:.1f} .. {g.snr_max:.1f}", f"{g.limit_fraction:.3f}"]
+        if base_macs:
+            row.append(_fmt_macs(g.limit_fraction * base_macs))
+        t.add_row(*row)
+    d = plan.to_dict()["mean_budget"]
+
+    def both(x: float) -> str:
+        return f"{x:.4f}" + (f" ({_fmt_macs(x * base_macs)})" if base_macs else "")
+
+    t.caption = (
+        f"mean MACs/step as a fraction of F — planned per-timestep budget: uniform t {both(d['uniform_timestep'])}, "
+        f"DDIM-100 {both(d['ddim100_timestep'])}; models at group limits: uniform t "
+        f"{both(d['uniform_group_limit'])}, DDIM-100 {both(d['ddim100_group_limit'])}"
+    )
+    return t
+
+
+__all__ = ["build_plan", "write_plan", "load_plan", "plan_table"]

@@ -1,0 +1,1 @@
+"""Structured pruning of diffusers UNets and the one MACs counter."""

@@ -1,0 +1,74 @@
+"""Run directories: one per run, holding config, logs, plan, checkpoints, samples and reports.
+
+Rerunning a command on the same run directory resumes it. To keep that honest, the settings that
+decide what was computed (data, model, schedule, plan, training) must match the stored config;
+settings that only affect presentation (sample count, device) may change.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+import yaml
+
+from .checkpoint import atomic_write_text
+from .config import Config, dump_config
+from .errors import ConfigError
+
+RESULT_SECTIONS = ("data", "model", "schedule", "plan", "stage1")
+
+
+class RunDir:
+    """A run directory and the well-known paths inside it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def for_config(cls, cfg: Config, override: str | Path | None = None) -> "RunDir":
+        return cls(override if override is not None else Path(cfg.run.output_dir) / cfg.run.name)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def stage1(self) -> Path:
+        return self.path / "stage1"
+
+    @property
+    def base_model(self) -> Path:
+        return self.stage1 / "model"
+
+    def prepare(self, cfg: Config, sections: tuple[str, ...] = RESULT_SECTIONS) -> None:
+        """Create the directory and store the config, or check it against the stored one."""
+        if self.config_path.is_file():
+            try:
+                old = yaml.safe_load(self.config_path.read_text()) or {}
+            except yaml.YAMLError:
+                old = None
+            new = cfg.model_dump(mode="json")
+            if old is not None:
+                changed = [
+                    f"{s}.{k}" for s in sections for k in set(old.get(s, {})) | set(new.get(s, {}))
+                    if old.get(s, {}).get(k) != new.get(s, {}).get(k)
+                ]
+                if old.get("run", {}).get("seed") != new["run"]["seed"]:
+                    changed.append("run.seed")
+                if changed:
+                    raise ConfigError(
+                        f"Run directory {self.path} was started with a different config ({', '.join(sorted(changed))} "
+                        "differ). Rerun with the same config to resume, or choose a new run directory "
+                        "(run.name=... or --run-dir)."
+                    )
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_path, dump_config(cfg))
+
+    def log(self, message: str) -> None:
+        """Append a timestamped line to ``logs/run.log``."""
+        logs = self.path / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now().isoformat(timespec="seconds")
+        with open(logs / "run.log", "a") as f:
+            f.write(f"{stamp} {message}\n")
