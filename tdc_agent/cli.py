@@ -118,6 +118,10 @@ def train_base(
         run.log(f"train-base start device={dev} world_size={env.world_size}")
     t0 = time.time()
     result = _train(cfg, run, dev, data, progress=not quiet)
+    if env.distributed:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     if not env.is_main:
         return
     run.log(f"train-base done steps={result.steps} seconds={result.seconds:.1f}")
@@ -128,16 +132,21 @@ def train_base(
     images = generate(lambda x, t: denoise(model, x, t), data.shape, cfg.schedule, cfg.sample,
                       cfg.run.seed, dev, progress=not quiet)
     grid, _ = write_samples(images, run.stage1, "samples")
-    table = Table(title="stage 1")
-    for col in ("steps", "resumed from", "final loss", "train time", "s/step", "model", "samples"):
-        table.add_column(col)
     trained = result.steps - result.resumed_from
-    table.add_row(
-        str(result.steps), str(result.resumed_from),
-        f"{result.final_loss:.4f}" if result.final_loss is not None else "-",
-        f"{result.seconds:.1f}s", f"{result.seconds / trained:.3f}" if trained and result.seconds else "-",
-        str(result.model_dir), str(grid),
-    )
+    rows = {
+        "steps": str(result.steps),
+        "resumed from step": str(result.resumed_from),
+        "final loss": f"{result.final_loss:.4f}" if result.final_loss is not None else "-",
+        "train time": f"{result.seconds:.1f} s",
+        "time per step": f"{result.seconds / trained:.3f} s" if trained and result.seconds else "-",
+        "model": str(result.model_dir),
+        "sample grid": str(grid),
+    }
+    table = Table(title="stage 1", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows.items():
+        table.add_row(k, v)
     console.print(table)
     if result.ddp_param_max_diff is not None:
         console.print(f"DDP parameter sync check: max |θ_r - θ_0| = {result.ddp_param_max_diff:g}")
@@ -173,22 +182,29 @@ def sample(
                   f"{res.grid_path}, {res.npz_path}")
 
 
-def main() -> None:
-    """Entry point: run the app, turning :class:`TDCError` into a message and exit code 2."""
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return the exit code (user errors: 2, with a one-paragraph message)."""
+    import click
+
     try:
-        app(standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
+        return result if isinstance(result, int) else 0
     except TDCError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(e.exit_code)
-    except (typer.Exit, typer.Abort) as e:
-        sys.exit(getattr(e, "exit_code", 1))
-    except Exception as e:  # click usage errors
-        import click
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        console.print("aborted")
+        return 1
+    except click.exceptions.ClickException as e:
+        e.show()
+        return e.exit_code
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def load_pretrained_unet(path_or_id: str) -> UNet2DModel:
     Only safetensors weights are accepted: ``use_safetensors=True`` makes diffusers refuse pickles.
     """
     p = Path(path_or_id)
-    kwargs: dict[str, Any] = {"use_safetensors": True}
+    kwargs: dict[str, Any] = {"use_safetensors": True, "low_cpu_mem_usage": False}
     if p.exists():
         if (p / "unet" / "config.json").is_file():
             kwargs["subfolder"] = "unet"

@@ -165,12 +165,13 @@ def train(
                 _save_checkpoint(out_dir / CHECKPOINT, model, ema, opt, done, env.is_main)
 
     sync_diff = _param_sync_diff(model) if env.distributed else None
+    # The final checkpoint goes first: a kill between the two writes then resumes at the last step
+    # and only re-exports the model.
+    _save_checkpoint(out_dir / CHECKPOINT, model, ema, opt, cfg.steps, env.is_main)
     if env.is_main:
-        ema_model = ema.copy_into(model)
-        save_model(final_dir, ema_model, meta)
-        _save_checkpoint(out_dir / CHECKPOINT, model, ema, opt, cfg.steps, True)
         if sync_diff is not None:
             _append_metrics(metrics_path, {"step": cfg.steps, "ddp_param_max_diff": sync_diff})
+        save_model(final_dir, ema.copy_into(model), meta)
     barrier()
     return TrainResult(cfg.steps, last_loss, final_dir, metrics_path, time.time() - t0, start, sync_diff)
 

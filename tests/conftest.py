@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny configs in temporary run directories, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_config_dict(tmp_path: Path, **sections: dict) -> dict:
+    """A config that trains in seconds: the tiny UNet on digits, a few steps, few samples."""
+    cfg = {
+        "run": {"name": "t", "output_dir": str(tmp_path / "runs"), "seed": 0, "device": "cpu"},
+        "data": {"name": "digits"},
+        "model": {"preset": "tiny"},
+        "schedule": {"name": "linear", "timesteps": 100},
+        "plan": {"groups": 3, "k": 0.5},
+        "stage1": {"steps": 12, "batch_size": 16, "lr": 1e-3, "warmup": 2, "ckpt_every": 4,
+                   "log_every": 1, "ema_decay": 0.9},
+        "sample": {"steps": 5, "num": 8},
+    }
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path: Path):
+    """Write a tiny config YAML and return its path; keyword args update sections."""
+
+    def _make(name: str = "cfg.yaml", **sections: dict) -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(tiny_config_dict(tmp_path, **sections)))
+        return path
+
+    return _make
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``tdc-agent`` in-process; returns (exit code, stdout, stderr)."""
+    from tdc_agent.cli import run
+
+    def _run(*args: str) -> tuple[int, str, str]:
+        code = run([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return _run
+
+
+def python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+PYTHON = sys.executable

@@ -1,0 +1,66 @@
+import json
+
+import pytest
+import torch
+
+from tdc_agent.checkpoint import load_model, load_tensors, read_json, save_model, save_tensors
+from tdc_agent.errors import CheckpointError
+from tdc_agent.models import build_unet, denoise, unet_config
+
+
+def _model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return build_unet(unet_config("tiny", **kw)).eval()
+
+
+def test_save_load_exact(tmp_path):
+    m = _model()
+    save_model(tmp_path / "m", m, {"schedule": {"name": "linear"}})
+    back, meta = load_model(tmp_path / "m")
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 500])
+    assert torch.equal(denoise(m, x, t), denoise(back.eval(), x, t))
+    assert meta["schedule"]["name"] == "linear"
+    assert not (tmp_path / "m.tmp").exists()
+
+
+def test_truncated_weights_fail_clearly(tmp_path):
+    save_model(tmp_path / "m", _model())
+    f = tmp_path / "m" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(tmp_path / "m")
+
+
+def test_corrupt_json_and_missing_files(tmp_path):
+    save_model(tmp_path / "m", _model())
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.*corrupt"):
+        load_model(tmp_path / "m")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nothing")
+    with pytest.raises(CheckpointError, match="missing"):
+        read_json(tmp_path / "x.json")
+
+
+def test_weights_from_other_architecture(tmp_path):
+    save_model(tmp_path / "a", _model())
+    save_model(tmp_path / "b", _model(channels=3))
+    (tmp_path / "a" / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_model(tmp_path / "a")
+
+
+def test_format_version_checked(tmp_path):
+    save_model(tmp_path / "m", _model())
+    meta = tmp_path / "m" / "tdc_model.json"
+    meta.write_text(json.dumps({"format_version": 99}))
+    with pytest.raises(CheckpointError, match="format_version"):
+        load_model(tmp_path / "m")
+
+
+def test_tensors_roundtrip_and_garbage(tmp_path):
+    save_tensors(tmp_path / "t.safetensors", {"a": torch.arange(4.0)})
+    assert torch.equal(load_tensors(tmp_path / "t.safetensors")["a"], torch.arange(4.0))
+    (tmp_path / "g.safetensors").write_bytes(b"\x80\x04garbage-pickle-like")
+    with pytest.raises(CheckpointError):
+        load_tensors(tmp_path / "g.safetensors")

@@ -1,0 +1,80 @@
+"""The CLI: plan output, and bad input → one clear paragraph, exit code 2, nothing written."""
+
+import json
+
+import pytest
+import torch
+
+from tdc_agent.models import build_unet, unet_config
+from tdc_agent.checkpoint import save_model
+
+
+def test_plan_json_and_files(cli, make_config, tmp_path):
+    code, out, _ = cli("plan", "--config", make_config(), "--groups", "4", "--timesteps", "200", "--json",
+                       "--out", tmp_path / "p")
+    assert code == 0
+    d = json.loads(out)
+    assert d["n_groups"] == 4 and d["timesteps"] == 200
+    assert d["groups"][-1]["limit_fraction"] == pytest.approx(1.0)
+    assert (tmp_path / "p" / "plan.json").is_file() and (tmp_path / "p" / "plan.png").stat().st_size > 1000
+
+
+def test_plan_table_with_preset_shows_macs(cli, make_config, tmp_path):
+    code, _, err = cli("plan", "--config", make_config(), "--preset", "tiny", "--shape", "constant",
+                       "--out", tmp_path / "p")
+    assert code == 0
+    assert "limit (MACs)" in err and "constant" in err
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["plan.k=1.5"], "plan.k"),
+        (["plan.groups=0"], "plan.groups"),
+        (["schedule.name=sigmoid"], "schedule.name"),
+        (["data.name=mnist"], "data.name"),
+        (["model.preset=huge"], "model.preset"),
+        (["data.name=imagefolder", "data.root=/no/such/dir"], "data.root"),
+        (["data.name=cifar10", "data.root=/no/such/dir"], "data.download=true"),
+    ],
+)
+def test_train_base_bad_input_exit_2_nothing_written(cli, make_config, tmp_path, args, needle):
+    code, _, err = cli("train-base", "--config", make_config(), "--run-dir", tmp_path / "run", "-q", *args)
+    assert code == 2
+    assert needle in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda(cli, make_config, tmp_path):
+    code, _, err = cli("train-base", "--config", make_config(), "--device", "cuda", "--run-dir", tmp_path / "r")
+    assert code == 2 and "no usable CUDA" in err and not (tmp_path / "r").exists()
+
+
+def test_resume_with_other_architecture_is_refused(cli, make_config, tmp_path):
+    cfg = make_config(stage1={"steps": 2})
+    assert cli("train-base", "--config", cfg, "--run-dir", tmp_path / "r", "-q")[0] == 0
+    code, _, err = cli("train-base", "--config", cfg, "--run-dir", tmp_path / "r", "-q", "model.preset=ddpm-cifar10")
+    assert code == 2 and "different config" in err and "model.preset" in err
+    # a checkpoint from another architecture, even with a matching config file, is caught too
+    (tmp_path / "r" / "stage1" / "model").rename(tmp_path / "r" / "stage1" / "model_gone")
+    torch.manual_seed(0)
+    other = build_unet(unet_config("tiny", channels=3))
+    save_model(tmp_path / "other", other)
+    ckpt = tmp_path / "r" / "stage1" / "checkpoint"
+    (ckpt / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    code, _, err = cli("train-base", "--config", cfg, "--run-dir", tmp_path / "r", "-q")
+    assert code == 2 and "do not match" in err
+
+
+def test_sample_missing_model(cli, tmp_path):
+    code, _, err = cli("sample", "--model", tmp_path / "nope")
+    assert code == 2 and "does not exist" in err
+
+
+def test_help_lists_verbs(cli):
+    code, out, _ = cli("--help")
+    assert code == 0
+    for verb in ("plan", "train-base", "sample"):
+        assert verb in out

@@ -1,0 +1,107 @@
+"""The training loop: exact resume after SIGKILL, DDP under torchrun, NaN guard."""
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PYTHON, python_env
+from tdc_agent.checkpoint import load_tensors
+from tdc_agent.config import load_config
+from tdc_agent.errors import TDCError
+from tdc_agent.runs import RunDir
+from tdc_agent.stage1 import train_base
+
+
+def _losses(run: Path) -> dict[int, float]:
+    out = {}
+    for line in (run / "stage1" / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            assert rec["step"] not in out, "a step was logged twice"
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+def _cli(args, **kw):
+    return subprocess.Popen([PYTHON, "-m", "tdc_agent.cli", *map(str, args)], env=python_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def test_kill_and_resume_reproduces_uninterrupted_run(make_config, tmp_path):
+    stage1 = {"steps": 60, "batch_size": 32, "ckpt_every": 10, "log_every": 1}
+    cfg = make_config(stage1=stage1)
+    a, b = tmp_path / "a", tmp_path / "b"
+    p = _cli(["train-base", "--config", cfg, "--run-dir", a, "-q"])
+    assert p.wait(300) == 0, p.stdout.read().decode()
+
+    p = _cli(["train-base", "--config", cfg, "--run-dir", b, "-q"])
+    state = b / "stage1" / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait(30)
+    assert p.returncode == -signal.SIGKILL
+    assert not (b / "stage1" / "model" / "model.safetensors").exists(), "run finished before the kill"
+    killed_at = json.loads(state.read_text())["step"]
+    assert 0 < killed_at < 60
+
+    p = _cli(["train-base", "--config", cfg, "--run-dir", b, "-q"])
+    assert p.wait(300) == 0, p.stdout.read().decode()
+    la, lb = _losses(a), _losses(b)
+    assert sorted(la) == list(range(1, 61))
+    assert la == lb, "the resumed loss curve differs from the uninterrupted one"
+    wa = load_tensors(a / "stage1" / "model" / "model.safetensors")
+    wb = load_tensors(b / "stage1" / "model" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    log = (b / "logs" / "run.log").read_text()
+    assert log.count("train-base start") == 2
+
+
+def test_finished_training_is_not_redone(make_config, tmp_path):
+    cfg = load_config(make_config(stage1={"steps": 4}))
+    run = RunDir(tmp_path / "r")
+    run.prepare(cfg)
+    first = train_base(cfg, run, torch.device("cpu"), progress=False)
+    stamp = (run.base_model / "model.safetensors").stat().st_mtime_ns
+    again = train_base(cfg, run, torch.device("cpu"), progress=False)
+    assert again.resumed_from == first.steps
+    assert (run.base_model / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(make_config, tmp_path):
+    arr = np.zeros((8, 1, 8, 8), np.float32)
+    arr[3, 0, 0, 0] = np.inf
+    np.savez(tmp_path / "bad.npz", images=arr)
+    cfg = load_config(make_config(data={"name": "npz", "root": str(tmp_path / "bad.npz")},
+                                  stage1={"steps": 50, "batch_size": 2, "ckpt_every": 1}))
+    run = RunDir(tmp_path / "r")
+    with pytest.raises(TDCError, match="loss became"):
+        train_base(cfg, run, torch.device("cpu"), progress=False)
+    assert not run.base_model.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_keep_identical_parameters(make_config, tmp_path):
+    cfg = make_config(stage1={"steps": 8, "batch_size": 16})
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "tdc_agent.cli", "train-base", "--config", str(cfg),
+           "--run-dir", str(tmp_path / "ddp"), "-q"]
+    p = subprocess.run(cmd, env=python_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    recs = [json.loads(x) for x in (tmp_path / "ddp" / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    sync = [r["ddp_param_max_diff"] for r in recs if "ddp_param_max_diff" in r]
+    assert sync == [0.0]
+    assert (tmp_path / "ddp" / "stage1" / "model" / "model.safetensors").is_file()
