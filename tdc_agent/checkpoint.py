@@ -149,6 +149,10 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     meta = load_model_meta(directory)
     config = read_json(directory / "config.json", "model config")
     model = build_unet(config)
+    if (directory / "pruning.json").is_file():
+        from .pruning.serialize import restore_structure
+
+        restore_structure(model, directory)
     state = load_tensors(directory / "model.safetensors", "model weights")
     load_state_strict(model, state, directory / "model.safetensors")
     return model.to(device), meta

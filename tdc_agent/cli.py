@@ -182,6 +182,141 @@ def sample(
                   f"{res.grid_path}, {res.npz_path}")
 
 
+def _load_base(model: Optional[Path], preset: Optional[str], cfg: Config, device: "object" = "cpu"):
+    """The model to prune or inspect: a saved model directory, or a preset sized by the config."""
+    import torch
+
+    from .errors import ConfigError
+    from .models import build_unet, unet_config
+
+    if (model is None) == (preset is None):
+        raise ConfigError("Give exactly one of --preset P or --model DIR (--base DIR for prune).")
+    if model is not None:
+        from .checkpoint import load_model
+
+        return load_model(model, device)
+    torch.manual_seed(cfg.run.seed)
+    size = cfg.data.image_size if cfg.data.image_size else None
+    channels = cfg.data.channels if cfg.data.channels else None
+    if preset != "tiny" and cfg.data.name == "digits" and size is None:
+        size, channels = None, None  # CIFAR presets default to 32x32x3
+    return build_unet(unet_config(preset, size, channels)).to(device), {"schedule": cfg.schedule.model_dump()}
+
+
+@app.command()
+def inspect(
+    preset: Optional[str] = typer.Option(None, "--preset", help="tiny, ddpm-cifar10 or iddpm-cifar10."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A saved model directory."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+    as_json: bool = typer.Option(False, "--json", help="Compact JSON (what the agent sees)."),
+) -> None:
+    """List the prunable units: coupled channel groups, their quanta, MACs share and params."""
+    from .pruning.macs import count
+    from .pruning.units import analyse
+
+    cfg = _config(config, overrides)
+    base, _ = _load_base(model, preset, cfg)
+    graph = analyse(base)
+    c = count(base)
+    if as_json:
+        typer.echo(json.dumps({
+            "macs_thop": c.thop, "macs_op_level": c.op_level, "params": c.params,
+            "units": [u.compact() for u in graph.units],
+        }, separators=(",", ":")))
+        return
+    t = Table(title=f"prunable units ({len(graph.units)}); base {c.thop / 1e6:,.1f} M MACs (thop), "
+                    f"{c.op_level / 1e6:,.1f} M (op level), {c.params / 1e6:.2f} M params")
+    t.add_column("unit", no_wrap=True)
+    t.add_column("role", no_wrap=True)
+    for col in ("channels", "quantum", "keep levels", "MACs share", "params", "layers"):
+        t.add_column(col, justify="right")
+    for u in sorted(graph.units, key=lambda u: -u.macs_share):
+        t.add_row(u.name, u.role, str(u.channels), str(u.quantum), f"k/{u.steps}", f"{u.macs_share:.1%}",
+                  f"{u.params:,}", str(u.members))
+    console.print(t)
+
+
+@app.command()
+def prune(
+    method: str = typer.Option("magnitude", "--method", help="random, magnitude, l1, taylor, diff-pruning, group-taylor."),
+    macs_fraction: Optional[float] = typer.Option(None, "--macs-fraction", help="MACs limit as a fraction of the base."),
+    group: Optional[int] = typer.Option(None, "--group", help="Use this plan group's limit (and timesteps)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="Saved base model directory (e.g. RUN/stage1/model)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Prune an untrained preset instead."),
+    scheme_file: Optional[Path] = typer.Option(None, "--scheme", help="JSON scheme {unit: keep level} to fit and build."),
+    out: Path = typer.Option(..., "--out", help="Output directory (pruned model and prune.json)."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+    device: Optional[str] = DeviceOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Prune a base model to a MACs budget with a classical criterion and save it (pickle-free)."""
+    from .checkpoint import atomic_write_json
+    from .data import load_dataset
+    from .devices import resolve_device
+    from .diffusion import ForwardProcess
+    from .errors import ConfigError
+    from .planning import build_plan
+    from .pruning.importance import CRITERIA, GRADIENT_CRITERIA
+    from .pruning.pruner import Pruner
+    from .pruning.scheme import PruningScheme
+    from .pruning.serialize import save_pruned
+    from .sampling import schedule_of
+
+    cfg = _config(config, overrides, device)
+    if method not in CRITERIA:
+        raise ConfigError(f"--method {method!r} is unknown; use one of {', '.join(CRITERIA)}.")
+    if (macs_fraction is None) == (group is None):
+        raise ConfigError("Give exactly one of --macs-fraction f or --group i.")
+    if macs_fraction is not None and not 0 < macs_fraction <= 1:
+        raise ConfigError(f"--macs-fraction must be in (0, 1], got {macs_fraction}.")
+    dev = resolve_device(cfg.run.device)
+    model, meta = _load_base(base, preset, cfg, dev)
+    schedule = schedule_of(meta, str(base)) if base is not None else cfg.schedule
+    cfg = cfg.model_copy(update={"schedule": schedule})
+    timesteps = None
+    if group is not None:
+        plan = build_plan(cfg)
+        if not 0 <= group < len(plan.groups):
+            raise ConfigError(f"--group {group} does not exist: the plan has groups 0..{len(plan.groups) - 1}.")
+        fraction = plan.groups[group].limit_fraction
+        timesteps = plan.groups[group].timesteps
+    else:
+        fraction = macs_fraction
+    scheme = PruningScheme(source=method)
+    if scheme_file is not None:
+        from .checkpoint import read_json
+
+        raw = read_json(scheme_file, "scheme")
+        scheme = PruningScheme.model_validate({"levels": raw.get("levels", raw), "source": "file"})
+    data = load_dataset(cfg.data) if method in GRADIENT_CRITERIA else None
+    process = ForwardProcess(schedule, dev) if method in GRADIENT_CRITERIA else None
+    pruner = Pruner(model, data, process, cfg.run.seed)
+    result = pruner.prune(scheme, pruner.limit(fraction), method, timesteps)
+    meta = {**meta, "schedule": schedule.model_dump(mode="json")}
+    meta.pop("pruning", None)
+    save_pruned(out / "model", result, meta)
+    summary = {"method": method, "group": group, **result.summary()}
+    atomic_write_json(out / "prune.json", summary)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    t = Table(title=f"pruned with {method}", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("MACs limit", f"{result.limit_macs / 1e6:,.2f} M ({fraction:.3f} of base)")
+    t.add_row("MACs (thop)", f"{result.macs.thop / 1e6:,.2f} M ({result.fraction:.3f} of base, "
+                             f"{summary['fill']:.1%} of limit)")
+    t.add_row("MACs (op level)", f"{result.macs.op_level / 1e6:,.2f} M (base {result.base_macs.op_level / 1e6:,.2f} M)")
+    t.add_row("params", f"{result.macs.params:,} (base {result.base_macs.params:,})")
+    t.add_row("build+fit+count", f"{result.seconds:.2f} s")
+    t.add_row("saved", str(out / "model"))
+    console.print(t)
+    for n in result.notes:
+        console.print(f"[yellow]note:[/] {n}")
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code (user errors: 2, with a one-paragraph message)."""
     import click

@@ -1,0 +1,212 @@
+"""Turn a scheme into a working pruned UNet that meets a MACs limit.
+
+1. ``fit_levels``: the least pruning that keeps the scheme's shape and meets the limit. The scheme's
+   pruning amounts (1 - level) are scaled by one factor, found by bisection, floored to each unit's
+   quantum; then units are stepped back up one quantum at a time while the limit holds, so the
+   achieved MACs land close under it. Predictions come from the layer geometry
+   (:meth:`UnitGraph.predict_macs`).
+2. ``build_pruned``: torch-pruning removes the chosen channels group by group, then the diffusers
+   fix-ups (Down/Upsample ``channels``, attention ``inner_dim``) and a forward check.
+3. ``prune_to_budget``: both, then *measure* MACs with thop; if the measurement exceeds the limit,
+   one more quantum is removed and the model rebuilt. Achieved MACs are always measured, never
+   taken from the prediction.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.models.attention_processor import Attention
+from diffusers.models.downsampling import Downsample2D
+from diffusers.models.upsampling import Upsample2D
+
+from .importance import select_pruned
+from .macs import MacsCount, count
+from .scheme import PruningScheme, SchemeError
+from .units import UnitGraph, build_graph, example_inputs
+
+FIXUP_VERSION = 1
+
+
+def fix_up(model: torch.nn.Module) -> None:
+    """Update diffusers attributes that torch-pruning does not know about.
+
+    ``Attention.scale`` is deliberately left at its trained value: the pruned model then computes the
+    same attention logits from the channels it kept, which is closer to the base model than
+    rescaling by the new head size.
+    """
+    for m in model.modules():
+        if isinstance(m, (Downsample2D, Upsample2D)) and getattr(m, "conv", None) is not None:
+            conv = m.conv
+            m.channels = conv.in_channels
+            m.out_channels = conv.out_channels
+        elif isinstance(m, Attention):
+            m.inner_dim = m.to_q.out_features
+            if hasattr(m, "inner_kv_dim"):
+                m.inner_kv_dim = m.to_k.out_features
+            m.query_dim = m.to_q.in_features
+            m.out_dim = m.to_out[0].out_features
+
+
+def build_pruned(
+    base: torch.nn.Module,
+    graph: UnitGraph,
+    levels: dict[str, float],
+    scores: dict[str, torch.Tensor],
+) -> tuple[torch.nn.Module, list[list[Any]]]:
+    """A pruned copy of ``base`` keeping ``levels`` of each unit; returns (model, pruning history)."""
+    model = copy.deepcopy(base)
+    dg = build_graph(model)
+    modules = dict(model.named_modules())
+    for unit in graph.units:
+        level = levels.get(unit.name, 1.0)
+        keep_steps = round(level * unit.steps)
+        idxs = select_pruned(scores[unit.name], unit.steps, keep_steps)
+        if not idxs:
+            continue
+        root = modules[unit.name]
+        group = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs)
+        group.prune()
+    fix_up(model)
+    history = [[name, bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in dg.pruning_history()]
+    _forward_check(model)
+    return model, history
+
+
+def _forward_check(model: torch.nn.Module) -> None:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        x, t = example_inputs(model)
+        out = model(x, t).sample
+    model.train(was_training)
+    if out.shape != x.shape or not torch.isfinite(out).all():
+        raise RuntimeError(f"pruned model failed its forward check: output {tuple(out.shape)} for input "
+                           f"{tuple(x.shape)}")  # a bug in the engine, not a user error
+
+
+def fit_levels(graph: UnitGraph, levels: dict[str, float], limit_macs: float) -> dict[str, float]:
+    """The least pruning with the scheme's shape whose predicted MACs are within ``limit_macs``."""
+    amount = {u.name: 1.0 - levels.get(u.name, 1.0) for u in graph.units}
+    if max(amount.values(), default=0.0) <= 1e-9:
+        amount = {n: 1.0 for n in amount}  # no shape given: prune all units alike
+
+    def at(s: float) -> dict[str, float]:
+        return {u.name: u.floor(1.0 - s * amount[u.name]) for u in graph.units}
+
+    if graph.predict_macs(at(0.0)) <= limit_macs:
+        return at(0.0)
+    hi = 1.0 / min(a for a in amount.values() if a > 0)
+    if graph.predict_macs(at(hi)) > limit_macs:
+        smallest = graph.predict_macs({u.name: 1 / u.steps for u in graph.units})
+        raise SchemeError(
+            f"MACs limit {limit_macs:,.0f} is below what this scheme's shape can reach "
+            f"({graph.predict_macs(at(hi)):,.0f}; the smallest model of this architecture has "
+            f"{smallest:,.0f}). Raise the limit (plan.k or --macs-fraction) or prune more units."
+        )
+    lo = 0.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if graph.predict_macs(at(mid)) <= limit_macs:
+            hi = mid
+        else:
+            lo = mid
+    best = at(hi)
+    # Give back whole quanta while the limit holds, the units furthest below their target first.
+    target = {u.name: max(1.0 - hi * amount[u.name], 0.0) for u in graph.units}
+    units = {u.name: u for u in graph.units}
+    while True:
+        options = []
+        for name, level in best.items():
+            u = units[name]
+            if level >= 1.0:
+                continue
+            trial = dict(best)
+            trial[name] = min(1.0, level + 1 / u.steps)
+            if graph.predict_macs(trial) <= limit_macs:
+                options.append((target[name] - level, -u.macs_share, name, trial))
+        if not options:
+            return best
+        best = max(options)[3]
+
+
+@dataclass
+class PruneResult:
+    """A built, measured pruned model and how it was obtained."""
+
+    model: torch.nn.Module
+    scheme: PruningScheme  # the fitted scheme actually built
+    requested: PruningScheme  # what was asked for (after snapping)
+    notes: list[str]
+    limit_macs: float | None
+    macs: MacsCount
+    base_macs: MacsCount
+    history: list[list[Any]]
+    kept_channels: dict[str, int]
+    seconds: float
+    predicted_macs: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        return self.macs.thop / self.base_macs.thop
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "limit_macs": self.limit_macs,
+            "macs_thop": self.macs.thop,
+            "macs_op_level": self.macs.op_level,
+            "params": self.macs.params,
+            "base_macs_thop": self.base_macs.thop,
+            "base_macs_op_level": self.base_macs.op_level,
+            "base_params": self.base_macs.params,
+            "macs_fraction": self.fraction,
+            "limit_fraction": (self.limit_macs / self.base_macs.thop) if self.limit_macs else None,
+            "fill": (self.macs.thop / self.limit_macs) if self.limit_macs else None,
+            "levels": self.scheme.levels,
+            "kept_channels": self.kept_channels,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def prune_to_budget(
+    base: torch.nn.Module,
+    graph: UnitGraph,
+    scheme: PruningScheme,
+    scores: dict[str, torch.Tensor],
+    limit_macs: float | None,
+    base_count: MacsCount | None = None,
+) -> PruneResult:
+    """Validate, fit, build, measure. ``limit_macs=None`` builds the scheme as given."""
+    t0 = time.time()
+    requested, notes = scheme.validated(graph)
+    levels = requested.full(graph)
+    if limit_macs is not None:
+        levels = fit_levels(graph, levels, limit_macs)
+    base_count = base_count or count(base)
+    for _attempt in range(8):
+        model, history = build_pruned(base, graph, levels, scores)
+        measured = count(model)
+        if limit_macs is None or measured.thop <= limit_macs:
+            break
+        # The prediction was optimistic: remove one more quantum from the biggest unit that can shrink.
+        shrinkable = [u for u in graph.units if levels[u.name] > 1 / u.steps + 1e-9]
+        if not shrinkable:
+            raise SchemeError(f"cannot reach the MACs limit {limit_macs:,.0f}: every unit is at its minimum.")
+        u = max(shrinkable, key=lambda u: u.macs_share)
+        levels[u.name] = u.floor(levels[u.name] - 1 / u.steps)
+        notes.append(f"measured {measured.thop:,} > limit; removed one more quantum from {u.name}")
+    else:
+        raise SchemeError(f"could not meet the MACs limit {limit_macs:,.0f} after 8 rebuilds.")
+    fitted = PruningScheme(levels={k: v for k, v in levels.items() if v < 1.0}, source=scheme.source,
+                           rationale=scheme.rationale)
+    return PruneResult(
+        model=model, scheme=fitted, requested=requested, notes=notes, limit_macs=limit_macs,
+        macs=measured, base_macs=base_count, history=history, kept_channels=fitted.kept_channels(graph),
+        seconds=time.time() - t0, predicted_macs=graph.predict_macs(levels),
+    )

@@ -1,0 +1,145 @@
+"""Which channels go: per-channel importance of every unit, from torch-pruning's criteria.
+
+- ``random``: torch-pruning's RandomImportance (seeded).
+- ``magnitude`` (L2) and ``l1``: GroupMagnitudeImportance, p = 2 / 1.
+- ``taylor``: GroupTaylorImportance with gradients of the ε-loss at uniformly drawn timesteps.
+- ``diff-pruning``: Taylor with gradients accumulated from t = 0 upward until
+  L_t < thr · max L (Fang et al. 2023, thr = 0.05).
+- ``group-taylor``: Taylor with gradients accumulated over one group's own timesteps (for TDC).
+
+Scores are computed once on the dense model; a unit's channel indices do not change when other
+units are pruned, so the same scores serve every scheme built from that model.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch_pruning as tp
+
+from ..data import ImageDataset
+from ..diffusion import ForwardProcess
+from ..errors import ConfigError
+from ..models import denoise
+from .units import UnitGraph, build_graph
+
+CRITERIA = ("random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor")
+GRADIENT_CRITERIA = ("taylor", "diff-pruning", "group-taylor")
+
+
+def _importance(criterion: str) -> tp.importance.Importance:
+    if criterion == "random":
+        return tp.importance.RandomImportance()
+    if criterion == "magnitude":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if criterion == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if criterion in GRADIENT_CRITERIA:
+        return tp.importance.GroupTaylorImportance()
+    raise ConfigError(f"Unknown importance criterion {criterion!r}; use one of {', '.join(CRITERIA)}.")
+
+
+def accumulate_gradients(
+    model: torch.nn.Module,
+    criterion: str,
+    data: ImageDataset,
+    process: ForwardProcess,
+    timesteps: Sequence[int] | None = None,
+    batch_size: int = 32,
+    n_timesteps: int = 20,
+    threshold: float = 0.05,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Fill ``.grad`` of every parameter for a Taylor-type criterion; returns what was done."""
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    model.zero_grad(set_to_none=False)
+    model.eval()  # no dropout: the same model gives the same scores
+
+    def loss_at(t: torch.Tensor) -> torch.Tensor:
+        idx = torch.randint(len(data), (len(t),), generator=g)
+        noise = torch.randn(data.images[idx].shape, generator=g)
+        return process.loss(lambda x, tt: denoise(model, x, tt), data.images[idx].to(device),
+                            t.to(device), noise.to(device))
+
+    T = process.timesteps
+    if criterion == "taylor":
+        used = torch.randint(T, (n_timesteps * batch_size,), generator=g).view(n_timesteps, batch_size)
+        for t in used:
+            (loss_at(t) / n_timesteps).backward()
+        info = {"batches": float(n_timesteps)}
+    elif criterion == "diff-pruning":
+        grid = np.unique(np.linspace(0, T - 1, max(2, n_timesteps * 5)).round().astype(int))
+        max_loss, used_n = 0.0, 0
+        for t in grid:
+            loss = loss_at(torch.full((batch_size,), int(t)))
+            max_loss = max(max_loss, float(loss.detach()))
+            if used_n and float(loss.detach()) < threshold * max_loss:
+                break
+            loss.backward()
+            used_n += 1
+        info = {"batches": float(used_n), "t_stop": float(t)}
+    else:  # group-taylor
+        if not timesteps:
+            raise ConfigError("group-taylor needs the group's timesteps (use --group with a plan).")
+        ts = np.asarray(list(timesteps))
+        pick = ts[np.unique(np.linspace(0, len(ts) - 1, min(len(ts), n_timesteps)).round().astype(int))]
+        for t in pick:
+            (loss_at(torch.full((batch_size,), int(t))) / len(pick)).backward()
+        info = {"batches": float(len(pick))}
+    for p in model.parameters():  # Taylor reads .grad; a parameter without one would crash it
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    return info
+
+
+def channel_scores(
+    model: torch.nn.Module,
+    graph: UnitGraph,
+    criterion: str,
+    data: ImageDataset | None = None,
+    process: ForwardProcess | None = None,
+    timesteps: Sequence[int] | None = None,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Importance of every channel of every unit (higher = keep), computed on a copy of ``model``."""
+    imp = _importance(criterion)
+    work = copy.deepcopy(model)
+    if criterion in GRADIENT_CRITERIA:
+        if data is None or process is None:
+            raise ConfigError(f"criterion {criterion!r} needs data and a noise schedule "
+                              "(pass --base with a trained model and --config).")
+        accumulate_gradients(work, criterion, data, process, timesteps, seed=seed)
+    torch.manual_seed(seed)  # RandomImportance draws from the global generator
+    dg = build_graph(work)
+    modules = dict(work.named_modules())
+    scores: dict[str, torch.Tensor] = {}
+    for unit in graph.units:
+        root = modules[unit.name]
+        pruner = dg.get_pruner_of_module(root)
+        group = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(unit.channels)))
+        s = imp(group)
+        if s is None or len(s) != unit.channels:
+            s = torch.zeros(unit.channels)
+        scores[unit.name] = s.detach().float().cpu()
+    return scores
+
+
+def select_pruned(scores: torch.Tensor, steps: int, keep_steps: int) -> list[int]:
+    """Channel indices to remove: the same number from each of the unit's equal contiguous blocks
+    (its GroupNorm groups / heads), the least important first within each block."""
+    channels = len(scores)
+    quantum = channels // steps
+    remove_per_block = steps - keep_steps
+    if remove_per_block <= 0:
+        return []
+    out: list[int] = []
+    for b in range(quantum):
+        block = scores[b * steps:(b + 1) * steps]
+        # stable tie-break by index, so equal scores prune the same channels every time
+        order = sorted(range(steps), key=lambda i: (float(block[i]), i))
+        out.extend(b * steps + i for i in order[:remove_per_block])
+    return sorted(out)

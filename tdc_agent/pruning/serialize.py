@@ -1,0 +1,59 @@
+"""Pickle-free save/load of pruned models.
+
+A pruned model directory is an ordinary model directory (see :mod:`tdc_agent.checkpoint`) whose
+``config.json`` is the *dense base* architecture, plus ``pruning.json``: torch-pruning's pruning
+history (root module, out/in, channel indices) and the fix-up version. Loading rebuilds the dense
+base, replays the history with ``DependencyGraph.load_pruning_history``, applies the same fix-ups,
+and loads the safetensors weights strictly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import atomic_write_json, read_json, save_model
+from ..errors import CheckpointError
+from .apply import FIXUP_VERSION, PruneResult, fix_up
+from .units import build_graph
+
+PRUNING_FILE = "pruning.json"
+
+
+def save_pruned(directory: str | Path, result: PruneResult, meta: dict[str, Any] | None = None) -> Path:
+    """Save a :class:`PruneResult`'s model with its pruning record."""
+    record = {
+        "fixup_version": FIXUP_VERSION,
+        "history": result.history,
+        "levels": result.scheme.levels,
+        "kept_channels": result.kept_channels,
+    }
+    meta = dict(meta or {})
+    meta["pruning"] = {k: v for k, v in result.summary().items() if k not in ("kept_channels",)}
+    directory = save_model(directory, result.model, meta)
+    atomic_write_json(directory / PRUNING_FILE, record)
+    return directory
+
+
+def restore_structure(model: torch.nn.Module, directory: Path) -> None:
+    """Replay a saved pruning record on a freshly built dense model (in place)."""
+    record = read_json(directory / PRUNING_FILE, "pruning record")
+    if record.get("fixup_version") != FIXUP_VERSION:
+        raise CheckpointError(
+            f"{directory / PRUNING_FILE} was written with fix-up version {record.get('fixup_version')}; "
+            f"this tdc-agent applies version {FIXUP_VERSION}. Re-export the model with this version."
+        )
+    history = record.get("history")
+    if not isinstance(history, list):
+        raise CheckpointError(f"{directory / PRUNING_FILE} has no valid 'history' list.")
+    dg = build_graph(model)
+    try:
+        dg.load_pruning_history([[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in history])
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"The pruning record in {directory / PRUNING_FILE} does not apply to the base architecture in "
+            f"config.json ({type(e).__name__}: {e}). The files do not belong together."
+        ) from None
+    fix_up(model)
