@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow clean
+.PHONY: venv demo test test-slow bench-pruning clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+bench-pruning: $(STAMP)
+	$(PY) tools/bench_pruning.py --preset ddpm-cifar10 --repeats 3
 
 clean:
 	rm -rf runs .pytest_cache

@@ -80,6 +80,32 @@ class SampleConfig(_Section):
     eta: float = Field(default=0.0, ge=0)
 
 
+class AgentConfig(_Section):
+    """The pruning agent: which LLM, how many rounds and candidates, caps, memory, prompts."""
+
+    llm: str = "builtin"
+    base_url: Optional[str] = None
+    api_key_env: Optional[str] = None  # env var holding the key (default: the provider's usual one)
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    rounds: int = Field(default=5, ge=1)
+    candidates: int = Field(default=3, ge=1)
+    criterion: str = "magnitude"  # which channels go inside a unit when a scheme is built
+    prompt_dir: Optional[str] = None
+    memory_dir: Optional[str] = None
+    memory_url: Optional[str] = None
+    max_llm_calls_per_round: int = Field(default=12, ge=1)
+    max_tool_calls_per_round: int = Field(default=30, ge=1)
+    max_llm_calls_per_group: int = Field(default=100, ge=1)
+    max_tokens_per_group: Optional[int] = Field(default=None, ge=1)
+    max_round_retries: int = Field(default=2, ge=0)
+    max_retries: int = Field(default=3, ge=0)  # HTTP retries with backoff (429, 5xx, timeouts)
+    timeout_s: float = Field(default=60.0, gt=0)
+    eval_timesteps: int = Field(default=8, ge=1)
+    eval_batch_size: int = Field(default=128, ge=1)
+    recovery_steps: int = Field(default=0, ge=0)
+    prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # model -> $/1M tokens (in, out)
+
+
 class Config(_Section):
     """The whole run configuration."""
 
@@ -90,6 +116,7 @@ class Config(_Section):
     plan: PlanConfig = PlanConfig()
     stage1: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    agent: AgentConfig = AgentConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":

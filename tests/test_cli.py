@@ -78,3 +78,49 @@ def test_help_lists_verbs(cli):
     assert code == 0
     for verb in ("plan", "train-base", "sample"):
         assert verb in out
+
+
+def test_inspect_json_is_compact(cli):
+    code, out, _ = cli("inspect", "--preset", "ddpm-cifar10", "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert len(out) < 8000 and len(d["units"]) > 10
+    assert {"name", "role", "channels", "quantum", "macs_share", "params"} <= set(d["units"][0])
+
+
+def test_prune_cli_macs_fraction_and_group(cli, make_config, tmp_path):
+    cfg = make_config()
+    code, out, _ = cli("prune", "--preset", "tiny", "--macs-fraction", "0.6", "--out", tmp_path / "a", "--json",
+                       "--config", cfg)
+    assert code == 0
+    d = json.loads(out)
+    assert d["macs_thop"] <= d["limit_macs"] and d["fill"] >= 0.95
+    assert (tmp_path / "a" / "model" / "pruning.json").is_file()
+    code, out, _ = cli("prune", "--preset", "tiny", "--method", "group-taylor", "--group", "0", "--out",
+                       tmp_path / "b", "--json", "--config", cfg)
+    assert code == 0
+    d = json.loads(out)
+    assert d["group"] == 0 and d["limit_fraction"] < 1.0
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--method", "magic", "--macs-fraction", "0.5"], "--method"),
+        (["--macs-fraction", "1.5"], "--macs-fraction"),
+        (["--macs-fraction", "0.01"], "below what"),
+        (["--group", "7"], "does not exist"),
+        ([], "exactly one of --macs-fraction"),
+    ],
+)
+def test_prune_cli_bad_input(cli, make_config, tmp_path, args, needle):
+    code, _, err = cli("prune", "--preset", "tiny", "--out", tmp_path / "o", "--config", make_config(), *args)
+    assert code == 2 and needle in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_prune_cli_scheme_file_with_unknown_unit(cli, make_config, tmp_path):
+    (tmp_path / "s.json").write_text(json.dumps({"levels": {"conv_inn": 0.5}}))
+    code, _, err = cli("prune", "--preset", "tiny", "--macs-fraction", "0.7", "--scheme", tmp_path / "s.json",
+                       "--out", tmp_path / "o", "--config", make_config())
+    assert code == 2 and "did you mean conv_in" in err.replace("\n", " ")

@@ -72,6 +72,8 @@ def build_pruned(
         group = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs)
         group.prune()
     fix_up(model)
+    for t in list(model.parameters()) + list(model.buffers()):
+        t.data = t.data.contiguous()  # sliced weights keep odd strides; a reloaded model has none
     history = [[name, bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in dg.pruning_history()]
     _forward_check(model)
     return model, history
@@ -89,12 +91,30 @@ def _forward_check(model: torch.nn.Module) -> None:
                            f"{tuple(x.shape)}")  # a bug in the engine, not a user error
 
 
-def fit_levels(graph: UnitGraph, levels: dict[str, float], limit_macs: float) -> dict[str, float]:
-    """The least pruning with the scheme's shape whose predicted MACs are within ``limit_macs``."""
+def fit_levels(graph: UnitGraph, levels: dict[str, float], limit_macs: float,
+               notes: list[str] | None = None) -> dict[str, float]:
+    """The least pruning with the scheme's shape whose predicted MACs are within ``limit_macs``.
+
+    If the units the scheme prunes cannot reach the limit even at their minimum, the other units
+    are pruned too (all alike, as little as needed) and a note says so.
+    """
     amount = {u.name: 1.0 - levels.get(u.name, 1.0) for u in graph.units}
     if max(amount.values(), default=0.0) <= 1e-9:
         amount = {n: 1.0 for n in amount}  # no shape given: prune all units alike
+    try:
+        return _fit(graph, amount, limit_macs)
+    except SchemeError:
+        if min(amount.values()) > 0:
+            raise
+    floor_amount = min(a for a in amount.values() if a > 0)
+    widened = {n: a if a > 0 else floor_amount for n, a in amount.items()}
+    if notes is not None:
+        notes.append("the units this scheme prunes cannot reach the MACs limit on their own; the "
+                     "other units were pruned too")
+    return _fit(graph, widened, limit_macs)
 
+
+def _fit(graph: UnitGraph, amount: dict[str, float], limit_macs: float) -> dict[str, float]:
     def at(s: float) -> dict[str, float]:
         return {u.name: u.floor(1.0 - s * amount[u.name]) for u in graph.units}
 
@@ -187,7 +207,7 @@ def prune_to_budget(
     requested, notes = scheme.validated(graph)
     levels = requested.full(graph)
     if limit_macs is not None:
-        levels = fit_levels(graph, levels, limit_macs)
+        levels = fit_levels(graph, levels, limit_macs, notes)
     base_count = base_count or count(base)
     for _attempt in range(8):
         model, history = build_pruned(base, graph, levels, scores)

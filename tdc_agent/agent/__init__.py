@@ -1,0 +1,1 @@
+"""The pruning agent: LangChain tools, pluggable chat models, prompt templates, Chroma memory."""

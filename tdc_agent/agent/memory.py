@@ -1,0 +1,156 @@
+"""The memory bank (paper Eq. 12): every evaluated scheme and its result, in Chroma on disk.
+
+One collection per architecture (named by its hash), so vectors always have the same units in the
+same order. The embedding is the scheme's keep-level vector, computed by our own embedding
+function from the stored document (the scheme's levels as JSON): nothing is downloaded, and
+"similar scheme" means "similar keep levels". Chroma's telemetry is off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+import numpy as np
+from chromadb import Documents, EmbeddingFunction, Embeddings
+from pydantic import BaseModel, Field
+
+from ..errors import TDCError
+
+
+class MemoryBankError(TDCError):
+    """The memory bank cannot be opened or is corrupt."""
+
+
+def architecture_hash(unit_names: list[str], base_config: dict[str, Any]) -> str:
+    """A short stable id of an architecture: its diffusers config and its unit list."""
+    blob = json.dumps({"config": base_config, "units": unit_names}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class KeepLevelEmbedding(EmbeddingFunction):
+    """Maps a scheme document (levels JSON) to its keep-level vector in a fixed unit order."""
+
+    def __init__(self, unit_names: list[str]):
+        self.unit_names = list(unit_names)
+
+    def __call__(self, input: Documents) -> Embeddings:
+        out = []
+        for doc in input:
+            levels = json.loads(doc)
+            out.append(np.asarray([float(levels.get(n, 1.0)) for n in self.unit_names], dtype=np.float32))
+        return out
+
+    @staticmethod
+    def name() -> str:
+        return "tdc-keep-levels"
+
+    def get_config(self) -> dict[str, Any]:
+        return {"unit_names": self.unit_names}
+
+    @staticmethod
+    def build_from_config(config: dict[str, Any]) -> "KeepLevelEmbedding":
+        return KeepLevelEmbedding(config["unit_names"])
+
+
+class MemoryRecord(BaseModel):
+    """One evaluated scheme and how it did."""
+
+    id: str
+    run_id: str
+    group: int
+    t_start: int
+    t_end: int
+    limit_macs: float
+    macs: float = 0.0
+    params: int = 0
+    loss: Optional[float] = None
+    round: int = 0
+    candidate: int = 0
+    llm: str = ""
+    arch_hash: str = ""
+    status: str = "ok"  # ok | failed
+    error: str = ""
+    levels: dict[str, float] = Field(default_factory=dict)
+    rationale: str = ""
+
+    def metadata(self) -> dict[str, Any]:
+        d = self.model_dump(exclude={"id", "levels"})
+        d["loss"] = -1.0 if self.loss is None else float(self.loss)  # Chroma metadata cannot hold None
+        return d
+
+    @classmethod
+    def from_chroma(cls, id_: str, doc: str, meta: dict[str, Any]) -> "MemoryRecord":
+        d = dict(meta)
+        d["loss"] = None if d.get("loss", -1.0) < 0 else d["loss"]
+        return cls(id=id_, levels=json.loads(doc), **d)
+
+
+class MemoryBank:
+    """Persistent store of (scheme, result) pairs for one architecture."""
+
+    def __init__(self, unit_names: list[str], arch_hash: str, path: str | None = None, url: str | None = None):
+        import chromadb
+        from chromadb.config import Settings
+
+        settings = Settings(anonymized_telemetry=False)
+        try:
+            if url:
+                u = urlparse(url)
+                if u.scheme not in ("http", "https") or not u.hostname:
+                    raise MemoryBankError(f"--memory-url {url!r} must look like http://host:port.")
+                self.client = chromadb.HttpClient(host=u.hostname, port=u.port or (443 if u.scheme == "https" else 8000),
+                                                  ssl=u.scheme == "https", settings=settings)
+            else:
+                if path is None:
+                    raise MemoryBankError("The memory bank needs a directory or a server URL.")
+                self.client = chromadb.PersistentClient(path=str(path), settings=settings)
+            self.collection = self.client.get_or_create_collection(
+                f"schemes-{arch_hash}", embedding_function=KeepLevelEmbedding(unit_names),
+                metadata={"hnsw:space": "l2"},
+            )
+        except MemoryBankError:
+            raise
+        except Exception as e:  # chromadb raises many types for a broken directory or an unreachable server
+            where = url or path
+            raise MemoryBankError(
+                f"Cannot open the memory bank at {where} ({type(e).__name__}: {e}). If it is a directory, "
+                "it may be corrupt: move it away to start a fresh memory; if it is a server, check the URL."
+            ) from None
+        self.unit_names = unit_names
+        self.arch_hash = arch_hash
+
+    def add(self, record: MemoryRecord) -> None:
+        """Insert or replace (same id) one record; durable when this returns."""
+        self.collection.upsert(ids=[record.id], documents=[json.dumps(record.levels, sort_keys=True)],
+                               metadatas=[record.metadata()])
+
+    def count(self) -> int:
+        return self.collection.count()
+
+    def all(self, where: dict[str, Any] | None = None) -> list[MemoryRecord]:
+        res = self.collection.get(where=where, include=["documents", "metadatas"])
+        return [MemoryRecord.from_chroma(i, d, m) for i, d, m in zip(res["ids"], res["documents"], res["metadatas"])]
+
+    def best(self, group: int | None = None, k: int = 5) -> list[MemoryRecord]:
+        """The ``k`` lowest-loss successful records (of one group, or all)."""
+        where: dict[str, Any] = {"status": "ok"}
+        if group is not None:
+            where = {"$and": [{"status": "ok"}, {"group": group}]}
+        recs = [r for r in self.all(where) if r.loss is not None]
+        return sorted(recs, key=lambda r: (r.loss, r.id))[:k]
+
+    def similar(self, levels: dict[str, float], k: int = 5, group: int | None = None) -> list[tuple[MemoryRecord, float]]:
+        """The ``k`` records whose keep levels are nearest (L2) to ``levels``, with distances."""
+        n = self.count()
+        if n == 0:
+            return []
+        res = self.collection.query(
+            query_texts=[json.dumps(levels)], n_results=min(k, n),
+            where={"group": group} if group is not None else None,
+            include=["documents", "metadatas", "distances"],
+        )
+        return [(MemoryRecord.from_chroma(i, d, m), float(dist)) for i, d, m, dist in
+                zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])]

@@ -1,0 +1,255 @@
+"""The agent's tools: LangChain ``StructuredTool``s with pydantic arguments and JSON results.
+
+They act on a :class:`PruningSession` (one group, one round at a time). A tool that receives bad
+arguments (unknown unit, level out of range, unknown candidate id...) returns ``{"error": ...}``
+that tells the LLM what to fix; it never ends the run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from langchain_core.tools import StructuredTool
+from pydantic import BaseModel, Field
+
+from ..config import AgentConfig, TrainConfig
+from ..data import ImageDataset
+from ..diffusion import ForwardProcess
+from ..errors import TDCError
+from ..evaluation.quick import quick_loss
+from ..pruning.apply import fit_levels
+from ..pruning.pruner import Pruner
+from ..pruning.scheme import PruningScheme, SchemeError
+from .memory import MemoryBank, MemoryRecord
+
+
+@dataclass
+class GroupTask:
+    """What one group's pruning must achieve."""
+
+    index: int
+    t_start: int
+    t_end: int
+    snr_min: float
+    snr_max: float
+    limit_macs: float
+    limit_fraction: float
+    neighbours: list[int] = field(default_factory=list)
+
+    @property
+    def timesteps(self) -> list[int]:
+        return list(range(self.t_start, self.t_end + 1))
+
+
+class NoArgs(BaseModel):
+    pass
+
+
+class QueryMemoryArgs(BaseModel):
+    levels: Optional[dict[str, float]] = Field(
+        default=None, description="A scheme {unit: keep level}; if given, the most similar stored schemes are returned too.")
+    k: int = Field(default=5, ge=1, le=20, description="How many records to return per list.")
+
+
+class CountArgs(BaseModel):
+    levels: dict[str, float] = Field(description="Keep level in (0, 1] per unit name; units left out keep all channels.")
+
+
+class SchemeArgs(BaseModel):
+    levels: dict[str, float] = Field(description="Keep level in (0, 1] per unit name; units left out keep all channels.")
+    rationale: Optional[str] = Field(default=None, description="One sentence: why this scheme.")
+
+
+class SubmitArgs(BaseModel):
+    candidate_ids: list[str] = Field(description="Ids returned by evaluate_scheme in this round.")
+
+
+def _fmt(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+class PruningSession:
+    """State shared by the tools while the agent prunes one group."""
+
+    def __init__(
+        self,
+        pruner: Pruner,
+        task: GroupTask,
+        memory: MemoryBank,
+        eval_data: ImageDataset,
+        process: ForwardProcess,
+        cfg: AgentConfig,
+        run_id: str,
+        llm_spec: str,
+        out_dir: Path,
+        seed: int = 0,
+    ):
+        self.pruner, self.task, self.memory = pruner, task, memory
+        self.eval_data, self.process, self.cfg = eval_data, process, cfg
+        self.run_id, self.llm_spec, self.out_dir, self.seed = run_id, llm_spec, Path(out_dir), seed
+        self.round = 0
+        self.evaluated: list[MemoryRecord] = []
+        self.submitted: list[str] | None = None
+        self.eval_seconds = 0.0  # time spent building and evaluating candidates (not agent overhead)
+
+    # round bookkeeping -----------------------------------------------------------------------
+    def start_round(self, r: int) -> None:
+        self.round = r
+        self.evaluated = [rec for rec in self.memory.all({"$and": [{"run_id": self.run_id}, {"group": self.task.index},
+                                                                   {"round": r}]})]
+        self.evaluated.sort(key=lambda rec: rec.candidate)
+        self.submitted = None
+
+    def ok_candidates(self) -> list[MemoryRecord]:
+        return [r for r in self.evaluated if r.status == "ok"]
+
+    def round_candidates(self) -> list[MemoryRecord]:
+        """The round's result: the submitted candidates, else the first K evaluated."""
+        ok = {self.short_id(r): r for r in self.ok_candidates()}
+        if self.submitted:
+            return [ok[i] for i in self.submitted if i in ok]
+        return self.ok_candidates()[: self.cfg.candidates]
+
+    def short_id(self, rec: MemoryRecord) -> str:
+        return f"g{rec.group}-r{rec.round}-c{rec.candidate}"
+
+    # tools ------------------------------------------------------------------------------------
+    def inspect_architecture(self) -> dict[str, Any]:
+        c = self.pruner.base_count
+        return {"base_macs": c.thop, "base_params": c.params, "units": [u.compact() for u in self.pruner.graph.units]}
+
+    def group_context(self) -> dict[str, Any]:
+        t = self.task
+        return {"group": t.index, "t_start": t.t_start, "t_end": t.t_end, "snr_min_db": _fmt(t.snr_min),
+                "snr_max_db": _fmt(t.snr_max), "limit_macs": int(t.limit_macs), "limit_fraction": _fmt(t.limit_fraction),
+                "base_macs": self.pruner.base_count.thop, "round": self.round, "rounds": self.cfg.rounds,
+                "candidates_per_round": self.cfg.candidates, "neighbours": t.neighbours,
+                "evaluated_this_round": [self.short_id(r) for r in self.ok_candidates()]}
+
+    def _brief(self, rec: MemoryRecord) -> dict[str, Any]:
+        return {"id": self.short_id(rec), "run": rec.run_id, "group": rec.group, "round": rec.round,
+                "loss": None if rec.loss is None else _fmt(rec.loss), "macs": int(rec.macs),
+                "limit_macs": int(rec.limit_macs), "levels": rec.levels}
+
+    def query_memory(self, levels: Optional[dict[str, float]] = None, k: int = 5) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "records": self.memory.count(),
+            "best_this_group": [self._brief(r) for r in self.memory.best(self.task.index, k)],
+            "best_neighbours": [self._brief(r) for g in self.task.neighbours for r in self.memory.best(g, 2)],
+        }
+        if levels:
+            try:
+                scheme, _ = PruningScheme(levels=levels).validated(self.pruner.graph)
+            except (SchemeError, ValueError) as e:
+                return {"error": str(e)}
+            out["similar"] = [{**self._brief(r), "distance": _fmt(d)}
+                              for r, d in self.memory.similar(scheme.full(self.pruner.graph), k)]
+        return out
+
+    def count_macs(self, levels: dict[str, float]) -> dict[str, Any]:
+        try:
+            scheme, notes = PruningScheme(levels=levels).validated(self.pruner.graph)
+            fitted = fit_levels(self.pruner.graph, scheme.full(self.pruner.graph), self.task.limit_macs, notes)
+        except (SchemeError, ValueError) as e:
+            return {"error": str(e)}
+        macs = self.pruner.graph.predict_macs(fitted)
+        return {"fitted_levels": {n: v for n, v in fitted.items() if v < 1}, "predicted_macs": int(macs),
+                "limit_macs": int(self.task.limit_macs), "notes": notes}
+
+    def evaluate_scheme(self, levels: dict[str, float], rationale: Optional[str] = None) -> dict[str, Any]:
+        import time
+
+        if len(self.ok_candidates()) >= self.cfg.candidates:
+            return {"error": f"this round already has {self.cfg.candidates} evaluated candidates "
+                             f"({', '.join(self.short_id(r) for r in self.ok_candidates())}); call submit_candidates."}
+        try:
+            scheme = PruningScheme(levels=levels, source=self.llm_spec, rationale=rationale)
+            t0 = time.time()
+            result = self.pruner.prune(scheme, self.task.limit_macs, self.cfg.criterion)
+        except (SchemeError, ValueError) as e:
+            return {"error": str(e)}
+        fitted = result.scheme.levels
+        for prev in self.ok_candidates():
+            if prev.levels == fitted:
+                return {"error": f"after fitting to the limit this scheme equals {self.short_id(prev)} of this "
+                                 "round; propose a different shape."}
+        n = max([r.candidate for r in self.evaluated], default=-1) + 1
+        rec = MemoryRecord(
+            id=f"{self.run_id}:g{self.task.index}-r{self.round}-c{n}", run_id=self.run_id, group=self.task.index,
+            t_start=self.task.t_start, t_end=self.task.t_end, limit_macs=self.task.limit_macs, macs=result.macs.thop,
+            params=result.macs.params, round=self.round, candidate=n, llm=self.llm_spec,
+            arch_hash=self.memory.arch_hash, levels=fitted, rationale=rationale or "",
+        )
+        model = result.model
+        try:
+            if self.cfg.recovery_steps:
+                model = self._recover(model, rec)
+            loss = quick_loss(model, self.eval_data, self.process, self.task.timesteps, self.cfg.eval_timesteps,
+                              self.cfg.eval_batch_size, self.seed)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss}")
+            rec.loss = loss
+        except (FloatingPointError, TDCError) as e:
+            rec.status, rec.error = "failed", str(e)
+        self.eval_seconds += time.time() - t0
+        self.memory.add(rec)
+        self.evaluated.append(rec)
+        if rec.status != "ok":
+            return {"error": f"candidate {self.short_id(rec)} diverged during evaluation ({rec.error}); it is "
+                             "recorded as failed. Propose a less aggressive shape."}
+        return {"id": self.short_id(rec), "loss": _fmt(rec.loss), "macs": int(rec.macs),
+                "fill_of_limit": _fmt(rec.macs / self.task.limit_macs), "params": rec.params,
+                "fitted_levels": fitted, "notes": result.notes,
+                "evaluated_this_round": len(self.ok_candidates()), "needed": self.cfg.candidates}
+
+    def _recover(self, model, rec: MemoryRecord):
+        """A few fine-tuning steps on the group's timesteps before evaluation (``recovery_steps``)."""
+        from ..training import train
+
+        tcfg = TrainConfig(steps=self.cfg.recovery_steps, batch_size=32, lr=1e-4, warmup=0,
+                           ckpt_every=10**9, log_every=max(1, self.cfg.recovery_steps), ema_decay=0.0, amp=False)
+        res = train(model, self.eval_data, self.process, tcfg, self.out_dir / "recovery" / self.short_id(rec),
+                    seed=self.seed, device=next(model.parameters()).device, timesteps=self.task.timesteps,
+                    progress=False, desc="recovery")
+        from ..checkpoint import load_model
+
+        return load_model(res.model_dir, next(model.parameters()).device)[0]
+
+    def submit_candidates(self, candidate_ids: list[str]) -> dict[str, Any]:
+        ok = {self.short_id(r) for r in self.ok_candidates()}
+        unknown = [i for i in candidate_ids if i not in ok]
+        if unknown:
+            return {"error": f"unknown or failed candidate id(s) {unknown}; evaluated this round: {sorted(ok)}."}
+        ids = list(dict.fromkeys(candidate_ids))
+        if len(ids) < self.cfg.candidates:
+            return {"error": f"submit {self.cfg.candidates} different candidates; got {len(ids)}. "
+                             f"Evaluated this round: {sorted(ok)}."}
+        self.submitted = ids[: self.cfg.candidates]
+        return {"submitted": self.submitted, "round_done": True}
+
+    def tools(self) -> list[StructuredTool]:
+        def wrap(fn):
+            def run(**kwargs: Any) -> str:
+                return json.dumps(fn(**kwargs))
+            return run
+
+        specs = [
+            ("inspect_architecture", self.inspect_architecture, NoArgs,
+             "List the prunable units of the base UNet: name, role, channels, quantum, MACs share, params."),
+            ("group_context", self.group_context, NoArgs,
+             "The timestep group being pruned: t range, SNR range, MACs limit, round number, what is evaluated."),
+            ("query_memory", self.query_memory, QueryMemoryArgs,
+             "Best stored schemes for this and neighbouring groups; with `levels`, also the most similar ones."),
+            ("count_macs", self.count_macs, CountArgs,
+             "Fit a scheme to the MACs limit and return its fitted levels and MACs, without evaluating it."),
+            ("evaluate_scheme", self.evaluate_scheme, SchemeArgs,
+             "Build, fit, quick-evaluate and record a scheme. Returns its id and loss (lower is better)."),
+            ("submit_candidates", self.submit_candidates, SubmitArgs,
+             "End the round with the ids of the candidates evaluated in it."),
+        ]
+        return [StructuredTool.from_function(func=wrap(fn), name=name, description=desc, args_schema=schema)
+                for name, fn, schema, desc in specs]

@@ -1,0 +1,128 @@
+"""The transcript: a JSONL record of every LLM request and reply, tool call and result, per run.
+
+It is what makes LLM decisions reproducible (``replay:`` reads the replies back) and auditable.
+Secrets never reach it: every string is scrubbed of API keys found in the environment, of
+``sk-...`` style keys and of ``Bearer`` tokens before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import LLMResult
+
+_KEY_PATTERNS = [
+    re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-]{8,}"),
+    re.compile(r"(?i)(api[_-]?key|authorization|x-api-key)(['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+"),
+]
+SECRET_ENV_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def secret_values() -> list[str]:
+    """Values of environment variables that look like credentials (long enough to be real)."""
+    return [v for k, v in os.environ.items()
+            if any(h in k.upper() for h in SECRET_ENV_HINTS) and v and len(v) >= 8]
+
+
+def redact(obj: Any, secrets: list[str] | None = None) -> Any:
+    """A copy of ``obj`` with credentials replaced by ``[REDACTED]`` in every string."""
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(obj, str):
+        for s in secrets:
+            obj = obj.replace(s, "[REDACTED]")
+        for pat in _KEY_PATTERNS:
+            obj = pat.sub(lambda m: (m.group(1) + m.group(2) + "[REDACTED]") if m.lastindex and m.lastindex >= 2
+                          else "[REDACTED]", obj)
+        return obj
+    if isinstance(obj, dict):
+        return {k: ("[REDACTED]" if isinstance(k, str) and k.lower() in ("api_key", "openai_api_key", "authorization")
+                    else redact(v, secrets)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v, secrets) for v in obj]
+    return obj
+
+
+def message_to_dict(m: BaseMessage) -> dict[str, Any]:
+    d: dict[str, Any] = {"type": m.type, "content": m.content}
+    for attr in ("tool_calls", "invalid_tool_calls", "tool_call_id", "name"):
+        v = getattr(m, attr, None)
+        if v:
+            d[attr] = v
+    return d
+
+
+class Transcript(BaseCallbackHandler):
+    """Appends events to ``transcript.jsonl`` (one JSON object per line, flushed each time)."""
+
+    raise_error = True
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._secrets = secret_values()
+        self.context: dict[str, Any] = {}
+
+    def event(self, kind: str, **fields: Any) -> None:
+        rec = {"ts": round(time.time(), 3), "event": kind, **self.context, **fields}
+        line = json.dumps(redact(rec, self._secrets), default=str)
+        with self._lock, open(self.path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+
+    # LangChain callbacks -------------------------------------------------------------------
+    def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *,
+                            run_id: UUID, **kwargs: Any) -> None:
+        params = kwargs.get("invocation_params") or {}
+        self.event("llm_request", run=str(run_id), model=params.get("model") or params.get("model_name"),
+                   messages=[message_to_dict(m) for m in messages[0]])
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        gen = response.generations[0][0] if response.generations and response.generations[0] else None
+        msg = getattr(gen, "message", None)
+        usage = getattr(msg, "usage_metadata", None) or (response.llm_output or {}).get("token_usage")
+        self.event("llm_response", run=str(run_id),
+                   message=message_to_dict(msg) if msg is not None else {"content": getattr(gen, "text", "")},
+                   usage=usage)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self.event("llm_error", run=str(run_id), error=f"{type(error).__name__}: {error}")
+
+    def on_tool_start(self, serialized: dict[str, Any], input_str: str, *, run_id: UUID, **kwargs: Any) -> None:
+        self.event("tool_call", run=str(run_id), tool=(serialized or {}).get("name"), input=input_str)
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        content = getattr(output, "content", output)
+        self.event("tool_result", run=str(run_id), output=content)
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self.event("tool_error", run=str(run_id), error=f"{type(error).__name__}: {error}")
+
+
+def read_transcript(path: str | Path) -> list[dict[str, Any]]:
+    """All events of a transcript; a corrupt line is an error naming the file and line."""
+    from ..errors import TDCError
+
+    path = Path(path)
+    if not path.is_file():
+        raise TDCError(f"Transcript {path} does not exist.")
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise TDCError(f"Transcript {path} line {i} is not valid JSON ({e}); the file is truncated or "
+                           "corrupt.") from None
+    return out

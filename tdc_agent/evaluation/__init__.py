@@ -1,0 +1,1 @@
+"""Evaluation: quick group loss (for the agent), and later Fréchet distances and speed."""
