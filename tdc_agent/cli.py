@@ -250,8 +250,15 @@ def prune(
     overrides: Optional[List[str]] = OverridesArg,
     device: Optional[str] = DeviceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    llm: Optional[str] = typer.Option(None, "--llm", help="agent: builtin, openai:<model>, replay:<file>, <provider>:<model>."),
+    llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="agent: an OpenAI-compatible server URL."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="agent: rounds R (paper: 5)."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", min=1, help="agent: candidates per round K (paper: 3)."),
+    prompt_dir: Optional[Path] = typer.Option(None, "--prompt-dir", help="agent: directory overriding prompt templates."),
+    memory_dir: Optional[Path] = typer.Option(None, "--memory-dir", help="agent: Chroma directory shared across runs."),
+    memory_url: Optional[str] = typer.Option(None, "--memory-url", help="agent: a Chroma server, http://host:port."),
 ) -> None:
-    """Prune a base model to a MACs budget with a classical criterion and save it (pickle-free)."""
+    """Prune a base model to a MACs budget (classical criteria or the agent) and save it (pickle-free)."""
     from .checkpoint import atomic_write_json
     from .data import load_dataset
     from .devices import resolve_device
@@ -264,9 +271,17 @@ def prune(
     from .pruning.serialize import save_pruned
     from .sampling import schedule_of
 
-    cfg = _config(config, overrides, device)
+    extra = list(overrides or [])
+    for key, val in (("agent.llm", llm), ("agent.base_url", llm_base_url), ("agent.rounds", rounds),
+                     ("agent.candidates", candidates), ("agent.prompt_dir", prompt_dir),
+                     ("agent.memory_dir", memory_dir), ("agent.memory_url", memory_url)):
+        if val is not None:
+            extra.append(f"{key}={val}")
+    cfg = _config(config, extra, device)
+    if method == "agent":
+        return _prune_agent(cfg, macs_fraction, group, base, preset, out, as_json)
     if method not in CRITERIA:
-        raise ConfigError(f"--method {method!r} is unknown; use one of {', '.join(CRITERIA)}.")
+        raise ConfigError(f"--method {method!r} is unknown; use agent or one of {', '.join(CRITERIA)}.")
     if (macs_fraction is None) == (group is None):
         raise ConfigError("Give exactly one of --macs-fraction f or --group i.")
     if macs_fraction is not None and not 0 < macs_fraction <= 1:
@@ -297,7 +312,13 @@ def prune(
     meta = {**meta, "schedule": schedule.model_dump(mode="json")}
     meta.pop("pruning", None)
     save_pruned(out / "model", result, meta)
-    summary = {"method": method, "group": group, **result.summary()}
+    from .agent.proxy import held_out
+    from .evaluation.quick import quick_loss
+
+    eval_ts = timesteps or list(range(schedule.timesteps))
+    loss = quick_loss(result.model, held_out(cfg), process or ForwardProcess(schedule, dev), eval_ts,
+                      cfg.agent.eval_timesteps, cfg.agent.eval_batch_size, cfg.run.seed)
+    summary = {"method": method, "group": group, "quick_loss": loss, **result.summary()}
     atomic_write_json(out / "prune.json", summary)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -311,10 +332,202 @@ def prune(
     t.add_row("MACs (op level)", f"{result.macs.op_level / 1e6:,.2f} M (base {result.base_macs.op_level / 1e6:,.2f} M)")
     t.add_row("params", f"{result.macs.params:,} (base {result.base_macs.params:,})")
     t.add_row("build+fit+count", f"{result.seconds:.2f} s")
+    t.add_row("quick loss", f"{loss:.5f} (held-out images, {len(eval_ts)} timesteps sampled evenly)")
     t.add_row("saved", str(out / "model"))
     console.print(t)
     for n in result.notes:
         console.print(f"[yellow]note:[/] {n}")
+
+
+def _group_task(cfg: Config, macs_fraction: Optional[float], group: Optional[int], base_macs: int):
+    """The GroupTask for --group i (from the plan) or --macs-fraction f (all timesteps)."""
+    from .agent.tools import GroupTask
+    from .errors import ConfigError
+    from .planning import build_plan
+
+    if (macs_fraction is None) == (group is None):
+        raise ConfigError("Give exactly one of --macs-fraction f or --group i.")
+    plan = build_plan(cfg)
+    if group is not None:
+        if not 0 <= group < len(plan.groups):
+            raise ConfigError(f"--group {group} does not exist: the plan has groups 0..{len(plan.groups) - 1}.")
+        g = plan.groups[group]
+        neighbours = [i for i in (group - 1, group + 1) if 0 <= i < len(plan.groups)]
+        return GroupTask(g.index, g.t_start, g.t_end, g.snr_min, g.snr_max, g.limit_fraction * base_macs,
+                         g.limit_fraction, neighbours)
+    if not 0 < macs_fraction <= 1:
+        raise ConfigError(f"--macs-fraction must be in (0, 1], got {macs_fraction}.")
+    return GroupTask(0, 0, cfg.schedule.timesteps - 1, float(plan.snr.min()), float(plan.snr.max()),
+                     macs_fraction * base_macs, macs_fraction, [])
+
+
+def _prune_agent(cfg: Config, macs_fraction, group, base, preset, out: Path, as_json: bool) -> None:
+    from .agent.proxy import AgentPruning
+    from .devices import resolve_device
+    from .pruning.macs import thop_macs
+    from .sampling import schedule_of
+
+    dev = resolve_device(cfg.run.device)
+    model, meta = _load_base(base, preset, cfg, dev)
+    if base is not None:
+        cfg = cfg.model_copy(update={"schedule": schedule_of(meta, str(base))})
+    task = _group_task(cfg, macs_fraction, group, thop_macs(model))
+    ap = AgentPruning(cfg, model, meta, out, cfg.agent.llm, dev, show=not as_json)
+    outcome, result = ap.prune_group(task)
+    summary = outcome.extra["summary"]
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    t = Table(title=f"agent pruning ({ap.llm_spec}), group {task.index}", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("best candidate", f"{summary['best_id']} (loss {summary['best_loss']:.5f})")
+    t.add_row("MACs (thop)", f"{result.macs.thop / 1e6:,.2f} M of limit {task.limit_macs / 1e6:,.2f} M")
+    t.add_row("params", f"{result.macs.params:,}")
+    t.add_row("rounds: loss mean ± std", ", ".join(f"{r['mean']:.4f}±{r['std']:.4f}" for r in summary["rounds"]))
+    u = summary["usage"]
+    t.add_row("LLM usage", f"{u['llm_calls']} calls, {u['input_tokens']}+{u['output_tokens']} tokens"
+              + (f", ${u['cost_usd']:.4f}" if u.get("cost_usd") is not None else ""))
+    s = summary["seconds"]
+    t.add_row("time", f"{s['total']:.1f} s ({s['agent_overhead']:.1f} s outside building/evaluating)")
+    t.add_row("saved", f"{out / 'model'}; transcript {out / 'transcript.jsonl'}")
+    console.print(t)
+
+
+memory_app = typer.Typer(help="The Chroma memory bank of evaluated schemes.", no_args_is_help=True)
+prompts_app = typer.Typer(help="The agent's prompt templates.", no_args_is_help=True)
+app.add_typer(memory_app, name="memory")
+app.add_typer(prompts_app, name="prompts")
+
+
+def _open_memory(run_dir: Optional[Path], memory_dir: Optional[Path], memory_url: Optional[str]):
+    import chromadb
+    from chromadb.config import Settings
+
+    from .errors import ConfigError
+
+    if memory_url:
+        from urllib.parse import urlparse
+
+        u = urlparse(memory_url)
+        client = chromadb.HttpClient(host=u.hostname, port=u.port or 8000, settings=Settings(anonymized_telemetry=False))
+    else:
+        path = memory_dir or (run_dir / "memory" if run_dir else None)
+        if path is None or not Path(path).is_dir():
+            raise ConfigError(f"No memory bank at {path}. Pass --run-dir RUN (holding memory/) or --memory-dir DIR.")
+        client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+    return client
+
+
+def _memory_records(run_dir, memory_dir, memory_url, group):
+    from .agent.memory import MemoryRecord
+
+    client = _open_memory(run_dir, memory_dir, memory_url)
+    recs = []
+    for col in client.list_collections():
+        c = client.get_collection(col.name if hasattr(col, "name") else col)
+        res = c.get(include=["documents", "metadatas"])
+        recs += [MemoryRecord.from_chroma(i, d, m) for i, d, m in zip(res["ids"], res["documents"], res["metadatas"])]
+    if group is not None:
+        recs = [r for r in recs if r.group == group]
+    return recs
+
+
+MemRun = typer.Option(None, "--run-dir", help="An agent output directory (holding memory/).")
+MemDir = typer.Option(None, "--memory-dir", help="A Chroma directory.")
+MemUrl = typer.Option(None, "--memory-url", help="A Chroma server URL.")
+MemGroup = typer.Option(None, "--group", help="Only this group.")
+
+
+def _memory_table(recs, title: str) -> Table:
+    t = Table(title=title)
+    for col in ("id", "group", "round", "llm", "status", "loss", "MACs", "limit", "params", "pruned units"):
+        t.add_column(col, justify="left" if col in ("id", "llm", "status") else "right")
+    for r in recs:
+        t.add_row(r.id, str(r.group), str(r.round + 1), r.llm, r.status, "-" if r.loss is None else f"{r.loss:.5f}",
+                  f"{r.macs / 1e6:,.2f} M", f"{r.limit_macs / 1e6:,.2f} M", f"{r.params:,}", str(len(r.levels)))
+    return t
+
+
+@memory_app.command("list")
+def memory_list(run_dir: Optional[Path] = MemRun, memory_dir: Optional[Path] = MemDir,
+                memory_url: Optional[str] = MemUrl, group: Optional[int] = MemGroup) -> None:
+    """Every recorded scheme."""
+    recs = sorted(_memory_records(run_dir, memory_dir, memory_url, group), key=lambda r: (r.run_id, r.group, r.round, r.candidate))
+    console.print(_memory_table(recs, f"memory bank: {len(recs)} records"))
+
+
+@memory_app.command("best")
+def memory_best(run_dir: Optional[Path] = MemRun, memory_dir: Optional[Path] = MemDir,
+                memory_url: Optional[str] = MemUrl, group: Optional[int] = MemGroup,
+                k: int = typer.Option(5, "--k", min=1)) -> None:
+    """The lowest-loss schemes (per group)."""
+    recs = [r for r in _memory_records(run_dir, memory_dir, memory_url, group) if r.loss is not None and r.status == "ok"]
+    best = []
+    for g in sorted({r.group for r in recs}):
+        best += sorted((r for r in recs if r.group == g), key=lambda r: r.loss)[:k]
+    console.print(_memory_table(best, f"best {k} per group"))
+
+
+@memory_app.command("export")
+def memory_export(out: Path = typer.Option(..., "--out", help="File to write: .csv or .json."),
+                  run_dir: Optional[Path] = MemRun, memory_dir: Optional[Path] = MemDir,
+                  memory_url: Optional[str] = MemUrl, group: Optional[int] = MemGroup) -> None:
+    """Export all records as CSV or JSON."""
+    import csv
+    import io
+
+    from .checkpoint import atomic_write_text
+    from .errors import ConfigError
+
+    recs = _memory_records(run_dir, memory_dir, memory_url, group)
+    if out.suffix == ".json":
+        atomic_write_text(out, json.dumps([r.model_dump() for r in recs], indent=2))
+    elif out.suffix == ".csv":
+        buf = io.StringIO()
+        fields = list(recs[0].model_dump().keys()) if recs else ["id"]
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        for r in recs:
+            d = r.model_dump()
+            d["levels"] = json.dumps(d["levels"])
+            w.writerow(d)
+        atomic_write_text(out, buf.getvalue())
+    else:
+        raise ConfigError(f"--out {out} must end in .csv or .json.")
+    console.print(f"{len(recs)} records written to {out}")
+
+
+@prompts_app.command("show")
+def prompts_show(prompt_dir: Optional[Path] = typer.Option(None, "--prompt-dir"),
+                 name: Optional[str] = typer.Argument(None, help="system, round, memory or architecture.")) -> None:
+    """Print the templates in effect (defaults overridden by --prompt-dir)."""
+    from .agent.prompts import load_prompts
+
+    ps = load_prompts(prompt_dir)
+    for n, t in ps.templates.items():
+        if name and n != name:
+            continue
+        console.rule(f"{n} ({ps.sources[n]}) variables: {', '.join(t.input_variables)}")
+        typer.echo(t.template)
+
+
+@prompts_app.command("validate")
+def prompts_validate(prompt_dir: Optional[Path] = typer.Option(None, "--prompt-dir")) -> None:
+    """Check every template's placeholders (missing or unknown ones are listed)."""
+    from .agent.prompts import load_prompts
+
+    ps = load_prompts(prompt_dir)
+    console.print(f"prompt templates OK: {', '.join(f'{n} ({p})' for n, p in ps.sources.items())}")
+
+
+@prompts_app.command("init")
+def prompts_init(directory: Path = typer.Argument(..., help="Where to copy the default templates.")) -> None:
+    """Copy the default templates into DIR for editing; use them with --prompt-dir DIR."""
+    from .agent.prompts import init_prompts
+
+    for p in init_prompts(directory):
+        console.print(str(p))
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -89,7 +89,7 @@ class AgentConfig(_Section):
     temperature: float = Field(default=0.2, ge=0, le=2)
     rounds: int = Field(default=5, ge=1)
     candidates: int = Field(default=3, ge=1)
-    criterion: str = "magnitude"  # which channels go inside a unit when a scheme is built
+    criterion: str = "group-taylor"  # which channels go inside a unit when a scheme is built
     prompt_dir: Optional[str] = None
     memory_dir: Optional[str] = None
     memory_url: Optional[str] = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -95,6 +96,7 @@ class PruningSession:
         self.evaluated: list[MemoryRecord] = []
         self.submitted: list[str] | None = None
         self.eval_seconds = 0.0  # time spent building and evaluating candidates (not agent overhead)
+        self._lock = threading.Lock()
 
     # round bookkeeping -----------------------------------------------------------------------
     def start_round(self, r: int) -> None:
@@ -169,7 +171,7 @@ class PruningSession:
         try:
             scheme = PruningScheme(levels=levels, source=self.llm_spec, rationale=rationale)
             t0 = time.time()
-            result = self.pruner.prune(scheme, self.task.limit_macs, self.cfg.criterion)
+            result = self.pruner.prune(scheme, self.task.limit_macs, self.cfg.criterion, self.task.timesteps)
         except (SchemeError, ValueError) as e:
             return {"error": str(e)}
         fitted = result.scheme.levels
@@ -233,8 +235,11 @@ class PruningSession:
 
     def tools(self) -> list[StructuredTool]:
         def wrap(fn):
+            # LangChain runs the tool calls of one reply concurrently; candidates are built and
+            # evaluated one at a time so ids, timings and the CPU are not shared between them.
             def run(**kwargs: Any) -> str:
-                return json.dumps(fn(**kwargs))
+                with self._lock:
+                    return json.dumps(fn(**kwargs))
             return run
 
         specs = [

@@ -1,0 +1,113 @@
+"""Proxy-based pruning of one group (paper Eq. 7, 11): the agent's rounds, then the best scheme built.
+
+This is what ``tdc-agent prune --method agent`` and stage 2 call. The output directory holds
+``memory/`` (Chroma, unless ``--memory-dir``/``--memory-url``), ``transcript.jsonl``,
+``group_<i>/rounds.json`` (resume state), ``model/`` (the chosen pruned model) and ``agent.json``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from langchain_core.language_models.chat_models import BaseChatModel
+
+from ..checkpoint import atomic_write_json, atomic_write_text
+from ..config import Config
+from ..data import ImageDataset, load_dataset
+from ..diffusion import ForwardProcess
+from ..pruning.pruner import Pruner
+from ..pruning.scheme import PruningScheme
+from ..pruning.serialize import save_pruned
+from .llm import resolve_llm
+from .loop import GroupOutcome, RoundLoop
+from .memory import MemoryBank, architecture_hash
+from .prompts import load_prompts
+from .tools import GroupTask, PruningSession
+from .transcript import Transcript
+
+
+def held_out(cfg: Config) -> ImageDataset:
+    """Images for quick evaluation: the dataset's test split where it has one, else its last 10 %."""
+    if cfg.data.name in ("digits", "cifar10"):
+        return load_dataset(cfg.data.model_copy(update={"split": "test"}))
+    ds = load_dataset(cfg.data)
+    n = max(1, len(ds) // 10)
+    return ImageDataset(ds.images[-n:], ds.name + "[last 10%]")
+
+
+def run_id_for(out_dir: Path) -> str:
+    """A stable id for this output directory (kept across resumes)."""
+    f = out_dir / "run_id"
+    if f.is_file():
+        return f.read_text().strip()
+    rid = uuid.uuid4().hex[:8]
+    atomic_write_text(f, rid)
+    return rid
+
+
+@dataclass
+class AgentPruning:
+    """Everything the agent needs for one base model; prunes groups one after another."""
+
+    cfg: Config
+    base: torch.nn.Module
+    meta: dict[str, Any]
+    out_dir: Path
+    llm: str | BaseChatModel
+    device: torch.device
+    show: bool = True
+
+    def __post_init__(self) -> None:
+        a = self.cfg.agent
+        self.out_dir = Path(self.out_dir)
+        # the LLM is resolved (key present, server reachable) before any compute is spent
+        self.chat, self.llm_spec = resolve_llm(self.llm, a)
+        self.prompts = load_prompts(a.prompt_dir)
+        self.process = ForwardProcess(self.cfg.schedule, self.device)
+        self.eval_data = held_out(self.cfg)
+        train_data = load_dataset(self.cfg.data)
+        self.pruner = Pruner(self.base, train_data, self.process, self.cfg.run.seed)
+        config = {k: v for k, v in dict(self.base.config).items() if not k.startswith("_")}
+        self.arch_hash = architecture_hash(self.pruner.graph.names, config)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = run_id_for(self.out_dir)
+        self.memory = MemoryBank(self.pruner.graph.names, self.arch_hash,
+                                 path=a.memory_dir or str(self.out_dir / "memory"), url=a.memory_url)
+        self.transcript = Transcript(self.out_dir / "transcript.jsonl")
+        self.loop = RoundLoop(self.chat, self.llm_spec, self.prompts, self.transcript, a, self.show)
+
+    def prune_group(self, task: GroupTask, model_dir: Path | None = None) -> tuple[GroupOutcome, Any]:
+        """Run the rounds for ``task``, build the best scheme, save it; returns (outcome, PruneResult)."""
+        session = PruningSession(self.pruner, task, self.memory, self.eval_data, self.process, self.cfg.agent,
+                                 self.run_id, self.llm_spec, self.out_dir / f"group_{task.index}", self.cfg.run.seed)
+        t0 = time.time()
+        outcome = self.loop.run_group(session, self.out_dir / f"group_{task.index}" / "rounds.json")
+        best = outcome.best
+        t_build = time.time()
+        result = self.pruner.prune(PruningScheme(levels=best.levels, source=self.llm_spec, rationale=best.rationale),
+                                   task.limit_macs, self.cfg.agent.criterion, task.timesteps)
+        build_s = time.time() - t_build
+        model_dir = model_dir or self.out_dir / "model"
+        meta = {k: v for k, v in self.meta.items() if k != "pruning"}
+        save_pruned(model_dir, result, {**meta, "schedule": self.cfg.schedule.model_dump(mode="json"),
+                                        "group": task.index, "t_range": [task.t_start, task.t_end]})
+        total = time.time() - t0
+        summary = {
+            "group": task.index, "llm": self.llm_spec, "run_id": self.run_id, "best_id": best.id,
+            "best_loss": best.loss, "best_levels": best.levels, "limit_macs": task.limit_macs,
+            "macs_thop": result.macs.thop, "macs_op_level": result.macs.op_level, "params": result.macs.params,
+            "rounds": [{"round": s.round + 1, "candidates": s.candidates, "losses": s.losses, "mean": s.mean,
+                        "std": s.std, "attempts": s.attempts, "seconds": s.seconds} for s in outcome.rounds],
+            "usage": outcome.usage,
+            "seconds": {"total": total, "build_and_evaluate": outcome.eval_seconds + build_s,
+                        "agent_overhead": total - outcome.eval_seconds - build_s},
+            "memory_records": self.memory.count(),
+        }
+        atomic_write_json(self.out_dir / f"group_{task.index}" / "agent.json", summary)
+        outcome.extra["summary"] = summary
+        return outcome, result
