@@ -104,9 +104,18 @@ class GroupOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _is_transport_error(e: BaseException) -> bool:
-    mod = type(e).__module__ or ""
-    return mod.startswith(("openai", "httpx", "httpcore", "anthropic", "requests", "urllib3"))
+_TRANSPORT_MODULES = ("openai", "httpx", "httpcore", "anthropic", "requests", "urllib3", "langchain_openai",
+                      "langchain_anthropic", "langchain_ollama", "ollama")
+
+
+def _is_transport_error(e: BaseException | None) -> bool:
+    """An error from the LLM client (HTTP status, timeout, connection), possibly wrapped."""
+    seen = 0
+    while e is not None and seen < 10:
+        if (type(e).__module__ or "").startswith(_TRANSPORT_MODULES):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def _diagnose(messages: list[Any], session: PruningSession) -> str:
@@ -122,8 +131,10 @@ def _diagnose(messages: list[Any], session: PruningSession) -> str:
         text = (last_ai.content if isinstance(last_ai.content, str) else json.dumps(last_ai.content)).strip()
         if not text:
             return f"your reply was empty; only {n_ok} of {k} candidates are evaluated"
+        if "limits exceeded" in text.lower():  # written by LangChain's call-limit middleware
+            return f"the round hit its call cap ({text}) with only {n_ok} of {k} candidates evaluated"
         return f"you replied with text instead of tool calls ({text[:200]!r}); only {n_ok} of {k} candidates are evaluated"
-    return f"the round stopped (call cap reached) with only {n_ok} of {k} candidates evaluated"
+    return f"the round stopped (call cap or step limit reached) with only {n_ok} of {k} candidates evaluated"
 
 
 class RoundLoop:
@@ -144,7 +155,7 @@ class RoundLoop:
                                   for u in units))
 
         def lines(recs: list[MemoryRecord]) -> str:
-            return "\n".join(f"- {session.short_id(x)}: loss {x.loss:.5f}, MACs {x.macs:,.0f}, levels "
+            return "\n".join(f"- {session.short_id(x)} (run {x.run_id}): loss {x.loss:.5f}, MACs {x.macs:,.0f}, levels "
                              f"{json.dumps(x.levels)}" for x in recs) or "- (none yet)"
 
         last = [x for x in session.memory.all({"$and": [{"run_id": session.run_id}, {"group": t.index},

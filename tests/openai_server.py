@@ -1,0 +1,118 @@
+"""A local HTTP server speaking the OpenAI Chat Completions protocol, for tests.
+
+It replaces the LLM only at its network boundary. Replies come from a script of *faults* consumed
+in order (malformed JSON arguments, unknown units, empty replies, refusals, endless tool calls,
+slow replies, HTTP 429/500, dropped connections), and otherwise from a well-behaved policy: our
+builtin policy run on the conversation the client sent, serialised back as OpenAI tool calls.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from langchain_openai.chat_models.base import _convert_dict_to_message
+
+from tdc_agent.agent.builtin import BuiltinPolicy
+
+
+def tool_call(name: str, args: Any) -> dict[str, Any]:
+    raw = args if isinstance(args, str) else json.dumps(args)
+    return {"id": f"call_{uuid.uuid4().hex[:10]}", "type": "function", "function": {"name": name, "arguments": raw}}
+
+
+class FakeOpenAI:
+    """Start with ``with FakeOpenAI(script) as srv:``; ``srv.url`` is the base URL (``.../v1``)."""
+
+    def __init__(self, script: list[Any] | None = None, repeat_last_fault: bool = False):
+        self.script = list(script or [])
+        self.repeat_last_fault = repeat_last_fault
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.policy = BuiltinPolicy(seed=0)
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                with outer._lock:
+                    outer.requests.append(body)
+                    outer.headers.append(dict(self.headers))
+                    action = outer._next()
+                outer._respond(self, body, action)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def _next(self) -> Any:
+        if not self.script:
+            return None
+        if self.repeat_last_fault and len(self.script) == 1:
+            return self.script[0]
+        return self.script.pop(0)
+
+    def _policy_message(self, body: dict[str, Any]) -> dict[str, Any]:
+        msgs = [_convert_dict_to_message(m) for m in body["messages"]]
+        ai = self.policy._decide(msgs)
+        out: dict[str, Any] = {"role": "assistant", "content": ai.content or None}
+        if ai.tool_calls:
+            out["tool_calls"] = [tool_call(c["name"], c["args"]) for c in ai.tool_calls]
+        return out
+
+    def _respond(self, h: BaseHTTPRequestHandler, body: dict[str, Any], action: Any) -> None:
+        if isinstance(action, dict) and "status" in action:
+            payload = json.dumps({"error": {"message": "injected fault", "type": "server_error"}}).encode()
+            h.send_response(action["status"])
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(payload)))
+            if action["status"] == 429:
+                h.send_header("retry-after-ms", "50")
+            h.end_headers()
+            h.wfile.write(payload)
+            return
+        if isinstance(action, dict) and "sleep" in action:
+            time.sleep(action["sleep"])
+            action = None
+        if isinstance(action, dict) and action.get("drop"):
+            h.close_connection = True
+            h.connection.shutdown(2)
+            return
+        if action is None:
+            message = self._policy_message(body)
+        else:
+            message = {"role": "assistant", "content": action.get("content")}
+            if "tool_calls" in action:
+                message["tool_calls"] = action["tool_calls"]
+        resp = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:8]}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model", "fake"),
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+        }
+        payload = json.dumps(resp).encode()
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout test)
+
+    def __enter__(self) -> "FakeOpenAI":
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

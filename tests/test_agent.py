@@ -1,0 +1,237 @@
+"""The pruning agent end to end: the real LangChain agent loop, real Chroma on disk, real pruning.
+
+The LLM is replaced only at its network boundary: `openai:<model>` talks HTTP to a local server
+(tests/openai_server.py) that speaks the Chat Completions protocol and injects faults.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import PYTHON, python_env, tiny_config_dict
+from openai_server import FakeOpenAI, tool_call
+from tdc_agent.agent.proxy import AgentPruning
+from tdc_agent.agent.tools import GroupTask
+from tdc_agent.agent.transcript import read_transcript
+from tdc_agent.config import config_from_dict
+from tdc_agent.errors import TDCError
+from tdc_agent.models import build_unet, unet_config
+from tdc_agent.pruning.macs import thop_macs
+
+AGENT = {"rounds": 2, "candidates": 2, "eval_batch_size": 32, "eval_timesteps": 3, "max_retries": 2,
+         "timeout_s": 5, "criterion": "magnitude", "max_llm_calls_per_round": 8, "max_round_retries": 2}
+
+
+def _setup(tmp_path: Path, **agent):
+    cfg = config_from_dict(tiny_config_dict(tmp_path, agent={**AGENT, **agent}))
+    torch.manual_seed(0)
+    base = build_unet(unet_config("tiny")).eval()
+    macs = thop_macs(base)
+    task = GroupTask(1, 30, 60, -2.0, 10.0, 0.6 * macs, 0.6, [0, 2])
+    return cfg, base, task
+
+
+def run_agent(tmp_path: Path, llm: str, out: str = "out", **agent):
+    cfg, base, task = _setup(tmp_path, **agent)
+    ap = AgentPruning(cfg, base, {"schedule": cfg.schedule.model_dump()}, tmp_path / out, llm, torch.device("cpu"),
+                      show=False)
+    outcome, result = ap.prune_group(task)
+    return outcome, result, ap
+
+
+def _events(ap: AgentPruning, kind: str) -> list[dict]:
+    return [e for e in read_transcript(ap.transcript.path) if e["event"] == kind]
+
+
+def _check_valid(outcome, result, ap, task_limit=None):
+    assert outcome.best.status == "ok" and outcome.best.loss is not None
+    assert result.macs.thop <= outcome.best.limit_macs
+    assert len(outcome.rounds) == ap.cfg.agent.rounds
+    assert all(len(r.candidates) == ap.cfg.agent.candidates for r in outcome.rounds)
+    assert (ap.out_dir / "model" / "pruning.json").is_file()
+
+
+def test_builtin_runs_rounds_and_records_memory(tmp_path):
+    outcome, result, ap = run_agent(tmp_path, "builtin")
+    _check_valid(outcome, result, ap)
+    assert ap.memory.count() >= 4
+    summary = json.loads((ap.out_dir / "group_1" / "agent.json").read_text())
+    assert summary["usage"]["llm_calls"] >= 8
+    assert summary["seconds"]["agent_overhead"] < summary["seconds"]["total"]
+    # the candidates of round 2 differ from those of round 1
+    levels = [json.dumps(r.levels, sort_keys=True) for r in ap.memory.all()]
+    assert len(set(levels)) == len(levels)
+
+
+def test_openai_protocol_good_replies(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-secret-0000")
+    with FakeOpenAI() as srv:
+        outcome, result, ap = run_agent(tmp_path, "openai:fake-model", base_url=srv.url)
+    _check_valid(outcome, result, ap)
+    assert srv.requests and srv.requests[0]["model"] == "fake-model"
+    assert any("tools" in r for r in srv.requests)
+    assert outcome.usage["input_tokens"] == 100 * outcome.usage["llm_calls"]
+    assert _events(ap, "llm_request") and _events(ap, "tool_result")
+
+
+FAULTS = {
+    "malformed_json": ([{"tool_calls": [tool_call("evaluate_scheme", '{"levels": {"conv_in": 0.5')]}], "not valid JSON"),
+    "unknown_unit": ([{"tool_calls": [tool_call("evaluate_scheme", {"levels": {"conv_inn": 0.5}})]}], "did you mean"),
+    "out_of_range": ([{"tool_calls": [tool_call("evaluate_scheme", {"levels": {"conv_in": 1.7}})]}], "out of range"),
+    "empty_reply": ([{"content": ""}], "reply was empty"),
+    "refusal": ([{"content": "I'm sorry, but I can't help with pruning models."}], "text instead of tool calls"),
+    "endless_tool_calls": ([{"tool_calls": [tool_call("group_context", {})]}] * 12, "call cap"),
+    "http_429_and_500": ([{"status": 429}, {"status": 500}], None),
+    "timeout": ([{"sleep": 2.5}], None),
+    "dropped_connection": ([{"drop": True}], None),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_llm_faults_end_in_a_valid_scheme(tmp_path, monkeypatch, fault):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-secret-0000")
+    script, needle = FAULTS[fault]
+    with FakeOpenAI(script) as srv:
+        outcome, result, ap = run_agent(tmp_path, "openai:fake-model", base_url=srv.url, timeout_s=1.0)
+    _check_valid(outcome, result, ap)
+    text = ap.transcript.path.read_text()
+    if needle:
+        assert needle in text, f"the transcript must show the fault ({needle!r})"
+    if fault in ("malformed_json", "empty_reply", "refusal", "endless_tool_calls"):
+        assert _events(ap, "round_retry"), "the round must have been retried"
+    if fault == "unknown_unit":  # the tool answered with an error the LLM can act on; no retry needed
+        assert "did you mean conv_in" in text
+
+
+def test_over_budget_scheme_is_fitted(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-secret-0000")
+    script = [{"tool_calls": [tool_call("evaluate_scheme", {"levels": {"conv_in": 1.0}})]}]
+    with FakeOpenAI(script) as srv:
+        outcome, result, ap = run_agent(tmp_path, "openai:fake-model", base_url=srv.url)
+    first = [e for e in _events(ap, "tool_result") if '"fill_of_limit"' in str(e["output"])][0]
+    out = json.loads(first["output"])
+    assert out["macs"] <= ap.memory.all()[0].limit_macs
+
+
+def test_endless_tool_calls_forever_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-secret-0000")
+    with FakeOpenAI([{"tool_calls": [tool_call("group_context", {})]}], repeat_last_fault=True) as srv:
+        with pytest.raises(TDCError, match="did not produce 2 valid candidates"):
+            run_agent(tmp_path, "openai:fake-model", base_url=srv.url, max_round_retries=1)
+
+
+def test_persistent_500_fails_clearly_and_a_rerun_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-secret-0000")
+    # round 1 takes 4 requests with the policy (context, evaluate x2, submit, final text)
+    with FakeOpenAI([None] * 4 + [{"status": 500}], repeat_last_fault=True) as srv:
+        with pytest.raises(TDCError, match="rerun the same command to resume"):
+            run_agent(tmp_path, "openai:fake-model", base_url=srv.url, max_retries=1)
+    state = json.loads((tmp_path / "out" / "group_1" / "rounds.json").read_text())
+    assert len(state["rounds"]) == 1
+    first_round = state["rounds"][0]
+    with FakeOpenAI() as srv:
+        outcome, result, ap = run_agent(tmp_path, "openai:fake-model", base_url=srv.url)
+    _check_valid(outcome, result, ap)
+    assert outcome.rounds[0].candidates == first_round["candidates"]
+    assert outcome.rounds[0].losses == first_round["losses"]
+    assert len(srv.requests) <= 5, "round 1 must not be redone"
+
+
+def test_replay_reproduces_schemes_and_losses(tmp_path):
+    a, _, ap_a = run_agent(tmp_path, "builtin", out="a")
+    b, _, ap_b = run_agent(tmp_path, f"replay:{ap_a.transcript.path}", out="b")
+    assert [r.losses for r in a.rounds] == [r.losses for r in b.rounds]
+    key = lambda recs: sorted((r.round, r.candidate, json.dumps(r.levels, sort_keys=True), r.loss) for r in recs)  # noqa: E731
+    assert key(ap_a.memory.all()) == key(ap_b.memory.all())
+    assert a.best.levels == b.best.levels
+
+
+def test_replay_exhausted_is_a_clear_error(tmp_path):
+    a, _, ap_a = run_agent(tmp_path, "builtin", out="a")
+    with pytest.raises(TDCError, match="ran out of recorded replies"):
+        run_agent(tmp_path, f"replay:{ap_a.transcript.path}", out="b", rounds=3)
+
+
+def _cli(args: list, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = python_env()
+    e.update(env or {})
+    return subprocess.run([PYTHON, "-m", "tdc_agent.cli", *map(str, args)], env=e, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_memory_persists_across_processes(tmp_path, make_config):
+    cfg = make_config(agent=AGENT)
+    mem = tmp_path / "shared-memory"
+    common = ["prune", "--method", "agent", "--preset", "tiny", "--macs-fraction", "0.6", "--config", cfg,
+              "--memory-dir", mem, "--json"]
+    p1 = _cli([*common, "--out", tmp_path / "r1"])
+    assert p1.returncode == 0, p1.stderr
+    n1 = json.loads(p1.stdout)["memory_records"]
+    p2 = _cli([*common, "--out", tmp_path / "r2"])
+    assert p2.returncode == 0, p2.stderr
+    assert json.loads(p2.stdout)["memory_records"] > n1
+    run1 = (tmp_path / "r1" / "run_id").read_text()
+    # the second run's first prompt already shows the first run's schemes
+    first_request = next(json.loads(x) for x in (tmp_path / "r2" / "transcript.jsonl").read_text().splitlines()
+                         if '"llm_request"' in x)
+    assert f"(run {run1})" in json.dumps(first_request)
+    total = json.loads(p2.stdout)["memory_records"]
+    listing = _cli(["memory", "list", "--memory-dir", mem])
+    assert listing.returncode == 0 and f"{total} records" in listing.stdout + listing.stderr
+    exp = _cli(["memory", "export", "--memory-dir", mem, "--out", tmp_path / "m.json"])
+    assert exp.returncode == 0
+    runs = {r["run_id"] for r in json.loads((tmp_path / "m.json").read_text())}
+    assert runs == {run1, (tmp_path / "r2" / "run_id").read_text()}
+    exp = _cli(["memory", "export", "--memory-dir", mem, "--out", tmp_path / "m.csv"])
+    assert exp.returncode == 0 and (tmp_path / "m.csv").read_text().count("\n") == total + 1
+
+
+def test_api_key_never_written(tmp_path, make_config):
+    secret = "sk-live-SECRET-0123456789abcdef"
+    cfg = make_config(agent=AGENT)
+    with FakeOpenAI() as srv:
+        p = _cli(["prune", "--method", "agent", "--preset", "tiny", "--macs-fraction", "0.6", "--config", cfg,
+                  "--llm", "openai:fake-model", "--llm-base-url", srv.url, "--out", tmp_path / "r"],
+                 env={"OPENAI_API_KEY": secret})
+        assert p.returncode == 0, p.stderr
+        assert any(secret in {k.lower(): v for k, v in h.items()}.get("authorization", "") for h in srv.headers), \
+            "the key must reach the server"
+    assert secret not in p.stdout + p.stderr
+    for f in (tmp_path / "r").rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f"key leaked into {f}"
+
+
+def test_missing_key_and_unreachable_server_fail_before_compute(tmp_path, make_config, monkeypatch):
+    cfg = make_config(agent=AGENT)
+    env = {"OPENAI_API_KEY": ""}
+    p = _cli(["prune", "--method", "agent", "--preset", "tiny", "--macs-fraction", "0.6", "--config", cfg,
+              "--llm", "openai:gpt-x", "--out", tmp_path / "a"], env=env)
+    assert p.returncode == 2 and "OPENAI_API_KEY" in p.stderr and not (tmp_path / "a").exists()
+    p = _cli(["prune", "--method", "agent", "--preset", "tiny", "--macs-fraction", "0.6", "--config", cfg,
+              "--llm", "openai:gpt-x", "--llm-base-url", "http://127.0.0.1:9/v1", "--out", tmp_path / "b"])
+    assert p.returncode == 2 and "unreachable" in p.stderr and not (tmp_path / "b").exists()
+    p = _cli(["prune", "--method", "agent", "--preset", "tiny", "--macs-fraction", "0.6", "--config", cfg,
+              "--llm", "nonsense", "--out", tmp_path / "c"])
+    assert p.returncode == 2 and "not a valid spec" in p.stderr
+
+
+def test_custom_prompt_dir_is_used_and_validated(tmp_path, cli):
+    d = tmp_path / "prompts"
+    code, _, _ = cli("prompts", "init", d)
+    assert code == 0 and (d / "system.md").is_file()
+    (d / "system.md").write_text("CUSTOM SYSTEM PROMPT. Evaluate {candidates} schemes, then submit.")
+    assert cli("prompts", "validate", "--prompt-dir", d)[0] == 0
+    outcome, result, ap = run_agent(tmp_path, "builtin", prompt_dir=str(d), rounds=1)
+    assert "CUSTOM SYSTEM PROMPT" in ap.transcript.path.read_text()
+    (d / "round.md").write_text("Round {round}: {bogus} {candidates} {limit_macs}")
+    code, _, err = cli("prompts", "validate", "--prompt-dir", d)
+    assert code == 2 and "bogus" in err
+    (d / "round.md").write_text("Round {round} only")
+    code, _, err = cli("prompts", "validate", "--prompt-dir", d)
+    assert code == 2 and "missing required" in err and "limit_macs" in err
