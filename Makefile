@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow bench-pruning clean
+.PHONY: venv demo test test-slow bench-pruning bench-agent clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,9 @@ test-slow: $(STAMP)
 
 bench-pruning: $(STAMP)
 	$(PY) tools/bench_pruning.py --preset ddpm-cifar10 --repeats 3
+
+bench-agent: $(STAMP)
+	$(PY) tools/bench_agent.py --records 10000 --queries 200
 
 clean:
 	rm -rf runs .pytest_cache

@@ -235,3 +235,18 @@ def test_custom_prompt_dir_is_used_and_validated(tmp_path, cli):
     (d / "round.md").write_text("Round {round} only")
     code, _, err = cli("prompts", "validate", "--prompt-dir", d)
     assert code == 2 and "missing required" in err and "limit_macs" in err
+
+
+def test_custom_llm_example_runs(tmp_path):
+    from conftest import ROOT
+
+    p = subprocess.run([PYTHON, str(ROOT / "examples" / "custom_llm.py")], cwd=tmp_path, env=python_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "runs" / "custom-llm" / "model" / "pruning.json").is_file()
+
+
+def test_example_prompt_dir_validates(cli):
+    from conftest import ROOT
+
+    assert cli("prompts", "validate", "--prompt-dir", ROOT / "examples" / "custom_prompts")[0] == 0

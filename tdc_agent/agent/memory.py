@@ -121,36 +121,51 @@ class MemoryBank:
             ) from None
         self.unit_names = unit_names
         self.arch_hash = arch_hash
+        self._index: dict[str, dict[str, Any]] | None = None
+
+    def refresh(self) -> None:
+        """Reload the metadata index (cheap to query) from the store; sees other writers' records."""
+        res = self.collection.get(include=["metadatas"])
+        self._index = {i: m for i, m in zip(res["ids"], res["metadatas"])}
+
+    def _meta(self) -> dict[str, dict[str, Any]]:
+        if self._index is None:
+            self.refresh()
+        return self._index  # type: ignore[return-value]
 
     def add(self, record: MemoryRecord) -> None:
         """Insert or replace (same id) one record; durable when this returns."""
         self.collection.upsert(ids=[record.id], documents=[json.dumps(record.levels, sort_keys=True)],
                                metadatas=[record.metadata()])
+        self._meta()[record.id] = record.metadata()
 
     def count(self) -> int:
         return self.collection.count()
+
+    def _fetch(self, ids: list[str]) -> list[MemoryRecord]:
+        if not ids:
+            return []
+        res = self.collection.get(ids=ids, include=["documents", "metadatas"])
+        by_id = {i: MemoryRecord.from_chroma(i, d, m) for i, d, m in zip(res["ids"], res["documents"], res["metadatas"])}
+        return [by_id[i] for i in ids if i in by_id]
 
     def all(self, where: dict[str, Any] | None = None) -> list[MemoryRecord]:
         res = self.collection.get(where=where, include=["documents", "metadatas"])
         return [MemoryRecord.from_chroma(i, d, m) for i, d, m in zip(res["ids"], res["documents"], res["metadatas"])]
 
     def best(self, group: int | None = None, k: int = 5) -> list[MemoryRecord]:
-        """The ``k`` lowest-loss successful records (of one group, or all)."""
-        where: dict[str, Any] = {"status": "ok"}
-        if group is not None:
-            where = {"$and": [{"status": "ok"}, {"group": group}]}
-        recs = [r for r in self.all(where) if r.loss is not None]
-        return sorted(recs, key=lambda r: (r.loss, r.id))[:k]
+        """The ``k`` lowest-loss successful records (of one group, or all), from the metadata index."""
+        cands = [(m["loss"], i) for i, m in self._meta().items()
+                 if m.get("status") == "ok" and m.get("loss", -1.0) >= 0 and (group is None or m.get("group") == group)]
+        return self._fetch([i for _, i in sorted(cands)[:k]])
 
     def similar(self, levels: dict[str, float], k: int = 5, group: int | None = None) -> list[tuple[MemoryRecord, float]]:
         """The ``k`` records whose keep levels are nearest (L2) to ``levels``, with distances."""
         n = self.count()
         if n == 0:
             return []
-        res = self.collection.query(
-            query_texts=[json.dumps(levels)], n_results=min(k, n),
-            where={"group": group} if group is not None else None,
-            include=["documents", "metadatas", "distances"],
-        )
+        res = self.collection.query(query_texts=[json.dumps(levels)], n_results=min(k, n),
+                                    where={"group": group} if group is not None else None,
+                                    include=["documents", "metadatas", "distances"])
         return [(MemoryRecord.from_chroma(i, d, m), float(dist)) for i, d, m, dist in
                 zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])]

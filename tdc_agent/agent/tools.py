@@ -101,6 +101,7 @@ class PruningSession:
     # round bookkeeping -----------------------------------------------------------------------
     def start_round(self, r: int) -> None:
         self.round = r
+        self.memory.refresh()  # records other processes added meanwhile (shared memory)
         self.evaluated = [rec for rec in self.memory.all({"$and": [{"run_id": self.run_id}, {"group": self.task.index},
                                                                    {"round": r}]})]
         self.evaluated.sort(key=lambda rec: rec.candidate)
