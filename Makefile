@@ -16,8 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tdc-agent plan --config examples/digits.yaml
-	$(VENV)/bin/tdc-agent train-base --config examples/digits.yaml
+	$(VENV)/bin/tdc-agent run --config examples/digits.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

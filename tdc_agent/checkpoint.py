@@ -28,6 +28,10 @@ from .models import build_unet
 
 FORMAT_VERSION = 1
 MODEL_META = "tdc_model.json"
+PRUNING_FILE = "pruning.json"
+# A pruned model carries its pruning record (torch-pruning history + fix-up version) as this plain
+# attribute, so that every save of it (after fine-tuning, as an EMA copy...) keeps its structure.
+PRUNING_ATTR = "tdc_pruning_record"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -107,6 +111,9 @@ def save_model(directory: str | Path, model: torch.nn.Module, meta: dict[str, An
     atomic_write_json(tmp / "config.json", _jsonable(config))
     save_tensors(tmp / "model.safetensors", model.state_dict())
     atomic_write_json(tmp / MODEL_META, {"format_version": FORMAT_VERSION, **(meta or {})})
+    record = getattr(model, PRUNING_ATTR, None)
+    if record is not None:
+        atomic_write_json(tmp / PRUNING_FILE, record)
     replace_dir(tmp, directory)
     return directory
 
@@ -149,10 +156,10 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     meta = load_model_meta(directory)
     config = read_json(directory / "config.json", "model config")
     model = build_unet(config)
-    if (directory / "pruning.json").is_file():
+    if (directory / PRUNING_FILE).is_file():
         from .pruning.serialize import restore_structure
 
-        restore_structure(model, directory)
+        setattr(model, PRUNING_ATTR, restore_structure(model, directory))
     state = load_tensors(directory / "model.safetensors", "model weights")
     load_state_strict(model, state, directory / "model.safetensors")
     return model.to(device), meta

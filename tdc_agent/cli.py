@@ -33,6 +33,16 @@ DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (over
 RunDirOpt = typer.Option(None, "--run-dir", help="Run directory (default: run.output_dir/run.name).")
 
 
+def kv_table(title: str, rows: dict[str, str]) -> Table:
+    """A two-column table of named results (what most verbs print at the end)."""
+    t = Table(title=title, show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in rows.items():
+        t.add_row(k, v)
+    return t
+
+
 def _config(config: Optional[Path], overrides: Optional[List[str]], device: Optional[str] = None) -> Config:
     extra = list(overrides or [])
     if device is not None:
@@ -142,15 +152,109 @@ def train_base(
         "model": str(result.model_dir),
         "sample grid": str(grid),
     }
-    table = Table(title="stage 1", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for k, v in rows.items():
-        table.add_row(k, v)
-    console.print(table)
+    console.print(kv_table("stage 1", rows))
     if result.ddp_param_max_diff is not None:
         console.print(f"DDP parameter sync check: max |θ_r - θ_0| = {result.ddp_param_max_diff:g}")
     console.print(f"total {time.time() - t0:.1f}s")
+
+
+def _parse_groups(groups: Optional[str]) -> Optional[list[int]]:
+    from .errors import ConfigError
+
+    if groups is None:
+        return None
+    try:
+        return sorted({int(x) for x in groups.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--groups {groups!r} must be comma-separated group numbers, e.g. 0,1,3.") from None
+
+
+@app.command("run")
+def run_cmd(
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+    device: Optional[str] = DeviceOpt,
+    run_dir: Optional[Path] = RunDirOpt,
+    groups: Optional[str] = typer.Option(None, "--groups", help="Only these groups (e.g. 3,4), to spread groups over jobs."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Stop after assembling (no sampling, FD or report)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """The whole TDC job: plan, stage 1, per-group agent pruning and fine-tuning, progressive model,
+    evaluation against the base, report. Rerun the same command to resume after a kill."""
+    from .data import load_dataset
+    from .devices import dist_env, resolve_device
+    from .pipeline import evaluate_run, run_pipeline
+    from .runs import RunDir
+
+    cfg = _config(config, overrides, device)
+    dev = resolve_device(cfg.run.device)
+    group_list = _parse_groups(groups)
+    load_dataset(cfg.data)  # fails on missing data before anything is written
+    if cfg.stage2.mode == "tdc":
+        from .agent.llm import resolve_llm
+
+        resolve_llm(cfg.agent.llm, cfg.agent)  # a missing key or dead server fails before compute
+    run = RunDir.for_config(cfg, run_dir)
+    if dist_env().is_main:
+        run.prepare(cfg, sections=("data", "model", "schedule", "plan", "stage1", "stage2", "agent"))
+        run.log(f"run start device={dev} groups={groups or 'all'}")
+    t0 = time.time()
+    out = run_pipeline(cfg, run, dev, group_list, show=not quiet)
+    if not dist_env().is_main:
+        return
+    if "progressive" not in out:
+        console.print(f"groups done: {out['groups_done']} of {out['groups_total']}; when all are done, run "
+                      f"`tdc-agent assemble --run-dir {run.path}` (or this command without --groups).")
+        return
+    if no_eval:
+        console.print(f"progressive model: {out['progressive']}")
+        return
+    res = evaluate_run(cfg, run, dev, show=not quiet)
+    rows = {}
+    for name in ("base", "tdc"):
+        r = res[name]
+        fd = f"FD {r['fd']:.3f} (floor {r['real_floor']:.3f}), " if "fd" in r else ""
+        rows[name] = f"{fd}{r['macs_per_step'] / 1e6:,.2f} M MACs/step, {r['params']:,} params"
+    rows["pipeline time"] = f"{time.time() - t0:.1f} s"
+    rows["report"] = str(run.path / "report.md")
+    console.print(kv_table("TDC run", rows))
+    run.log(f"run done in {time.time() - t0:.1f}s")
+
+
+@app.command()
+def assemble(
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+    run_dir: Optional[Path] = RunDirOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Build the progressive model from finished groups (after `run --groups ...` jobs)."""
+    from .devices import resolve_device
+    from .pipeline import assemble as _assemble
+    from .runs import RunDir
+
+    cfg = _config(config, overrides, device)
+    run = RunDir.for_config(cfg, run_dir)
+    console.print(f"progressive model: {_assemble(cfg, run, resolve_device(cfg.run.device))}")
+
+
+@app.command()
+def evaluate(
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+    run_dir: Optional[Path] = RunDirOpt,
+    device: Optional[str] = DeviceOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Sample the base and progressive models of a run, measure FD/MACs/speed, write report.md."""
+    from .devices import resolve_device
+    from .pipeline import evaluate_run
+    from .runs import RunDir
+
+    cfg = _config(config, overrides, device)
+    run = RunDir.for_config(cfg, run_dir)
+    res = evaluate_run(cfg, run, resolve_device(cfg.run.device), show=not quiet)
+    console.print_json(json.dumps(res))
 
 
 @app.command()
@@ -177,6 +281,21 @@ def sample(
     dev = resolve_device(device or "auto")
     cfg = SampleConfig(sampler=sampler, steps=steps, num=num, eta=eta, batch_size=batch_size)
     out = out or Path(model).parent / "samples"
+    from .progressive import is_progressive
+
+    if is_progressive(model):
+        from .progressive import ProgressiveModel
+        from .sampling import generate, write_samples
+
+        pm = ProgressiveModel.load(model, dev)
+        t0 = time.time()
+        images = generate(lambda x, t: pm(x, t), pm.image_shape, pm.schedule, cfg, seed, dev, progress=not quiet)
+        secs = time.time() - t0
+        grid, npz = write_samples(images, out)
+        m = pm.sampling_macs(sampler, steps)
+        console.print(f"{num} samples in {secs:.1f}s: {grid}, {npz}; {m['total'] / 1e6:,.1f} M MACs per image "
+                      f"({m['mean_per_step'] / 1e6:,.2f} M per step)")
+        return
     res = sample_model_dir(model, cfg, out, seed, dev, progress=not quiet)
     console.print(f"{num} samples in {res.seconds:.1f}s ({res.seconds / num * 1000:.1f} ms/image): "
                   f"{res.grid_path}, {res.npz_path}")
@@ -323,18 +442,15 @@ def prune(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    t = Table(title=f"pruned with {method}", show_header=False)
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("MACs limit", f"{result.limit_macs / 1e6:,.2f} M ({fraction:.3f} of base)")
-    t.add_row("MACs (thop)", f"{result.macs.thop / 1e6:,.2f} M ({result.fraction:.3f} of base, "
-                             f"{summary['fill']:.1%} of limit)")
-    t.add_row("MACs (op level)", f"{result.macs.op_level / 1e6:,.2f} M (base {result.base_macs.op_level / 1e6:,.2f} M)")
-    t.add_row("params", f"{result.macs.params:,} (base {result.base_macs.params:,})")
-    t.add_row("build+fit+count", f"{result.seconds:.2f} s")
-    t.add_row("quick loss", f"{loss:.5f} (held-out images, {len(eval_ts)} timesteps sampled evenly)")
-    t.add_row("saved", str(out / "model"))
-    console.print(t)
+    console.print(kv_table(f"pruned with {method}", {
+        "MACs limit": f"{result.limit_macs / 1e6:,.2f} M ({fraction:.3f} of base)",
+        "MACs (thop)": f"{result.macs.thop / 1e6:,.2f} M ({result.fraction:.3f} of base, {summary['fill']:.1%} of limit)",
+        "MACs (op level)": f"{result.macs.op_level / 1e6:,.2f} M (base {result.base_macs.op_level / 1e6:,.2f} M)",
+        "params": f"{result.macs.params:,} (base {result.base_macs.params:,})",
+        "build+fit+count": f"{result.seconds:.2f} s",
+        "quick loss": f"{loss:.5f} (held-out images, {len(eval_ts)} timesteps sampled evenly)",
+        "saved": str(out / "model"),
+    }))
     for n in result.notes:
         console.print(f"[yellow]note:[/] {n}")
 
@@ -378,20 +494,17 @@ def _prune_agent(cfg: Config, macs_fraction, group, base, preset, out: Path, as_
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    t = Table(title=f"agent pruning ({ap.llm_spec}), group {task.index}", show_header=False)
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("best candidate", f"{summary['best_id']} (loss {summary['best_loss']:.5f})")
-    t.add_row("MACs (thop)", f"{result.macs.thop / 1e6:,.2f} M of limit {task.limit_macs / 1e6:,.2f} M")
-    t.add_row("params", f"{result.macs.params:,}")
-    t.add_row("rounds: loss mean ± std", ", ".join(f"{r['mean']:.4f}±{r['std']:.4f}" for r in summary["rounds"]))
-    u = summary["usage"]
-    t.add_row("LLM usage", f"{u['llm_calls']} calls, {u['input_tokens']}+{u['output_tokens']} tokens"
-              + (f", ${u['cost_usd']:.4f}" if u.get("cost_usd") is not None else ""))
-    s = summary["seconds"]
-    t.add_row("time", f"{s['total']:.1f} s ({s['agent_overhead']:.1f} s outside building/evaluating)")
-    t.add_row("saved", f"{out / 'model'}; transcript {out / 'transcript.jsonl'}")
-    console.print(t)
+    u, sec = summary["usage"], summary["seconds"]
+    console.print(kv_table(f"agent pruning ({ap.llm_spec}), group {task.index}", {
+        "best candidate": f"{summary['best_id']} (loss {summary['best_loss']:.5f})",
+        "MACs (thop)": f"{result.macs.thop / 1e6:,.2f} M of limit {task.limit_macs / 1e6:,.2f} M",
+        "params": f"{result.macs.params:,}",
+        "rounds: loss mean ± std": ", ".join(f"{r['mean']:.4f}±{r['std']:.4f}" for r in summary["rounds"]),
+        "LLM usage": f"{u['llm_calls']} calls, {u['input_tokens']}+{u['output_tokens']} tokens"
+                     + (f", ${u['cost_usd']:.4f}" if u.get("cost_usd") is not None else ""),
+        "time": f"{sec['total']:.1f} s ({sec['agent_overhead']:.1f} s outside building/evaluating)",
+        "saved": f"{out / 'model'}; transcript {out / 'transcript.jsonl'}",
+    }))
 
 
 memory_app = typer.Typer(help="The Chroma memory bank of evaluated schemes.", no_args_is_help=True)

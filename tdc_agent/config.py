@@ -72,12 +72,36 @@ class TrainConfig(_Section):
     amp: bool = True
 
 
+class Stage2Config(TrainConfig):
+    """Stage 2: each group's model, pruned (or not) and fine-tuned on the group's timesteps (Eq. 8).
+
+    ``steps`` is per group with ``steps_rule: equal``; with ``proportional`` it is the total,
+    shared out by the groups' sizes. ``optimizer: fresh`` starts AdamW anew for every group (what
+    worked in our measurements); ``carried`` starts from the base's AdamW state (only possible when
+    the group model keeps the base architecture, i.e. mode tdc-no-prune).
+    """
+
+    mode: str = "tdc"  # tdc | tdc-no-prune | random | magnitude | l1 | taylor | diff-pruning | group-taylor
+    steps: int = Field(default=250, ge=0)
+    lr: float = Field(default=5e-4, gt=0)
+    warmup: int = Field(default=25, ge=0)
+    ckpt_every: int = Field(default=100, ge=1)
+    steps_rule: Literal["equal", "proportional"] = "equal"
+    optimizer: Literal["fresh", "carried"] = "fresh"
+
+
 class SampleConfig(_Section):
     sampler: Literal["ddim", "ddpm"] = "ddim"
     steps: int = Field(default=100, ge=1)
     num: int = Field(default=64, ge=1)
     batch_size: int = Field(default=500, ge=1)
     eta: float = Field(default=0.0, ge=0)
+
+
+class EvaluationConfig(_Section):
+    """The pinned evaluation protocol: samples per model (sampler and steps come from ``sample``)."""
+
+    samples: int = Field(default=1000, ge=2)
 
 
 class AgentConfig(_Section):
@@ -96,6 +120,7 @@ class AgentConfig(_Section):
     max_llm_calls_per_round: int = Field(default=12, ge=1)
     max_tool_calls_per_round: int = Field(default=30, ge=1)
     max_llm_calls_per_group: int = Field(default=100, ge=1)
+    max_tool_calls_per_group: int = Field(default=300, ge=1)
     max_tokens_per_group: Optional[int] = Field(default=None, ge=1)
     max_round_retries: int = Field(default=2, ge=0)
     max_retries: int = Field(default=3, ge=0)  # HTTP retries with backoff (429, 5xx, timeouts)
@@ -115,7 +140,9 @@ class Config(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     plan: PlanConfig = PlanConfig()
     stage1: TrainConfig = TrainConfig()
+    stage2: Stage2Config = Stage2Config()
     sample: SampleConfig = SampleConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     agent: AgentConfig = AgentConfig()
 
     @model_validator(mode="after")
@@ -127,6 +154,12 @@ class Config(_Section):
             )
         if self.schedule.beta_end <= self.schedule.beta_start:
             raise ValueError("schedule.beta_end must be larger than schedule.beta_start")
+        modes = ("tdc", "tdc-no-prune", "random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor")
+        if self.stage2.mode not in modes:
+            raise ValueError(f"stage2.mode must be one of {', '.join(modes)}; got {self.stage2.mode!r}")
+        if self.stage2.optimizer == "carried" and self.stage2.mode != "tdc-no-prune":
+            raise ValueError("stage2.optimizer=carried needs stage2.mode=tdc-no-prune (a pruned model has other "
+                             "parameter shapes than the base's optimizer state)")
         if self.model.preset is None and self.model.path is None:
             raise ValueError("set model.preset (tiny, ddpm-cifar10, iddpm-cifar10) or model.path")
         return self

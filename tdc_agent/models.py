@@ -13,8 +13,9 @@ Presets:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from diffusers import UNet2DModel
@@ -116,3 +117,23 @@ def denoise(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.T
     if eps.shape[1] == 2 * x.shape[1]:
         eps = eps[:, : x.shape[1]]
     return eps
+
+
+def example_inputs(model: torch.nn.Module, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A zero image batch and timestep 1 on the model's device: what tracing and counting run."""
+    cfg = model.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    device = next(model.parameters()).device
+    return (torch.zeros(batch, cfg.in_channels, size, size, device=device),
+            torch.ones(batch, dtype=torch.long, device=device))
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run a block with the model in eval mode (no dropout), restoring its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -250,3 +250,13 @@ def test_example_prompt_dir_validates(cli):
     from conftest import ROOT
 
     assert cli("prompts", "validate", "--prompt-dir", ROOT / "examples" / "custom_prompts")[0] == 0
+
+
+@pytest.mark.parametrize("cap,needle", [({"max_llm_calls_per_group": 3}, "LLM call cap"),
+                                        ({"max_tool_calls_per_group": 4}, "Tool call cap"),
+                                        ({"max_tokens_per_group": 150}, "Token cap")])
+def test_group_caps_stop_with_a_clear_error(tmp_path, monkeypatch, cap, needle):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-secret-0000")
+    with FakeOpenAI() as srv:
+        with pytest.raises(TDCError, match=needle):
+            run_agent(tmp_path, "openai:fake-model", base_url=srv.url, **cap)

@@ -46,6 +46,7 @@ class UsageMeter(BaseCallbackHandler):
         self.cfg = cfg
         self.model_name = model_name
         self.calls = 0
+        self.tool_calls = 0
         self.input_tokens = 0
         self.output_tokens = 0
 
@@ -65,6 +66,12 @@ class UsageMeter(BaseCallbackHandler):
                            f"(agent.max_tokens_per_group={self.cfg.max_tokens_per_group}).")
         self.calls += 1
 
+    def on_tool_start(self, serialized: Any, input_str: str, **kwargs: Any) -> None:
+        if self.tool_calls >= self.cfg.max_tool_calls_per_group:
+            raise TDCError(f"Tool call cap reached: {self.tool_calls} tool calls for this group "
+                           f"(agent.max_tool_calls_per_group={self.cfg.max_tool_calls_per_group}).")
+        self.tool_calls += 1
+
     def on_llm_end(self, response: Any, **kwargs: Any) -> None:
         gen = response.generations[0][0] if response.generations and response.generations[0] else None
         usage = getattr(getattr(gen, "message", None), "usage_metadata", None) or {}
@@ -72,8 +79,8 @@ class UsageMeter(BaseCallbackHandler):
         self.output_tokens += int(usage.get("output_tokens", 0) or 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"llm_calls": self.calls, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-                "cost_usd": self.cost}
+        return {"llm_calls": self.calls, "tool_calls": self.tool_calls, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "cost_usd": self.cost}
 
 
 @dataclass
@@ -180,7 +187,7 @@ class RoundLoop:
         rounds = [RoundSummary(**x) for x in state["rounds"]]
         meter = UsageMeter(self.cfg, self.llm_spec.split(":", 1)[-1])
         for k, v in state.get("usage", {}).items():
-            if k in ("llm_calls", "input_tokens", "output_tokens") and v:
+            if k in ("llm_calls", "tool_calls", "input_tokens", "output_tokens") and v:
                 setattr(meter, {"llm_calls": "calls"}.get(k, k), int(v))
         system = self.prompts.render("system", candidates=self.cfg.candidates, rounds=self.cfg.rounds)
         for r in range(len(rounds), self.cfg.rounds):

@@ -83,6 +83,11 @@ class AgentPruning:
 
     def prune_group(self, task: GroupTask, model_dir: Path | None = None) -> tuple[GroupOutcome, Any]:
         """Run the rounds for ``task``, build the best scheme, save it; returns (outcome, PruneResult)."""
+        if task.limit_macs >= self.pruner.base_count.thop:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"The MACs limit of group {task.index} ({task.limit_macs:,.0f}) is not below the base "
+                              f"model's {self.pruner.base_count.thop:,}: there is nothing to prune.")
         session = PruningSession(self.pruner, task, self.memory, self.eval_data, self.process, self.cfg.agent,
                                  self.run_id, self.llm_spec, self.out_dir / f"group_{task.index}", self.cfg.run.seed)
         t0 = time.time()

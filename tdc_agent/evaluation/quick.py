@@ -14,7 +14,7 @@ import torch
 
 from ..data import ImageDataset
 from ..diffusion import ForwardProcess
-from ..models import denoise
+from ..models import denoise, eval_mode
 
 
 def eval_timesteps(timesteps: Sequence[int], n: int) -> list[int]:
@@ -36,14 +36,12 @@ def quick_loss(
 ) -> float:
     """Mean ε-MSE over the chosen timesteps on fixed images and fixed noise."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     x0 = data.images[:batch_size].to(device)
     losses = []
-    for t in eval_timesteps(timesteps, n_timesteps):
-        g = torch.Generator().manual_seed(seed * 100_003 + t)
-        noise = torch.randn(x0.shape, generator=g).to(device)
-        tt = torch.full((len(x0),), t, dtype=torch.long, device=device)
-        losses.append(float(process.loss(lambda x, s: denoise(model, x, s), x0, tt, noise)))
-    model.train(was_training)
+    with eval_mode(model):
+        for t in eval_timesteps(timesteps, n_timesteps):
+            g = torch.Generator().manual_seed(seed * 100_003 + t)
+            noise = torch.randn(x0.shape, generator=g).to(device)
+            tt = torch.full((len(x0),), t, dtype=torch.long, device=device)
+            losses.append(float(process.loss(lambda x, s: denoise(model, x, s), x0, tt, noise)))
     return float(np.mean(losses))

@@ -27,7 +27,8 @@ from diffusers.models.upsampling import Upsample2D
 from .importance import select_pruned
 from .macs import MacsCount, count
 from .scheme import PruningScheme, SchemeError
-from .units import UnitGraph, build_graph, example_inputs
+from ..models import eval_mode, example_inputs
+from .units import UnitGraph, build_graph
 
 FIXUP_VERSION = 1
 
@@ -80,12 +81,9 @@ def build_pruned(
 
 
 def _forward_check(model: torch.nn.Module) -> None:
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         x, t = example_inputs(model)
         out = model(x, t).sample
-    model.train(was_training)
     if out.shape != x.shape or not torch.isfinite(out).all():
         raise RuntimeError(f"pruned model failed its forward check: output {tuple(out.shape)} for input "
                            f"{tuple(x.shape)}")  # a bug in the engine, not a user error

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..models import param_count
+from ..models import eval_mode, example_inputs, param_count
 
 
 @dataclass(frozen=True)
@@ -29,42 +29,38 @@ class MacsCount:
         return {"macs_thop": self.thop, "macs_op_level": self.op_level, "params": self.params}
 
 
-def _example_inputs(model: torch.nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    cfg = model.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    x = torch.zeros(1, cfg.in_channels, size, size, device=device)
-    t = torch.zeros(1, dtype=torch.long, device=device)
-    return x, t
+def thop_layer_ops(model: torch.nn.Module) -> dict[str, float]:
+    """thop's MACs of each module's own arithmetic (not its children's), by module name.
 
-
-@torch.no_grad()
-def thop_macs(model: torch.nn.Module) -> int:
-    """MACs per image by thop's module hooks (conv, linear, norm layers)."""
+    Recent thop releases also count functional ops (attention matmuls) at the root. The paper's
+    convention (and its 6.06 G for DDPM CIFAR-10) is module hooks only, which is what this returns.
+    """
     import thop
 
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    x, t = _example_inputs(model, device)
-    with contextlib.redirect_stdout(io.StringIO()):  # thop prints warnings for unknown modules
-        _, _, layers = thop.profile(model, inputs=(x, t), verbose=False, ret_layer_info=True)
+    ops: dict[str, float] = {}
+
+    def walk(prefix: str, d: dict) -> None:
+        for n, (total, _, sub) in d.items():
+            ops[f"{prefix}{n}"] = total - sum(v[0] for v in sub.values())
+            walk(f"{prefix}{n}.", sub)
+
+    with torch.no_grad(), eval_mode(model), contextlib.redirect_stdout(io.StringIO()):  # thop prints warnings
+        _, _, layers = thop.profile(model, inputs=example_inputs(model), verbose=False, ret_layer_info=True)
     _strip_thop_buffers(model)
-    model.train(was_training)
-    # Recent thop releases also count functional ops (attention matmuls) at the root. The paper's
-    # convention (and its 6.06 G for DDPM CIFAR-10) is module hooks only: sum the modules' totals.
-    return int(sum(ops for ops, _, _ in layers.values()))
+    walk("", layers)
+    return ops
+
+
+def thop_macs(model: torch.nn.Module) -> int:
+    """MACs per image by thop's module hooks (conv, linear, norm layers)."""
+    return int(sum(thop_layer_ops(model).values()))
 
 
 @torch.no_grad()
 def op_level_macs(model: torch.nn.Module) -> int:
     """MACs per image counted over aten ops (includes attention matmuls): FLOPs / 2."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    x, t = _example_inputs(model, device)
-    with FlopCounterMode(display=False) as counter:
-        model(x, t)
-    model.train(was_training)
+    with eval_mode(model), FlopCounterMode(display=False) as counter:
+        model(*example_inputs(model))
     return int(counter.get_total_flops() // 2)
 
 

@@ -14,12 +14,10 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write_json, read_json, save_model
+from ..checkpoint import PRUNING_ATTR, PRUNING_FILE, read_json, save_model
 from ..errors import CheckpointError
 from .apply import FIXUP_VERSION, PruneResult, fix_up
 from .units import build_graph
-
-PRUNING_FILE = "pruning.json"
 
 
 def save_pruned(directory: str | Path, result: PruneResult, meta: dict[str, Any] | None = None) -> Path:
@@ -32,13 +30,12 @@ def save_pruned(directory: str | Path, result: PruneResult, meta: dict[str, Any]
     }
     meta = dict(meta or {})
     meta["pruning"] = {k: v for k, v in result.summary().items() if k not in ("kept_channels",)}
-    directory = save_model(directory, result.model, meta)
-    atomic_write_json(directory / PRUNING_FILE, record)
-    return directory
+    setattr(result.model, PRUNING_ATTR, record)
+    return save_model(directory, result.model, meta)
 
 
-def restore_structure(model: torch.nn.Module, directory: Path) -> None:
-    """Replay a saved pruning record on a freshly built dense model (in place)."""
+def restore_structure(model: torch.nn.Module, directory: Path) -> dict[str, Any]:
+    """Replay a saved pruning record on a freshly built dense model (in place); returns the record."""
     record = read_json(directory / PRUNING_FILE, "pruning record")
     if record.get("fixup_version") != FIXUP_VERSION:
         raise CheckpointError(
@@ -57,3 +54,4 @@ def restore_structure(model: torch.nn.Module, directory: Path) -> None:
             f"config.json ({type(e).__name__}: {e}). The files do not belong together."
         ) from None
     fix_up(model)
+    return record

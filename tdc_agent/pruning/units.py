@@ -21,6 +21,9 @@ import torch_pruning as tp
 from diffusers.models.attention_processor import Attention
 from pydantic import BaseModel
 
+from ..models import eval_mode, example_inputs
+from .macs import thop_layer_ops
+
 ROLES = ("time embedding", "attention", "resnet inner", "block output")
 
 
@@ -72,14 +75,6 @@ class LayerMacs:
     linear_in_channels: bool = False  # norm layers: MACs scale with channels, not their square
 
 
-def example_inputs(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    cfg = model.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    device = next(model.parameters()).device
-    return (torch.randn(1, cfg.in_channels, size, size, device=device),
-            torch.ones(1, dtype=torch.long, device=device))
-
-
 def attention_heads(model: torch.nn.Module) -> dict[torch.nn.Module, int]:
     """``num_heads`` for torch-pruning: each attention's q/k/v projections and their head count."""
     heads: dict[torch.nn.Module, int] = {}
@@ -92,14 +87,10 @@ def attention_heads(model: torch.nn.Module) -> dict[torch.nn.Module, int]:
 
 def build_graph(model: torch.nn.Module) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of a diffusers UNet (traced on one example input)."""
-    was_training = model.training
-    model.eval()
-    dg = tp.DependencyGraph().build_dependency(
-        model, example_inputs=example_inputs(model),
-        forward_fn=lambda m, inputs: m(*inputs).sample,
-    )
-    model.train(was_training)
-    return dg
+    with eval_mode(model):
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_inputs(model), forward_fn=lambda m, inputs: m(*inputs).sample,
+        )
 
 
 def ignored_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -171,29 +162,10 @@ class UnitGraph:
 
 def analyse(model: torch.nn.Module) -> UnitGraph:
     """Find the units of ``model`` and the per-layer MACs geometry (the model is not modified)."""
-    import contextlib
-    import io
-
-    import thop
-
     dg = build_graph(model)
     heads = attention_heads(model)
     name_of = {m: n for n, m in model.named_modules()}
-    layer_ops: dict[str, float] = {}
-    model.eval()
-    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        _, _, info = thop.profile(model, inputs=example_inputs(model), verbose=False, ret_layer_info=True)
-
-    def walk(prefix: str, d: dict) -> None:
-        for n, (ops, _, sub) in d.items():
-            full = f"{prefix}{n}"
-            layer_ops[full] = ops - sum(v[0] for v in sub.values())
-            walk(full + ".", sub)
-
-    walk("", info)
-    for m in model.modules():  # thop may leave counters behind in older releases
-        for b in ("total_ops", "total_params"):
-            m._buffers.pop(b, None)
+    layer_ops = thop_layer_ops(model)
 
     layers: dict[str, LayerMacs] = {}
     for n, m in model.named_modules():

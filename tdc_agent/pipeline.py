@@ -1,0 +1,148 @@
+"""The whole TDC job: plan → stage 1 → per group (agent pruning → fine-tune) → progressive model →
+samples → evaluation against the base → report. Every step is skipped when its output exists, so
+rerunning the same command after a kill continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .checkpoint import atomic_write_json, atomic_write_text, load_model, read_json
+from .config import Config
+from .devices import barrier, dist_env
+from .data import load_dataset
+from .errors import ConfigError
+from .planning import build_plan, write_plan
+from .progress import console
+from .progressive import ProgressiveModel, member_from_dir
+from .pruning.macs import count
+from .runs import RunDir
+from .schedule import ddim_timesteps
+from .stage1 import train_base
+from .stage2 import finetune_group, group_dir, group_steps, prepare_group_model
+
+
+def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequence[int] | None = None,
+                 show: bool = True) -> dict[str, Any]:
+    """Plan, stage 1 and stage 2 for ``groups`` (default all); assembles when every group is done."""
+    from .agent.proxy import held_out
+
+    t0 = time.time()
+    plan = build_plan(cfg)
+    if groups is not None:
+        bad = [g for g in groups if not 0 <= g < len(plan.groups)]
+        if bad:
+            raise ConfigError(f"--groups {bad} do not exist: the plan has groups 0..{len(plan.groups) - 1}.")
+    for w in plan.warnings:
+        console.print(f"[yellow]plan warning:[/] {w}")
+    data = load_dataset(cfg.data)
+    eval_data = held_out(cfg)
+    run.log("run: stage 1")
+    t1 = time.time()
+    stage1 = train_base(cfg, run, device, data, progress=show)
+    timings = {"stage1": time.time() - t1}
+    base, meta = load_model(stage1.model_dir, device)
+    env = dist_env()
+    if env.is_main:
+        write_plan(plan, run.path, count(base).thop)
+    cache: dict = {}
+    for g in plan.groups:
+        if groups is not None and g.index not in groups:
+            continue
+        if (group_dir(run, g.index) / "finetune.json").is_file():
+            continue
+        if env.is_main:
+            run.log(f"run: group {g.index}")
+        tg = time.time()
+        # Under torchrun, rank 0 alone prunes (one agent, one memory writer); every rank fine-tunes.
+        if env.is_main:
+            prepare_group_model(cfg, run, plan, g, base, meta, device, cache, show)
+        barrier()
+        res = finetune_group(cfg, run, plan, g, data, eval_data, device, show and env.is_main)
+        timings[f"group_{g.index}"] = time.time() - tg
+        if show:
+            console.print(f"group {g.index} (t {g.t_start}-{g.t_end}): quick loss {res.summary['loss_before']:.4f} → "
+                          f"{res.summary['loss_after']:.4f} after {res.summary['steps']} steps")
+    done = [g.index for g in plan.groups if (group_dir(run, g.index) / "finetune.json").is_file()]
+    out: dict[str, Any] = {"groups_done": done, "groups_total": len(plan.groups), "seconds": time.time() - t0,
+                           "timings": timings}
+    if len(done) == len(plan.groups):
+        if env.is_main:
+            assemble(cfg, run, device)
+        barrier()
+        out["progressive"] = str(run.path / "progressive")
+    return out
+
+
+def assemble(cfg: Config, run: RunDir, device: torch.device) -> Path:
+    """Build ``RUN/progressive`` from the finished groups (idempotent)."""
+    plan = build_plan(cfg)
+    target = run.path / "progressive"
+    if (target / "manifest.json").is_file():
+        return target
+    missing = [g.index for g in plan.groups if not (group_dir(run, g.index) / "finetune.json").is_file()]
+    if missing:
+        raise ConfigError(f"Cannot assemble: groups {missing} are not finished. Run `tdc-agent run --groups "
+                          f"{','.join(map(str, missing))}` first.")
+    members, dirs = [], []
+    meta = {}
+    for g in plan.groups:
+        d = group_dir(run, g.index) / "finetune" / "model"
+        m, meta = member_from_dir(g.index, g.t_start, g.t_end, d, g.limit_fraction, device)
+        members.append(m)
+        dirs.append(d)
+    shape = meta.get("image_shape") or [members[0].model.config.in_channels] + [members[0].model.config.sample_size] * 2
+    pm = ProgressiveModel(members, cfg.schedule, shape)
+    pm.save(target, dirs)
+    run.log("run: assembled progressive model")
+    return target
+
+
+def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = True) -> dict[str, Any]:
+    """Sample base and progressive models with the same seeds, measure FD, MACs, speed; write the report."""
+    from .evaluation.fd import digits_fd
+    from .models import denoise
+    from .sampling import generate, write_samples
+
+    base, _ = load_model(run.base_model, device)
+    base.eval()
+    pm = ProgressiveModel.load(run.path / "progressive", device)
+    shape = pm.image_shape
+    scfg = cfg.sample.model_copy(update={"num": cfg.evaluation.samples})
+    results: dict[str, Any] = {"protocol": {"sampler": scfg.sampler, "steps": scfg.steps, "samples": scfg.num,
+                                            "seed": cfg.run.seed, "eta": scfg.eta}}
+    base_count = count(base)
+    ts = ddim_timesteps(cfg.schedule.timesteps, scfg.steps).tolist() if scfg.sampler == "ddim" else list(
+        range(cfg.schedule.timesteps))
+    plan = build_plan(cfg)
+    table = plan.routing_table()
+    planned = float(sum(plan.budget[t] for t in ts) / len(ts)) * base_count.thop
+    planned_limits = float(sum(plan.groups[table[t]].limit_fraction for t in ts) / len(ts)) * base_count.thop
+    for name, fn, macs in (
+        ("base", lambda x, t: denoise(base, x, t), base_count.thop),
+        ("tdc", lambda x, t: pm(x, t), pm.sampling_macs(scfg.sampler, scfg.steps)["mean_per_step"]),
+    ):
+        t0 = time.time()
+        images = generate(fn, shape, cfg.schedule, scfg, cfg.run.seed, device, progress=show)
+        secs = time.time() - t0
+        write_samples(images, run.path / "samples", name)
+        entry: dict[str, Any] = {"macs_per_step": macs, "seconds_per_image": secs / len(images)}
+        if cfg.data.name == "digits" and tuple(shape) == (1, 8, 8):
+            entry.update(digits_fd(images, cfg.run.seed).to_dict())
+        results[name] = entry
+    results["base"]["params"] = base_count.params
+    results["tdc"]["params"] = sum(sum(p.numel() for p in m.model.parameters()) for m in pm.members)
+    results["tdc"]["planned_macs_per_step"] = planned
+    results["tdc"]["group_limit_macs_per_step"] = planned_limits
+    results["training_steps"] = {"stage1": cfg.stage1.steps,
+                                 "stage2": sum(group_steps(cfg, plan, g) for g in plan.groups)}
+    atomic_write_json(run.path / "evaluation.json", results)
+    from .report import write_report
+
+    write_report(cfg, run, results)
+    return results

@@ -1,0 +1,125 @@
+"""The progressive diffusion model: N group members and a routing table from timestep to member.
+
+A directory: ``manifest.json`` (schedule, groups with t ranges and MACs, member folders) and one
+model directory per member (``members/g<i>/``: structure JSON + safetensors, pruned or not).
+``denoise(x, t)`` sends every sample of a batch to its timestep's member, so batches with mixed
+timesteps work too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_write_json, load_model, read_json, replace_dir
+from .config import ScheduleConfig
+from .errors import CheckpointError
+from .models import denoise
+from .pruning.macs import thop_macs
+from .schedule import ddim_timesteps
+
+MANIFEST = "manifest.json"
+FORMAT = "tdc-progressive/1"
+
+
+@dataclass
+class Member:
+    group: int
+    t_start: int
+    t_end: int
+    model: torch.nn.Module
+    macs: int
+    limit_fraction: float | None = None
+
+
+class ProgressiveModel(torch.nn.Module):
+    """Routes each timestep to the model of its group."""
+
+    def __init__(self, members: Sequence[Member], schedule: ScheduleConfig, image_shape: Sequence[int]):
+        super().__init__()
+        self.members = list(sorted(members, key=lambda m: m.t_start))
+        self.nets = torch.nn.ModuleList([m.model for m in self.members])
+        self.schedule = schedule
+        self.image_shape = tuple(image_shape)
+        table = np.full(schedule.timesteps, -1, dtype=np.int64)
+        for i, m in enumerate(self.members):
+            table[m.t_start: m.t_end + 1] = i
+        if (table < 0).any():
+            missing = np.flatnonzero(table < 0)
+            raise CheckpointError(f"The members do not cover every timestep (e.g. t={int(missing[0])}); a group "
+                                  "model is missing. Finish the missing groups, then assemble again.")
+        self.register_buffer("routing", torch.from_numpy(table), persistent=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        idx = self.routing[t.to(self.routing.device)].to(x.device)
+        first = int(idx[0])
+        if bool((idx == first).all()):  # the usual case when sampling: one member for the whole batch
+            return denoise(self.nets[first], x, t)
+        out = torch.empty_like(x)
+        for i in idx.unique().tolist():
+            sel = idx == i
+            out[sel] = denoise(self.nets[i], x[sel], t[sel]).to(out.dtype)
+        return out
+
+    def macs_for(self, timesteps: Sequence[int]) -> int:
+        """MACs (thop, per image) of running the denoiser at these timesteps."""
+        table = self.routing.cpu().numpy()
+        return int(sum(self.members[table[t]].macs for t in timesteps))
+
+    def sampling_macs(self, sampler: str = "ddim", steps: int = 100) -> dict[str, float]:
+        """MACs of one whole sampling run per image, and the mean per step."""
+        ts = ddim_timesteps(self.schedule.timesteps, steps) if sampler == "ddim" else np.arange(self.schedule.timesteps)
+        total = self.macs_for(ts.tolist())
+        return {"total": total, "mean_per_step": total / len(ts), "steps": len(ts)}
+
+    def save(self, directory: str | Path, member_dirs: Sequence[Path]) -> Path:
+        """Write the manifest next to already-saved member directories (copied in, atomically)."""
+        import shutil
+
+        directory = Path(directory)
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "members").mkdir(parents=True)
+        entries = []
+        for m, src in zip(self.members, member_dirs):
+            name = f"g{m.group}"
+            shutil.copytree(src, tmp / "members" / name)
+            entries.append({"group": m.group, "t_start": m.t_start, "t_end": m.t_end, "dir": f"members/{name}",
+                            "macs_thop": m.macs, "limit_fraction": m.limit_fraction})
+        atomic_write_json(tmp / MANIFEST, {"format": FORMAT, "schedule": self.schedule.model_dump(mode="json"),
+                                           "image_shape": list(self.image_shape), "members": entries})
+        replace_dir(tmp, directory)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "ProgressiveModel":
+        directory = Path(directory)
+        man = read_json(directory / MANIFEST, "progressive model manifest")
+        if man.get("format") != FORMAT:
+            raise CheckpointError(f"{directory / MANIFEST} is not a {FORMAT} manifest (format {man.get('format')!r}).")
+        try:
+            members = []
+            for e in man["members"]:
+                model, _ = load_model(directory / e["dir"], device)
+                members.append(Member(int(e["group"]), int(e["t_start"]), int(e["t_end"]), model.eval(),
+                                      int(e["macs_thop"]), e.get("limit_fraction")))
+            schedule = ScheduleConfig.model_validate(man["schedule"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{directory / MANIFEST} is malformed ({type(e).__name__}: {e}).") from None
+        return cls(members, schedule, man["image_shape"]).to(device).eval()
+
+
+def is_progressive(directory: str | Path) -> bool:
+    return (Path(directory) / MANIFEST).is_file()
+
+
+def member_from_dir(group: int, t_start: int, t_end: int, directory: Path, limit_fraction: float | None,
+                    device: str | torch.device = "cpu") -> tuple[Member, dict[str, Any]]:
+    model, meta = load_model(directory, device)
+    return Member(group, t_start, t_end, model.eval(), thop_macs(model), limit_fraction), meta

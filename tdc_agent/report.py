@@ -1,0 +1,101 @@
+"""``report.md`` in the run directory: plan, per-group results, agent rounds, samples, summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .checkpoint import atomic_write_text, read_json  # noqa: E402
+from .config import Config  # noqa: E402
+from .planning import build_plan  # noqa: E402
+from .plots import _save  # noqa: E402
+from .runs import RunDir  # noqa: E402
+from .stage2 import group_dir  # noqa: E402
+
+
+def _rounds_plot(cfg: Config, run: RunDir, n_groups: int) -> Path | None:
+    """Mean ± std of the candidates' quick loss per agent round, one line per group (paper Fig. 5)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    drawn = False
+    for i in range(n_groups):
+        f = group_dir(run, i) / "agent" / f"group_{i}" / "rounds.json"
+        if not f.is_file():
+            continue
+        rounds = read_json(f, "agent rounds")["rounds"]
+        if not rounds:
+            continue
+        mean = np.array([np.mean(r["losses"]) for r in rounds])
+        std = np.array([np.std(r["losses"]) for r in rounds])
+        x = np.arange(1, len(rounds) + 1)
+        ax.errorbar(x, mean, yerr=std, capsize=3, marker="o", label=f"group {i}")
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("round")
+    ax.set_ylabel("quick loss (mean ± std of candidates)")
+    ax.legend(fontsize=7)
+    return _save(fig, run.path / "agent_rounds.png")
+
+
+def _fmt_macs(x: float) -> str:
+    return f"{x / 1e6:,.2f} M" if x < 1e9 else f"{x / 1e9:,.3f} G"
+
+
+def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
+    plan = build_plan(cfg)
+    lines = [f"# TDC run `{run.path.name}`", "",
+             f"Data `{cfg.data.name}`, model `{cfg.model.preset or cfg.model.path}`, {cfg.schedule.name} schedule "
+             f"(T={cfg.schedule.timesteps}), N={len(plan.groups)} groups, k={cfg.plan.k}, shape `{cfg.plan.shape}`, "
+             f"stage 2 mode `{cfg.stage2.mode}`, LLM `{cfg.agent.llm}`.", "",
+             "## Summary (Table I form)", ""]
+    p = results["protocol"]
+    fd_note = ""
+    if "fd" in results["base"]:
+        fd_note = (f"FD: Fréchet distance in the features of a digits classifier (test accuracy "
+                   f"{results['base']['classifier_test_accuracy']:.1%}) against all 1797 real digits; "
+                   f"real-vs-real floor at the same sample count in the next column.")
+    lines += ["| model | FD | real floor | MACs / step | params | training steps | s / image |",
+              "|---|---|---|---|---|---|---|"]
+    steps = results["training_steps"]
+    for name, label, st in (("base", "base (stage 1 only)", steps["stage1"]),
+                            ("tdc", f"TDC ({cfg.stage2.mode})", steps["stage1"] + steps["stage2"])):
+        r = results[name]
+        fd = f"{r['fd']:.3f}" if "fd" in r else "-"
+        floor = f"{r['real_floor']:.3f}" if "real_floor" in r else "-"
+        lines.append(f"| {label} | {fd} | {floor} | {_fmt_macs(r['macs_per_step'])} | {r['params'] / 1e6:.3f} M | "
+                     f"{st} | {r['seconds_per_image'] * 1e3:.2f} ms |")
+    t = results["tdc"]
+    lines += ["", f"Protocol: {p['samples']} samples per model, {p['sampler'].upper()} {p['steps']} steps, "
+              f"η={p['eta']}, seed {p['seed']} (same noise for both). {fd_note}",
+              f"TDC MACs per step: achieved {_fmt_macs(t['macs_per_step'])} "
+              f"({t['macs_per_step'] / results['base']['macs_per_step']:.3f} × base); planned per-timestep budget "
+              f"{_fmt_macs(t['planned_macs_per_step'])}; group limits {_fmt_macs(t['group_limit_macs_per_step'])}.",
+              "", "## Plan", "", "![plan](plan.png)", "", "## Groups", "",
+              "| group | t range | limit / F | achieved MACs | params | pruned units | loss before FT | loss after FT | FT steps |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for g in plan.groups:
+        gd = group_dir(run, g.index)
+        pr = read_json(gd / "prune.json", "group pruning summary") if (gd / "prune.json").is_file() else {}
+        ft = read_json(gd / "finetune.json", "group fine-tune summary") if (gd / "finetune.json").is_file() else {}
+        macs = pr.get("macs_thop")
+        levels = pr.get("best_levels", pr.get("levels", {})) or {}
+        lines.append(
+            f"| {g.index} | {g.t_start}-{g.t_end} | {g.limit_fraction:.3f} | {_fmt_macs(macs) if macs else 'base'} | "
+            f"{pr.get('params', 0) / 1e6:.3f} M | {len(levels)} | {ft.get('loss_before', float('nan')):.4f} | "
+            f"{ft.get('loss_after', float('nan')):.4f} | {ft.get('steps', '-')} |")
+    rounds_png = _rounds_plot(cfg, run, len(plan.groups))
+    if rounds_png is not None:
+        lines += ["", "## Agent rounds", "", "Quick loss of each round's candidates (mean ± std), per group "
+                  "(the paper's Fig. 5):", "", "![agent rounds](agent_rounds.png)"]
+    lines += ["", "## Samples", "", "Same seed and noise; base left, TDC right.", "",
+              "| base | TDC |", "|---|---|", "| ![base](samples/base.png) | ![tdc](samples/tdc.png) |", ""]
+    path = run.path / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

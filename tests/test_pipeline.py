@@ -1,0 +1,169 @@
+"""`tdc-agent run` end to end on a tiny config, the progressive model, and kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PYTHON, python_env
+from tdc_agent.checkpoint import save_model
+from tdc_agent.config import ScheduleConfig
+from tdc_agent.models import build_unet, denoise, unet_config
+from tdc_agent.progressive import Member, ProgressiveModel
+from tdc_agent.pruning.macs import thop_macs
+
+E2E = {
+    "stage1": {"steps": 30, "batch_size": 32, "ckpt_every": 10, "log_every": 5},
+    "stage2": {"steps": 10, "batch_size": 32, "ckpt_every": 5, "log_every": 5},
+    "sample": {"steps": 10, "num": 16},
+    "evaluation": {"samples": 64},
+    "agent": {"rounds": 2, "candidates": 2, "eval_batch_size": 32, "eval_timesteps": 3},
+}
+
+
+def _cli(args, **kw):
+    return subprocess.Popen([PYTHON, "-m", "tdc_agent.cli", *map(str, args)], env=python_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+@pytest.fixture
+def cache_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
+
+
+def test_run_end_to_end_tiny(make_config, tmp_path, cli, cache_env):
+    cfg = make_config(**E2E)
+    code, _, err = cli("run", "--config", cfg, "--run-dir", tmp_path / "r", "-q")
+    assert code == 0, err
+    run = tmp_path / "r"
+    for f in ("report.md", "evaluation.json", "plan.png", "agent_rounds.png", "samples/base.png", "samples/tdc.png",
+              "progressive/manifest.json", "config.yaml", "logs/run.log"):
+        assert (run / f).is_file(), f
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert ev["tdc"]["macs_per_step"] < ev["base"]["macs_per_step"]
+    assert 0 < ev["base"]["classifier_test_accuracy"] <= 1 and ev["base"]["fd"] > 0 and ev["base"]["real_floor"] > 0
+    report = (run / "report.md").read_text()
+    assert "| base (stage 1 only)" in report and "| TDC (tdc)" in report
+    # the progressive model samples from a fresh process exactly as in this one
+    pm = ProgressiveModel.load(run / "progressive")
+    from tdc_agent.config import SampleConfig
+    from tdc_agent.sampling import generate
+
+    here = generate(lambda x, t: pm(x, t), pm.image_shape, pm.schedule, SampleConfig(steps=10, num=6), seed=5,
+                    progress=False)
+    p = subprocess.run([PYTHON, "-m", "tdc_agent.cli", "sample", "--model", str(run / "progressive"), "--num", "6",
+                        "--steps", "10", "--seed", "5", "--out", str(tmp_path / "s"), "-q", "--device", "cpu"],
+                       env=python_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    there = np.load(tmp_path / "s" / "samples.npz")["images"]
+    from tdc_agent.data import to_uint8
+
+    assert np.array_equal(there, to_uint8(here))
+
+
+def test_groups_subset_then_assemble(make_config, tmp_path, cli, cache_env):
+    cfg = make_config(**E2E)
+    run = tmp_path / "r"
+    code, _, err = cli("run", "--config", cfg, "--run-dir", run, "--groups", "0,1", "-q")
+    assert code == 0, err
+    assert not (run / "progressive").exists()
+    code, _, err = cli("assemble", "--config", cfg, "--run-dir", run)
+    assert code == 2 and "not finished" in err
+    code, _, err = cli("run", "--config", cfg, "--run-dir", run, "--groups", "2", "--no-eval", "-q")
+    assert code == 0, err
+    assert (run / "progressive" / "manifest.json").is_file()
+    code, _, err = cli("run", "--config", cfg, "--run-dir", run, "--groups", "9", "-q")
+    assert code == 2 and "do not exist" in err
+
+
+def _tiny(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_unet(unet_config("tiny")).eval()
+
+
+def test_progressive_routes_mixed_batches(tmp_path):
+    sched = ScheduleConfig(timesteps=100)
+    nets = [_tiny(i) for i in range(3)]
+    ranges = [(0, 9), (10, 49), (50, 99)]
+    members = [Member(i, a, b, n, thop_macs(n)) for i, ((a, b), n) in enumerate(zip(ranges, nets))]
+    pm = ProgressiveModel(members, sched, (1, 8, 8))
+    x = torch.randn(5, 1, 8, 8)
+    t = torch.tensor([3, 60, 20, 99, 0])
+    want = torch.stack([denoise(nets[{3: 0, 60: 2, 20: 1, 99: 2, 0: 0}[int(tt)]], x[i:i + 1], t[i:i + 1])[0]
+                        for i, tt in enumerate(t)])
+    assert torch.allclose(pm(x, t), want, atol=1e-6)
+    m = pm.sampling_macs("ddim", 10)
+    assert m["total"] == sum(members[0 if s < 10 else 1 if s < 50 else 2].macs for s in range(0, 100, 10))
+    dirs = []
+    for i, n in enumerate(nets):
+        dirs.append(save_model(tmp_path / f"m{i}", n, {"schedule": sched.model_dump()}))
+    pm.save(tmp_path / "pm", dirs)
+    back = ProgressiveModel.load(tmp_path / "pm")
+    assert torch.equal(back(x, t), pm(x, t))
+    with pytest.raises(Exception, match="do not cover"):
+        ProgressiveModel(members[:2], sched, (1, 8, 8))
+
+
+def _wait(cond, p, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _events(path: Path, kind: str) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if f'"{kind}"' in x]
+
+
+def test_kill_in_stage1_agent_round_and_finetune_then_resume(make_config, tmp_path, cache_env):
+    cfg = make_config(
+        stage1={"steps": 150, "batch_size": 32, "ckpt_every": 10, "log_every": 1},
+        stage2={"steps": 60, "batch_size": 32, "ckpt_every": 5, "log_every": 1},
+        sample={"steps": 5, "num": 8}, evaluation={"samples": 16},
+        agent={"rounds": 3, "candidates": 2, "eval_batch_size": 32, "eval_timesteps": 3},
+    )
+    run = tmp_path / "r"
+    args = ["run", "--config", cfg, "--run-dir", run, "-q", "--no-eval"]
+    g0 = run / "stage2" / "g0"
+    kills = {
+        "stage 1": lambda: (run / "stage1" / "checkpoint" / "state.json").is_file(),
+        "agent round": lambda: (g0 / "agent" / "group_0" / "rounds.json").is_file(),
+        "fine-tune": lambda: (g0 / "finetune" / "checkpoint" / "state.json").is_file(),
+    }
+    for where, cond in kills.items():
+        p = _cli(args)
+        assert _wait(cond, p), f"never reached {where}: {p.stdout.read().decode() if p.poll() is not None else ''}"
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+        assert p.returncode == -signal.SIGKILL, f"the run ended before the kill in {where}"
+        if where == "agent round":
+            rounds_at_kill = json.loads((g0 / "agent" / "group_0" / "rounds.json").read_text())["rounds"]
+    p = _cli(args)
+    assert p.wait(600) == 0, p.stdout.read().decode()
+    assert (run / "progressive" / "manifest.json").is_file()
+    # stage 1: every step logged once (no step trained twice into the curve)
+    steps = [json.loads(x)["step"] for x in (run / "stage1" / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in x]
+    assert steps == list(range(1, 151))
+    # agent: rounds finished before the kill are kept as they were, and never started again
+    rounds = json.loads((g0 / "agent" / "group_0" / "rounds.json").read_text())["rounds"]
+    assert rounds[: len(rounds_at_kill)] == rounds_at_kill
+    starts = [(e["round"]) for e in _events(g0 / "agent" / "transcript.jsonl", "round_start")]
+    for r in range(len(rounds_at_kill)):
+        assert starts.count(r) == 1, f"round {r} was redone"
+    # fine-tune: every step once
+    ft = [json.loads(x)["step"] for x in (g0 / "finetune" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert ft == list(range(1, 61))
+    log = (run / "logs" / "run.log").read_text()
+    assert log.count("run start") == 4
