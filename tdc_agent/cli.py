@@ -211,7 +211,9 @@ def run_cmd(
         return
     res = evaluate_run(cfg, run, dev, show=not quiet)
     rows = {}
-    for name in ("base", "tdc"):
+    for name in ("base", "tdc_no_prune", "tdc"):
+        if name not in res:
+            continue
         r = res[name]
         fd = f"FD {r['fd']:.3f} (floor {r['real_floor']:.3f}), " if "fd" in r else ""
         rows[name] = f"{fd}{r['macs_per_step'] / 1e6:,.2f} M MACs/step, {r['params']:,} params"
@@ -233,9 +235,12 @@ def assemble(
     from .pipeline import assemble as _assemble
     from .runs import RunDir
 
+    from .pipeline import variants
+
     cfg = _config(config, overrides, device)
     run = RunDir.for_config(cfg, run_dir)
-    console.print(f"progressive model: {_assemble(cfg, run, resolve_device(cfg.run.device))}")
+    for variant, vcfg in variants(cfg):
+        console.print(f"progressive model: {_assemble(vcfg, run, resolve_device(cfg.run.device), variant)}")
 
 
 @app.command()

@@ -102,6 +102,7 @@ class EvaluationConfig(_Section):
     """The pinned evaluation protocol: samples per model (sampler and steps come from ``sample``)."""
 
     samples: int = Field(default=1000, ge=2)
+    compare_no_prune: bool = False  # also train TDC without pruning (Table I's middle row) for the report
 
 
 class AgentConfig(_Section):

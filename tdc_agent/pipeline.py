@@ -50,49 +50,66 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
     env = dist_env()
     if env.is_main:
         write_plan(plan, run.path, count(base).thop)
-    cache: dict = {}
-    for g in plan.groups:
-        if groups is not None and g.index not in groups:
-            continue
-        if (group_dir(run, g.index) / "finetune.json").is_file():
-            continue
-        if env.is_main:
-            run.log(f"run: group {g.index}")
-        tg = time.time()
-        # Under torchrun, rank 0 alone prunes (one agent, one memory writer); every rank fine-tunes.
-        if env.is_main:
-            prepare_group_model(cfg, run, plan, g, base, meta, device, cache, show)
-        barrier()
-        res = finetune_group(cfg, run, plan, g, data, eval_data, device, show and env.is_main)
-        timings[f"group_{g.index}"] = time.time() - tg
-        if show:
-            console.print(f"group {g.index} (t {g.t_start}-{g.t_end}): quick loss {res.summary['loss_before']:.4f} → "
-                          f"{res.summary['loss_after']:.4f} after {res.summary['steps']} steps")
-    done = [g.index for g in plan.groups if (group_dir(run, g.index) / "finetune.json").is_file()]
-    out: dict[str, Any] = {"groups_done": done, "groups_total": len(plan.groups), "seconds": time.time() - t0,
-                           "timings": timings}
-    if len(done) == len(plan.groups):
-        if env.is_main:
-            assemble(cfg, run, device)
-        barrier()
-        out["progressive"] = str(run.path / "progressive")
+    out: dict[str, Any] = {"groups_total": len(plan.groups), "timings": timings}
+    for variant, vcfg in variants(cfg):
+        cache: dict = {}
+        for g in plan.groups:
+            if groups is not None and g.index not in groups:
+                continue
+            if (group_dir(run, g.index, variant) / "finetune.json").is_file():
+                continue
+            if env.is_main:
+                run.log(f"run: group {g.index}{f' ({variant})' if variant else ''}")
+            tg = time.time()
+            # Under torchrun, rank 0 alone prunes (one agent, one memory writer); every rank fine-tunes.
+            if env.is_main:
+                prepare_group_model(vcfg, run, plan, g, base, meta, device, cache, show, variant)
+            barrier()
+            res = finetune_group(vcfg, run, plan, g, data, eval_data, device, show and env.is_main, variant)
+            timings[f"group_{g.index}{'_' + variant if variant else ''}"] = time.time() - tg
+            if show:
+                console.print(f"group {g.index}{f' ({variant})' if variant else ''} (t {g.t_start}-{g.t_end}): quick "
+                              f"loss {res.summary['loss_before']:.4f} → {res.summary['loss_after']:.4f} after "
+                              f"{res.summary['steps']} steps")
+        done = [g.index for g in plan.groups if (group_dir(run, g.index, variant) / "finetune.json").is_file()]
+        if not variant:
+            out["groups_done"] = done
+        if len(done) == len(plan.groups):
+            if env.is_main:
+                assemble(vcfg, run, device, variant)
+            barrier()
+            out["progressive" + (f"-{variant}" if variant else "")] = str(progressive_dir(run, variant))
+    out["seconds"] = time.time() - t0
     return out
 
 
-def assemble(cfg: Config, run: RunDir, device: torch.device) -> Path:
-    """Build ``RUN/progressive`` from the finished groups (idempotent)."""
+def variants(cfg: Config) -> list[tuple[str, Config]]:
+    """The stage-2 variants a run trains: its own mode, plus TDC without pruning when compared."""
+    out = [("", cfg)]
+    if cfg.evaluation.compare_no_prune and cfg.stage2.mode != "tdc-no-prune":
+        out.append(("noprune", cfg.model_copy(update={"stage2": cfg.stage2.model_copy(
+            update={"mode": "tdc-no-prune"})})))
+    return out
+
+
+def progressive_dir(run: RunDir, variant: str = "") -> Path:
+    return run.path / ("progressive" + (f"-{variant}" if variant else ""))
+
+
+def assemble(cfg: Config, run: RunDir, device: torch.device, variant: str = "") -> Path:
+    """Build ``RUN/progressive`` (or ``progressive-<variant>``) from the finished groups (idempotent)."""
     plan = build_plan(cfg)
-    target = run.path / "progressive"
+    target = progressive_dir(run, variant)
     if (target / "manifest.json").is_file():
         return target
-    missing = [g.index for g in plan.groups if not (group_dir(run, g.index) / "finetune.json").is_file()]
+    missing = [g.index for g in plan.groups if not (group_dir(run, g.index, variant) / "finetune.json").is_file()]
     if missing:
         raise ConfigError(f"Cannot assemble: groups {missing} are not finished. Run `tdc-agent run --groups "
                           f"{','.join(map(str, missing))}` first.")
     members, dirs = [], []
     meta = {}
     for g in plan.groups:
-        d = group_dir(run, g.index) / "finetune" / "model"
+        d = group_dir(run, g.index, variant) / "finetune" / "model"
         m, meta = member_from_dir(g.index, g.t_start, g.t_end, d, g.limit_fraction, device)
         members.append(m)
         dirs.append(d)
@@ -111,7 +128,7 @@ def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = Tr
 
     base, _ = load_model(run.base_model, device)
     base.eval()
-    pm = ProgressiveModel.load(run.path / "progressive", device)
+    pm = ProgressiveModel.load(progressive_dir(run), device)
     shape = pm.image_shape
     scfg = cfg.sample.model_copy(update={"num": cfg.evaluation.samples})
     results: dict[str, Any] = {"protocol": {"sampler": scfg.sampler, "steps": scfg.steps, "samples": scfg.num,
@@ -123,26 +140,48 @@ def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = Tr
     table = plan.routing_table()
     planned = float(sum(plan.budget[t] for t in ts) / len(ts)) * base_count.thop
     planned_limits = float(sum(plan.groups[table[t]].limit_fraction for t in ts) / len(ts)) * base_count.thop
-    for name, fn, macs in (
-        ("base", lambda x, t: denoise(base, x, t), base_count.thop),
-        ("tdc", lambda x, t: pm(x, t), pm.sampling_macs(scfg.sampler, scfg.steps)["mean_per_step"]),
-    ):
+    models = [("base", lambda x, t: denoise(base, x, t), base_count.thop, None),
+              ("tdc", pm, pm.sampling_macs(scfg.sampler, scfg.steps)["mean_per_step"], pm)]
+    if (progressive_dir(run, "noprune") / "manifest.json").is_file():
+        pm_np = ProgressiveModel.load(progressive_dir(run, "noprune"), device)
+        models.insert(1, ("tdc_no_prune", pm_np, pm_np.sampling_macs(scfg.sampler, scfg.steps)["mean_per_step"],
+                          pm_np))
+    for name, fn, macs, prog in models:
         t0 = time.time()
         images = generate(fn, shape, cfg.schedule, scfg, cfg.run.seed, device, progress=show)
         secs = time.time() - t0
         write_samples(images, run.path / "samples", name)
         entry: dict[str, Any] = {"macs_per_step": macs, "seconds_per_image": secs / len(images)}
+        if prog is not None:
+            entry["params"] = sum(sum(p.numel() for p in m.model.parameters()) for m in prog.members)
         if cfg.data.name == "digits" and tuple(shape) == (1, 8, 8):
             entry.update(digits_fd(images, cfg.run.seed).to_dict())
         results[name] = entry
     results["base"]["params"] = base_count.params
-    results["tdc"]["params"] = sum(sum(p.numel() for p in m.model.parameters()) for m in pm.members)
     results["tdc"]["planned_macs_per_step"] = planned
     results["tdc"]["group_limit_macs_per_step"] = planned_limits
     results["training_steps"] = {"stage1": cfg.stage1.steps,
                                  "stage2": sum(group_steps(cfg, plan, g) for g in plan.groups)}
+    results["training_macs"] = training_macs(cfg, run, plan)
     atomic_write_json(run.path / "evaluation.json", results)
     from .report import write_report
 
     write_report(cfg, run, results)
     return results
+
+
+def training_macs(cfg: Config, run: RunDir, plan) -> dict[str, float]:
+    """Training compute: forward MACs per image x images seen, for stage 1 and each variant's stage 2
+    (the backward pass costs about twice the forward; the ratio between runs is what matters)."""
+    from .checkpoint import read_json as _read
+
+    base_macs = count(load_model(run.base_model)[0]).thop
+    out = {"stage1": float(base_macs) * cfg.stage1.steps * cfg.stage1.batch_size}
+    for variant, vcfg in variants(cfg):
+        total = 0.0
+        for g in plan.groups:
+            info = group_dir(run, g.index, variant) / "prune.json"
+            macs = _read(info, "group pruning summary").get("macs_thop", base_macs) if info.is_file() else base_macs
+            total += float(macs or base_macs) * group_steps(vcfg, plan, g) * vcfg.stage2.batch_size
+        out["stage2" + (f"_{variant}" if variant else "")] = total
+    return out

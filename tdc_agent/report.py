@@ -51,6 +51,7 @@ def _fmt_macs(x: float) -> str:
 def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
     plan = build_plan(cfg)
     lines = [f"# TDC run `{run.path.name}`", "",
+             "Training MACs = forward MACs per image × images seen (backward adds about 2× for every model alike).", "",
              f"Data `{cfg.data.name}`, model `{cfg.model.preset or cfg.model.path}`, {cfg.schedule.name} schedule "
              f"(T={cfg.schedule.timesteps}), N={len(plan.groups)} groups, k={cfg.plan.k}, shape `{cfg.plan.shape}`, "
              f"stage 2 mode `{cfg.stage2.mode}`, LLM `{cfg.agent.llm}`.", "",
@@ -61,16 +62,23 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
         fd_note = (f"FD: Fréchet distance in the features of a digits classifier (test accuracy "
                    f"{results['base']['classifier_test_accuracy']:.1%}) against all 1797 real digits; "
                    f"real-vs-real floor at the same sample count in the next column.")
-    lines += ["| model | FD | real floor | MACs / step | params | training steps | s / image |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["| model | FD | real floor | MACs / step | params | training steps | training MACs | s / image |",
+              "|---|---|---|---|---|---|---|---|"]
     steps = results["training_steps"]
-    for name, label, st in (("base", "base (stage 1 only)", steps["stage1"]),
-                            ("tdc", f"TDC ({cfg.stage2.mode})", steps["stage1"] + steps["stage2"])):
+    tm = results.get("training_macs", {})
+    rows = [("base", "base (stage 1 only)", steps["stage1"], tm.get("stage1", 0.0)),
+            ("tdc_no_prune", "TDC without pruning", steps["stage1"] + steps["stage2"],
+             tm.get("stage1", 0.0) + tm.get("stage2_noprune", 0.0)),
+            ("tdc", f"TDC ({cfg.stage2.mode})", steps["stage1"] + steps["stage2"],
+             tm.get("stage1", 0.0) + tm.get("stage2", 0.0))]
+    for name, label, st, macs in rows:
+        if name not in results:
+            continue
         r = results[name]
         fd = f"{r['fd']:.3f}" if "fd" in r else "-"
         floor = f"{r['real_floor']:.3f}" if "real_floor" in r else "-"
         lines.append(f"| {label} | {fd} | {floor} | {_fmt_macs(r['macs_per_step'])} | {r['params'] / 1e6:.3f} M | "
-                     f"{st} | {r['seconds_per_image'] * 1e3:.2f} ms |")
+                     f"{st} | {macs / 1e12:.2f} T | {r['seconds_per_image'] * 1e3:.2f} ms |")
     t = results["tdc"]
     lines += ["", f"Protocol: {p['samples']} samples per model, {p['sampler'].upper()} {p['steps']} steps, "
               f"η={p['eta']}, seed {p['seed']} (same noise for both). {fd_note}",
@@ -94,8 +102,11 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
     if rounds_png is not None:
         lines += ["", "## Agent rounds", "", "Quick loss of each round's candidates (mean ± std), per group "
                   "(the paper's Fig. 5):", "", "![agent rounds](agent_rounds.png)"]
-    lines += ["", "## Samples", "", "Same seed and noise; base left, TDC right.", "",
-              "| base | TDC |", "|---|---|", "| ![base](samples/base.png) | ![tdc](samples/tdc.png) |", ""]
+    names = [n for n in ("base", "tdc_no_prune", "tdc") if n in results]
+    labels = {"base": "base", "tdc_no_prune": "TDC w/o pruning", "tdc": "TDC"}
+    lines += ["", "## Samples", "", "Same seed and noise for every model.", "",
+              "| " + " | ".join(labels[n] for n in names) + " |", "|" + "---|" * len(names),
+              "| " + " | ".join(f"![{n}](samples/{n}.png)" for n in names) + " |", ""]
     path = run.path / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -42,8 +42,9 @@ def group_steps(cfg: Config, plan: Plan, group: Group) -> int:
     return max(1, round(cfg.stage2.steps * group.num_timesteps / plan.timesteps))
 
 
-def group_dir(run: RunDir, index: int) -> Path:
-    return run.path / "stage2" / f"g{index}"
+def group_dir(run: RunDir, index: int, variant: str = "") -> Path:
+    """``stage2/g<i>`` (or ``stage2-<variant>/g<i>`` for a comparison variant such as ``noprune``)."""
+    return run.path / ("stage2" + (f"-{variant}" if variant else "")) / f"g{index}"
 
 
 def _task(plan: Plan, g: Group, base_macs: int):
@@ -55,10 +56,11 @@ def _task(plan: Plan, g: Group, base_macs: int):
 
 
 def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: torch.nn.Module, meta: dict,
-                        device: torch.device, pruner_cache: dict, show: bool = True) -> dict[str, Any]:
+                        device: torch.device, pruner_cache: dict, show: bool = True,
+                        variant: str = "") -> dict[str, Any]:
     """The group's starting model in ``pruned/`` (agent, baseline criterion, or the base itself)."""
-    out = group_dir(run, g.index) / "pruned"
-    info_path = group_dir(run, g.index) / "prune.json"
+    out = group_dir(run, g.index, variant) / "pruned"
+    info_path = group_dir(run, g.index, variant) / "prune.json"
     if (out / "model.safetensors").is_file() and info_path.is_file():
         return read_json(info_path, "group pruning summary")
     mode = cfg.stage2.mode
@@ -72,7 +74,8 @@ def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: to
     elif mode == "tdc":
         from .agent.proxy import AgentPruning
 
-        ap = AgentPruning(cfg, base, gmeta, group_dir(run, g.index) / "agent", cfg.agent.llm, device, show=show)
+        ap = AgentPruning(cfg, base, gmeta, group_dir(run, g.index, variant) / "agent", cfg.agent.llm, device,
+                          show=show)
         outcome, result = ap.prune_group(_task(plan, g, ap.pruner.base_count.thop), model_dir=out)
         info = {"mode": mode, **outcome.extra["summary"]}
     else:
@@ -93,9 +96,9 @@ def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: to
 
 
 def finetune_group(cfg: Config, run: RunDir, plan: Plan, g: Group, data: ImageDataset, eval_data: ImageDataset,
-                   device: torch.device, show: bool = True) -> GroupResult:
+                   device: torch.device, show: bool = True, variant: str = "") -> GroupResult:
     """Fine-tune the group's model on its own timesteps; returns where the final model is."""
-    gdir = group_dir(run, g.index)
+    gdir = group_dir(run, g.index, variant)
     model, meta = load_model(gdir / "pruned", device)
     process = ForwardProcess(cfg.schedule, device)
     steps = group_steps(cfg, plan, g)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,48 @@ def test_group_caps_stop_with_a_clear_error(tmp_path, monkeypatch, cap, needle):
     with FakeOpenAI() as srv:
         with pytest.raises(TDCError, match=needle):
             run_agent(tmp_path, "openai:fake-model", base_url=srv.url, **cap)
+
+
+def test_recovery_steps_fine_tune_before_evaluation(tmp_path):
+    plain, _, _ = run_agent(tmp_path, "builtin", out="plain", rounds=1)
+    rec, _, ap = run_agent(tmp_path, "builtin", out="rec", rounds=1, recovery_steps=3)
+    assert (ap.out_dir / "group_1" / "recovery").is_dir()
+    # the same first scheme, evaluated after 3 fine-tuning steps, gets a different loss
+    first = lambda o: o.rounds[0].losses[0]  # noqa: E731
+    assert first(rec) != first(plain)
+
+
+def test_memory_url_uses_a_chroma_server(tmp_path):
+    import os
+    import shutil
+    import socket
+    import sys
+
+    chroma = Path(sys.executable).parent / "chroma"
+    if not chroma.exists() and shutil.which("chroma") is None:
+        pytest.skip("the chroma server CLI is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
+    server = subprocess.Popen([str(chroma if chroma.exists() else "chroma"), "run", "--path", str(tmp_path / "srv"),
+                               "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}"
+        outcome, _, ap = run_agent(tmp_path, "builtin", memory_url=url, rounds=1)
+        assert not (ap.out_dir / "memory").exists(), "with --memory-url nothing is stored locally"
+        from tdc_agent.agent.memory import MemoryBank
+
+        other = MemoryBank(ap.pruner.graph.names, ap.arch_hash, url=url)
+        assert other.count() == ap.memory.count() >= 2
+    finally:
+        server.terminate()
+        server.wait(30)

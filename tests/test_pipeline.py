@@ -167,3 +167,28 @@ def test_kill_in_stage1_agent_round_and_finetune_then_resume(make_config, tmp_pa
     assert ft == list(range(1, 61))
     log = (run / "logs" / "run.log").read_text()
     assert log.count("run start") == 4
+
+
+@pytest.mark.slow
+def test_embedded_default_end_to_end(tmp_path, cli, cache_env):
+    """The full `make demo` pipeline on the embedded default (about 9 minutes on 2 cores)."""
+    from conftest import ROOT
+
+    code, _, err = cli("run", "--config", ROOT / "examples" / "digits.yaml", "--run-dir", tmp_path / "demo", "-q")
+    assert code == 0, err
+    ev = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
+    assert ev["tdc"]["macs_per_step"] <= 0.9 * ev["base"]["macs_per_step"]
+    assert ev["tdc"]["fd"] < ev["base"]["fd"] * 2  # sanity: TDC samples are digits too
+
+
+def test_compare_no_prune_adds_the_table_i_row(make_config, tmp_path, cli, cache_env):
+    cfg = make_config(**{**E2E, "evaluation": {"samples": 32, "compare_no_prune": True}})
+    code, _, err = cli("run", "--config", cfg, "--run-dir", tmp_path / "r", "-q")
+    assert code == 0, err
+    ev = json.loads((tmp_path / "r" / "evaluation.json").read_text())
+    assert {"base", "tdc_no_prune", "tdc"} <= set(ev)
+    assert ev["tdc_no_prune"]["macs_per_step"] == ev["base"]["macs_per_step"]
+    assert ev["tdc"]["macs_per_step"] < ev["tdc_no_prune"]["macs_per_step"]
+    assert ev["training_macs"]["stage2"] < ev["training_macs"]["stage2_noprune"]
+    assert "| TDC without pruning |" in (tmp_path / "r" / "report.md").read_text()
+    assert (tmp_path / "r" / "progressive-noprune" / "manifest.json").is_file()

@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field
 from ..config import AgentConfig, TrainConfig
 from ..data import ImageDataset
 from ..diffusion import ForwardProcess
-from ..errors import TDCError
 from ..evaluation.quick import quick_loss
 from ..pruning.apply import fit_levels
 from ..pruning.pruner import Pruner
@@ -196,7 +195,7 @@ class PruningSession:
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss}")
             rec.loss = loss
-        except (FloatingPointError, TDCError) as e:
+        except FloatingPointError as e:
             rec.status, rec.error = "failed", str(e)
         self.eval_seconds += time.time() - t0
         self.memory.add(rec)
@@ -215,7 +214,8 @@ class PruningSession:
 
         tcfg = TrainConfig(steps=self.cfg.recovery_steps, batch_size=32, lr=1e-4, warmup=0,
                            ckpt_every=10**9, log_every=max(1, self.cfg.recovery_steps), ema_decay=0.0, amp=False)
-        res = train(model, self.eval_data, self.process, tcfg, self.out_dir / "recovery" / self.short_id(rec),
+        data = self.pruner.data if self.pruner.data is not None else self.eval_data  # train on training images
+        res = train(model, data, self.process, tcfg, self.out_dir / "recovery" / self.short_id(rec),
                     seed=self.seed, device=next(model.parameters()).device, timesteps=self.task.timesteps,
                     progress=False, desc="recovery")
         from ..checkpoint import load_model

@@ -24,6 +24,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.downsampling import Downsample2D
 from diffusers.models.upsampling import Upsample2D
 
+from ..checkpoint import PRUNING_ATTR
 from .importance import select_pruned
 from .macs import MacsCount, count
 from .scheme import PruningScheme, SchemeError
@@ -223,6 +224,9 @@ def prune_to_budget(
         raise SchemeError(f"could not meet the MACs limit {limit_macs:,.0f} after 8 rebuilds.")
     fitted = PruningScheme(levels={k: v for k, v in levels.items() if v < 1.0}, source=scheme.source,
                            rationale=scheme.rationale)
+    # the model carries its structure record, so any later save (e.g. after fine-tuning) keeps it
+    setattr(model, PRUNING_ATTR, {"fixup_version": FIXUP_VERSION, "history": history, "levels": fitted.levels,
+                                  "kept_channels": fitted.kept_channels(graph)})
     return PruneResult(
         model=model, scheme=fitted, requested=requested, notes=notes, limit_macs=limit_macs,
         macs=measured, base_macs=base_count, history=history, kept_channels=fitted.kept_channels(graph),
