@@ -81,7 +81,7 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
                      f"{st} | {macs / 1e12:.2f} T | {r['seconds_per_image'] * 1e3:.2f} ms |")
     t = results["tdc"]
     lines += ["", f"Protocol: {p['samples']} samples per model, {p['sampler'].upper()} {p['steps']} steps, "
-              f"η={p['eta']}, seed {p['seed']} (same noise for both). {fd_note}",
+              f"η={p['eta']}, seed {p['seed']} (same noise for all). {fd_note}",
               f"TDC MACs per step: achieved {_fmt_macs(t['macs_per_step'])} "
               f"({t['macs_per_step'] / results['base']['macs_per_step']:.3f} × base); planned per-timestep budget "
               f"{_fmt_macs(t['planned_macs_per_step'])}; group limits {_fmt_macs(t['group_limit_macs_per_step'])}.",

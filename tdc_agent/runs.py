@@ -50,8 +50,10 @@ class RunDir:
                 old = None
             new = cfg.model_dump(mode="json")
             if old is not None:
+                # Keys only one side has (a setting added or removed by a newer tdc-agent) do not block
+                # a resume; values both sides have must agree.
                 changed = [
-                    f"{s}.{k}" for s in sections for k in set(old.get(s, {})) | set(new.get(s, {}))
+                    f"{s}.{k}" for s in sections for k in set(old.get(s, {})) & set(new.get(s, {}))
                     if old.get(s, {}).get(k) != new.get(s, {}).get(k)
                 ]
                 if old.get("run", {}).get("seed") != new["run"]["seed"]:

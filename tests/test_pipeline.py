@@ -68,6 +68,7 @@ def test_run_end_to_end_tiny(make_config, tmp_path, cli, cache_env):
     assert np.array_equal(there, to_uint8(here))
 
 
+@pytest.mark.slow
 def test_groups_subset_then_assemble(make_config, tmp_path, cli, cache_env):
     cfg = make_config(**E2E)
     run = tmp_path / "r"
@@ -181,6 +182,7 @@ def test_embedded_default_end_to_end(tmp_path, cli, cache_env):
     assert ev["tdc"]["fd"] < ev["base"]["fd"] * 2  # sanity: TDC samples are digits too
 
 
+@pytest.mark.slow
 def test_compare_no_prune_adds_the_table_i_row(make_config, tmp_path, cli, cache_env):
     cfg = make_config(**{**E2E, "evaluation": {"samples": 32, "compare_no_prune": True}})
     code, _, err = cli("run", "--config", cfg, "--run-dir", tmp_path / "r", "-q")
