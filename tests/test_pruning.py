@@ -167,14 +167,17 @@ def test_pruned_reload_in_fresh_process_is_exact(tiny_pruner, tmp_path):
     save_pruned(tmp_path / "m", r, {"schedule": SCHED.model_dump(), "image_shape": [1, 8, 8]})
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     want = denoise(r.model.eval(), x, torch.tensor([5, 50]))
-    torch.save(x, tmp_path / "x.pt")  # test scaffolding only: a plain tensor, loaded with weights_only
+    from safetensors.torch import load_file, save_file
+
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
     code = (
-        f"import torch,sys; torch.set_num_threads({torch.get_num_threads()}); from tdc_agent.checkpoint import load_model; from tdc_agent.models import denoise;"
-        f"m,_=load_model(r'{tmp_path / 'm'}'); x=torch.load(r'{tmp_path / 'x.pt'}', weights_only=True);"
-        f"torch.save(denoise(m.eval(), x, torch.tensor([5, 50])), r'{tmp_path / 'y.pt'}')"
+        f"import torch; torch.set_num_threads({torch.get_num_threads()}); from safetensors.torch import load_file, save_file;"
+        "from tdc_agent.checkpoint import load_model; from tdc_agent.models import denoise;"
+        f"m,_=load_model(r'{tmp_path / 'm'}'); x=load_file(r'{tmp_path / 'x.safetensors'}')['x'];"
+        f"save_file({{'y': denoise(m.eval(), x, torch.tensor([5, 50])).detach()}}, r'{tmp_path / 'y.safetensors'}')"
     )
     subprocess.run([PYTHON, "-c", code], env=python_env(), check=True, timeout=300)
-    got = torch.load(tmp_path / "y.pt", weights_only=True)
+    got = load_file(str(tmp_path / "y.safetensors"))["y"]
     assert (got - want).abs().max().item() == 0.0
 
 
