@@ -320,11 +320,9 @@ def _load_base(model: Optional[Path], preset: Optional[str], cfg: Config, device
 
         return load_model(model, device)
     torch.manual_seed(cfg.run.seed)
-    size = cfg.data.image_size if cfg.data.image_size else None
-    channels = cfg.data.channels if cfg.data.channels else None
-    if preset != "tiny" and cfg.data.name == "digits" and size is None:
-        size, channels = None, None  # CIFAR presets default to 32x32x3
-    return build_unet(unet_config(preset, size, channels)).to(device), {"schedule": cfg.schedule.model_dump()}
+    # a preset is sized by data.image_size/channels when set, else by its own default (8x8x1, 32x32x3)
+    model = build_unet(unet_config(preset, cfg.data.image_size, cfg.data.channels))
+    return model.to(device), {"schedule": cfg.schedule.model_dump()}
 
 
 @app.command()
