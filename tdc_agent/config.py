@@ -114,7 +114,8 @@ class AgentConfig(_Section):
     temperature: float = Field(default=0.2, ge=0, le=2)
     rounds: int = Field(default=5, ge=1)
     candidates: int = Field(default=3, ge=1)
-    criterion: str = "group-taylor"  # which channels go inside a unit when a scheme is built
+    # which channels go inside a unit when a scheme is built (the agent decides how many)
+    criterion: Literal["random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor"] = "group-taylor"
     prompt_dir: Optional[str] = None
     memory_dir: Optional[str] = None
     memory_url: Optional[str] = None

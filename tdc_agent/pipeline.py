@@ -162,7 +162,7 @@ def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = Tr
     results["tdc"]["group_limit_macs_per_step"] = planned_limits
     results["training_steps"] = {"stage1": cfg.stage1.steps,
                                  "stage2": sum(group_steps(cfg, plan, g) for g in plan.groups)}
-    results["training_macs"] = training_macs(cfg, run, plan)
+    results["training_macs"] = training_macs(cfg, run, plan, base_count.thop)
     atomic_write_json(run.path / "evaluation.json", results)
     from .report import write_report
 
@@ -170,12 +170,11 @@ def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = Tr
     return results
 
 
-def training_macs(cfg: Config, run: RunDir, plan) -> dict[str, float]:
+def training_macs(cfg: Config, run: RunDir, plan, base_macs: int) -> dict[str, float]:
     """Training compute: forward MACs per image x images seen, for stage 1 and each variant's stage 2
     (the backward pass costs about twice the forward; the ratio between runs is what matters)."""
     from .checkpoint import read_json as _read
 
-    base_macs = count(load_model(run.base_model)[0]).thop
     out = {"stage1": float(base_macs) * cfg.stage1.steps * cfg.stage1.batch_size}
     for variant, vcfg in variants(cfg):
         total = 0.0

@@ -49,3 +49,8 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
     bad.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def test_unknown_agent_criterion_is_rejected_at_load():
+    with pytest.raises(ConfigError, match="criterion"):
+        load_config(None, ["agent.criterion=magic"])

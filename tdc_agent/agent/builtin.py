@@ -34,7 +34,7 @@ def _key(levels: dict[str, float]) -> str:
     return json.dumps({k: round(v, 6) for k, v in sorted(levels.items()) if v < 1 - 1e-9})
 
 
-def propose(units: list[dict[str, Any]], ctx: dict[str, Any], memory: dict[str, Any], n: int,
+def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int,
             exclude: set[str], rng: np.random.Generator) -> list[tuple[dict[str, float], str]]:
     """``n`` new schemes (levels, rationale) that are not in ``exclude``."""
     steps = {u["name"]: max(1, u["channels"] // u["quantum"]) for u in units}
@@ -156,7 +156,7 @@ class BuiltinPolicy(BaseChatModel):
             return AIMessage(content="", tool_calls=[_call("submit_candidates", {"candidate_ids": done[:k]})])
         rng = np.random.default_rng([self.seed, int(ctx["group"]), int(ctx["round"]), attempts])
         exclude = {_key(r["levels"]) for r in memory.get("best_this_group", [])}
-        props = propose(arch["units"], ctx, memory, k - len(done), exclude, rng)
+        props = propose(arch["units"], memory, k - len(done), exclude, rng)
         return AIMessage(content="", tool_calls=[
             _call("evaluate_scheme", {"levels": lv, "rationale": why}) for lv, why in props])
 
