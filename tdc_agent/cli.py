@@ -215,8 +215,11 @@ def run_cmd(
         if name not in res:
             continue
         r = res[name]
-        fd = f"FD {r['fd']:.3f} (floor {r['real_floor']:.3f}), " if "fd" in r else ""
-        rows[name] = f"{fd}{r['macs_per_step'] / 1e6:,.2f} M MACs/step, {r['params']:,} params"
+        parts = [f"FD {r['fd']:.3f}" + (f" (floor {r['real_floor']:.3f})" if "real_floor" in r else "")] if (
+            "fd" in r) else []
+        parts += [f"KID {r['kid'] * 1e3:.2f}e-3"] if "kid" in r else []
+        parts += [f"{r['macs_per_step'] / 1e6:,.2f} M MACs/step", f"{r['params']:,} params"]
+        rows[name] = ", ".join(parts)
     rows["pipeline time"] = f"{time.time() - t0:.1f} s"
     rows["report"] = str(run.path / "report.md")
     console.print(kv_table("TDC run", rows))

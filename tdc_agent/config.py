@@ -103,6 +103,15 @@ class EvaluationConfig(_Section):
 
     samples: int = Field(default=1000, ge=2)
     compare_no_prune: bool = False  # also train TDC without pruning (Table I's middle row) for the report
+    # auto: the digits-classifier FD for 8x8 digits, Inception FID/KID for every other dataset
+    metric: Literal["auto", "digits-fd", "fid", "none"] = "auto"
+    inception_weights: Optional[str] = None  # .pth or .safetensors; default: downloaded once into the cache
+    reference_samples: Optional[int] = Field(default=None, ge=2)  # real images for FID (default: all)
+
+    def resolved_metric(self, data: "DataConfig", shape: tuple[int, ...]) -> str:
+        if self.metric != "auto":
+            return self.metric
+        return "digits-fd" if data.name == "digits" and tuple(shape) == (1, 8, 8) else "fid"
 
 
 class AgentConfig(_Section):

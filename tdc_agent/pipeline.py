@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -122,7 +122,6 @@ def assemble(cfg: Config, run: RunDir, device: torch.device, variant: str = "") 
 
 def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = True) -> dict[str, Any]:
     """Sample base and progressive models with the same seeds, measure FD, MACs, speed; write the report."""
-    from .evaluation.fd import digits_fd
     from .models import denoise
     from .sampling import generate, write_samples
 
@@ -146,6 +145,8 @@ def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = Tr
         pm_np = ProgressiveModel.load(progressive_dir(run, "noprune"), device)
         models.insert(1, ("tdc_no_prune", pm_np, pm_np.sampling_macs(scfg.sampler, scfg.steps)["mean_per_step"],
                           pm_np))
+    score = scorer(cfg, shape, device)
+    results["protocol"]["metric"] = cfg.evaluation.resolved_metric(cfg.data, shape)
     for name, fn, macs, prog in models:
         t0 = time.time()
         images = generate(fn, shape, cfg.schedule, scfg, cfg.run.seed, device, progress=show)
@@ -154,8 +155,7 @@ def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = Tr
         entry: dict[str, Any] = {"macs_per_step": macs, "seconds_per_image": secs / len(images)}
         if prog is not None:
             entry["params"] = sum(sum(p.numel() for p in m.model.parameters()) for m in prog.members)
-        if cfg.data.name == "digits" and tuple(shape) == (1, 8, 8):
-            entry.update(digits_fd(images, cfg.run.seed).to_dict())
+        entry.update(score(images))
         results[name] = entry
     results["base"]["params"] = base_count.params
     results["tdc"]["planned_macs_per_step"] = planned
@@ -168,6 +168,25 @@ def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = Tr
 
     write_report(cfg, run, results)
     return results
+
+
+def scorer(cfg: Config, shape: tuple[int, ...], device: torch.device) -> Callable[[torch.Tensor], dict[str, Any]]:
+    """The configured sample-quality metric as a function of a batch of images (loaded once)."""
+    metric = cfg.evaluation.resolved_metric(cfg.data, shape)
+    if metric == "none":
+        return lambda images: {}
+    if metric == "digits-fd":
+        from .evaluation.fd import digits_fd
+
+        if tuple(shape) != (1, 8, 8):
+            raise ConfigError(f"evaluation.metric=digits-fd needs 1x8x8 digits, the model makes {tuple(shape)}; "
+                              "use evaluation.metric=fid.")
+        return lambda images: digits_fd(images, cfg.run.seed).to_dict()
+    from .evaluation.fid import InceptionEvaluator
+
+    ev = InceptionEvaluator(cfg.data, cfg.evaluation.inception_weights, device, cfg.evaluation.reference_samples,
+                            cfg.run.seed)
+    return lambda images: ev.score(images).to_dict()
 
 
 def training_macs(cfg: Config, run: RunDir, plan, base_macs: int) -> dict[str, float]:

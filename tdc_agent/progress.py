@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator, Sequence, TypeVar
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -13,6 +15,7 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+T = TypeVar("T")
 
 
 class _NullProgress:
@@ -60,3 +63,12 @@ class _SpeedProgress(Progress):
         task = self._tasks[task_id]
         if task.speed:
             super().update(task_id, speed=f"{task.speed:.1f} it/s")
+
+
+def track(items: Sequence[T], label: str, enabled: bool = True) -> Iterator[T]:
+    """Iterate over ``items`` with a progress bar (no loss column)."""
+    with make_progress(enabled, loss=False) as bar:
+        task = bar.add_task(label, total=len(items))
+        for item in items:
+            yield item
+            bar.update(task, advance=1)

@@ -58,12 +58,16 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
              "## Summary (Table I form)", ""]
     p = results["protocol"]
     fd_note = ""
-    if "fd" in results["base"]:
+    b = results["base"]
+    if b.get("metric") == "digits-fd":
         fd_note = (f"FD: Fréchet distance in the features of a digits classifier (test accuracy "
-                   f"{results['base']['classifier_test_accuracy']:.1%}) against all 1797 real digits; "
-                   f"real-vs-real floor at the same sample count in the next column.")
-    lines += ["| model | FD | real floor | MACs / step | params | training steps | training MACs | s / image |",
-              "|---|---|---|---|---|---|---|---|"]
+                   f"{b['classifier_test_accuracy']:.1%}) against all 1797 real digits; real-vs-real floor at the "
+                   "same sample count in the next column. KID: unbiased MMD² (cubic kernel) in the same features.")
+    elif b.get("metric") == "fid-inception":
+        fd_note = (f"FD: FID with the FID Inception-v3 (weights sha256 {b['weights_sha256'][:12]}…) against "
+                   f"{b['reference_images']} real images, after 8-bit quantisation; KID in the same features.")
+    lines += ["| model | FD | real floor | KID ×10³ | MACs / step | params | training steps | training MACs | s / image |",
+              "|---|---|---|---|---|---|---|---|---|"]
     steps = results["training_steps"]
     tm = results.get("training_macs", {})
     rows = [("base", "base (stage 1 only)", steps["stage1"], tm.get("stage1", 0.0)),
@@ -77,7 +81,8 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
         r = results[name]
         fd = f"{r['fd']:.3f}" if "fd" in r else "-"
         floor = f"{r['real_floor']:.3f}" if "real_floor" in r else "-"
-        lines.append(f"| {label} | {fd} | {floor} | {_fmt_macs(r['macs_per_step'])} | {r['params'] / 1e6:.3f} M | "
+        kid = f"{r['kid'] * 1e3:.2f} ± {r['kid_std'] * 1e3:.2f}" if "kid" in r else "-"
+        lines.append(f"| {label} | {fd} | {floor} | {kid} | {_fmt_macs(r['macs_per_step'])} | {r['params'] / 1e6:.3f} M | "
                      f"{st} | {macs / 1e12:.2f} T | {r['seconds_per_image'] * 1e3:.2f} ms |")
     t = results["tdc"]
     lines += ["", f"Protocol: {p['samples']} samples per model, {p['sampler'].upper()} {p['steps']} steps, "

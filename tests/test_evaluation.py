@@ -48,3 +48,107 @@ def test_quick_loss_is_deterministic_and_discriminates():
         for p in m.parameters():
             p.mul_(0.0)  # predicts ε = 0: loss ≈ E[ε²] = 1
     assert quick_loss(m, data, proc, range(10, 40), 4, 32) == pytest.approx(1.0, abs=0.1)
+
+
+# --- Inception FID/KID and the pickle-free reader of published .pth weights -------------------------
+
+def _fid_weights_pth(path, legacy=True):
+    """A randomly initialised FID Inception saved the way the published .pth is (old torch.save format,
+    no num_batches_tracked), so conversion, strict matching and scoring run offline."""
+    from tdc_agent.evaluation.inception import FIDInception
+
+    torch.manual_seed(0)
+    sd = {k: v for k, v in FIDInception().net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(sd, path, _use_new_zipfile_serialization=not legacy)
+    return sd
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_torch_file_reader_matches_torch_save(tmp_path, legacy):
+    from tdc_agent.evaluation.torchfile import read_torch_state_dict
+
+    sd = {"w": torch.randn(3, 4), "t": torch.randn(4, 3).t(), "h": torch.randn(5).half(), "i": torch.arange(6),
+          "b": torch.tensor([True, False]), "view": torch.randn(10)[2:7], "empty": torch.zeros(0, 3)}
+    torch.save(sd, tmp_path / "f.pth", _use_new_zipfile_serialization=not legacy)
+    got = read_torch_state_dict(tmp_path / "f.pth")
+    assert got.keys() == sd.keys()
+    for k, v in sd.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_torch_file_reader_refuses_code_and_corruption(tmp_path, monkeypatch):
+    from tdc_agent.errors import CheckpointError
+    from tdc_agent.evaluation.torchfile import read_torch_state_dict
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({"w": torch.ones(2), "x": _Exploit()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="posix.system|os.system|refers to"):
+        read_torch_state_dict(tmp_path / "evil.pth")
+    assert not (tmp_path / "PWNED").exists()
+    torch.save({"w": torch.ones(1000)}, tmp_path / "ok.pth", _use_new_zipfile_serialization=False)
+    data = (tmp_path / "ok.pth").read_bytes()
+    for cut in (10, len(data) // 3, len(data) - 100):
+        (tmp_path / "cut.pth").write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="cut.pth"):
+            read_torch_state_dict(tmp_path / "cut.pth")
+    (tmp_path / "junk.pth").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        read_torch_state_dict(tmp_path / "junk.pth")
+
+
+def test_fid_inception_weights_convert_once_and_match_strictly(tmp_path):
+    from tdc_agent.errors import CheckpointError
+    from tdc_agent.evaluation.inception import load_fid_inception, resolve_weights
+
+    sd = _fid_weights_pth(tmp_path / "pt_inception.pth")
+    model, sha = load_fid_inception(str(tmp_path / "pt_inception.pth"), torch.device("cpu"))
+    assert len(sha) == 64
+    assert torch.equal(model.net.Conv2d_1a_3x3.conv.weight, sd["Conv2d_1a_3x3.conv.weight"])
+    converted = resolve_weights(str(tmp_path / "pt_inception.pth"))
+    assert converted.suffix == ".safetensors" and converted.parent == tmp_path / "cache"
+    # the converted file is accepted directly, and a wrong network is refused by name
+    load_fid_inception(str(converted), torch.device("cpu"))
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="not the FID Inception-v3 weights"):
+        load_fid_inception(str(tmp_path / "other.pth"), torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_fid_inception(str(tmp_path / "missing.pth"), torch.device("cpu"))
+
+
+def test_fid_and_kid_separate_real_from_noise(tmp_path):
+    from tdc_agent.evaluation.fid import InceptionEvaluator
+
+    _fid_weights_pth(tmp_path / "w.pth")
+    rng = np.random.default_rng(0)
+    # an npz image dataset with structure (smooth blobs) that noise does not have
+    xx, yy = np.meshgrid(np.linspace(-1, 1, 16), np.linspace(-1, 1, 16))
+    imgs = np.stack([np.exp(-((xx - rng.uniform(-.5, .5)) ** 2 + (yy - rng.uniform(-.5, .5)) ** 2) * 4)
+                     for _ in range(48)])
+    imgs = (np.repeat(imgs[:, :, :, None], 3, axis=3) * 255).astype(np.uint8)
+    np.savez(tmp_path / "blobs.npz", images=imgs)
+    data = DataConfig(name="npz", root=str(tmp_path / "blobs.npz"))
+    ev = InceptionEvaluator(data, str(tmp_path / "w.pth"), torch.device("cpu"), reference_samples=32, seed=0)
+    assert ev.count == 32 and ev.kid_ref.shape == (32, 2048)
+    real = load_dataset(data).images[32:48]
+    noise = torch.rand(16, 3, 16, 16) * 2 - 1
+    s_real, s_noise = ev.score(real), ev.score(noise)
+    assert s_noise.fid > 2 * s_real.fid and s_noise.kid > s_real.kid
+    # cached reference: a second evaluator reads it instead of recomputing, with identical numbers
+    ev2 = InceptionEvaluator(data, str(tmp_path / "w.pth"), torch.device("cpu"), reference_samples=32, seed=0)
+    assert np.array_equal(ev2.mu, ev.mu) and ev2.score(real).fid == pytest.approx(s_real.fid)
+
+
+def test_kid_is_unbiased_near_zero_for_same_distribution():
+    from tdc_agent.evaluation.fd import kid
+
+    rng = np.random.default_rng(0)
+    same = kid(rng.normal(size=(400, 8)), rng.normal(size=(400, 8)), subsets=20, subset_size=200)
+    shifted = kid(rng.normal(size=(400, 8)), rng.normal(size=(400, 8)) + 0.5, subsets=20, subset_size=200)
+    assert abs(same[0]) < 3 * same[1] + 1e-3 and shifted[0] > 10 * abs(same[0])

@@ -66,6 +66,17 @@ def test_run_end_to_end_tiny(make_config, tmp_path, cli, cache_env):
     from tdc_agent.data import to_uint8
 
     assert np.array_equal(there, to_uint8(here))
+    # the same run scored with Inception FID/KID (a random-weight stand-in for the published .pth)
+    from test_evaluation import _fid_weights_pth
+
+    _fid_weights_pth(tmp_path / "inception.pth")
+    code, _, err = cli("evaluate", "--config", cfg, "--run-dir", run, "-q", "evaluation.metric=fid",
+                       f"evaluation.inception_weights={tmp_path / 'inception.pth'}", "evaluation.reference_samples=16")
+    assert code == 0, err
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert ev["protocol"]["metric"] == "fid" and ev["tdc"]["metric"] == "fid-inception"
+    assert ev["base"]["reference_images"] == 16 and ev["base"]["fd"] > 0 and "kid" in ev["tdc"]
+    assert "FID with the FID Inception-v3" in (run / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -194,3 +205,30 @@ def test_compare_no_prune_adds_the_table_i_row(make_config, tmp_path, cli, cache
     assert ev["training_macs"]["stage2"] < ev["training_macs"]["stage2_noprune"]
     assert "| TDC without pruning |" in (tmp_path / "r" / "report.md").read_text()
     assert (tmp_path / "r" / "progressive-noprune" / "manifest.json").is_file()
+
+
+def test_whole_pipeline_under_torchrun_two_processes(make_config, tmp_path, cache_env):
+    """Stage 1 and every group's fine-tune run data-parallel; rank 0 alone prunes and assembles."""
+    from test_training import _free_port
+
+    cfg = make_config(stage1={"steps": 8, "batch_size": 16, "ckpt_every": 4},
+                      stage2={"steps": 4, "batch_size": 16, "ckpt_every": 2, "log_every": 2},
+                      agent={"rounds": 1, "candidates": 2, "eval_batch_size": 16, "eval_timesteps": 2},
+                      evaluation={"samples": 16})
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "tdc_agent.cli", "run", "--config", str(cfg),
+           "--run-dir", str(tmp_path / "ddp"), "-q"]
+    p = subprocess.run(cmd, env=python_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    run = tmp_path / "ddp"
+    assert (run / "progressive" / "manifest.json").is_file() and (run / "report.md").is_file()
+    metrics = [run / "stage1" / "metrics.jsonl"] + sorted(run.glob("stage2/g*/finetune/metrics.jsonl"))
+    assert len(metrics) == 4  # stage 1 + 3 groups, all trained under DDP
+    for m in metrics:
+        sync = [json.loads(x)["ddp_param_max_diff"] for x in m.read_text().splitlines() if "ddp_param" in x]
+        assert sync == [0.0], m
+    # one agent ran (rank 0 alone): exactly one round per pruned group in its transcript
+    for g in (0, 1):
+        events = [json.loads(x).get("event") for x in
+                  (run / "stage2" / f"g{g}" / "agent" / "transcript.jsonl").read_text().splitlines()]
+        assert events.count("round_start") == 1 and events.count("round_end") == 1

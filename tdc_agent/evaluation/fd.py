@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import linalg
 
 from ..checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
 from ..config import DataConfig
@@ -75,16 +74,47 @@ def features(images: torch.Tensor, model: DigitsClassifier) -> np.ndarray:
     return model.features(images.float().cpu()).numpy().astype(np.float64)
 
 
+def gaussian(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of a feature set (rows are samples)."""
+    return a.mean(0), np.cov(a, rowvar=False)
+
+
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets."""
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        eps = np.eye(len(s1)) * 1e-6
-        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    return frechet_from_stats(*gaussian(a), *gaussian(b))
+
+
+def frechet_from_stats(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
+    """Fréchet distance between N(mu1, s1) and N(mu2, s2).
+
+    tr sqrt(s1 s2) is computed as the sum of square roots of the eigenvalues of the symmetric
+    sqrt(s1) s2 sqrt(s1) (same spectrum), two symmetric eigendecompositions instead of a general
+    matrix square root: exact for covariance matrices and ~10x faster at 2048 dimensions.
+    """
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root1 @ s2 @ root1)
+    tr_covmean = float(np.sqrt(np.clip(inner, 0, None)).sum())
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
+def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+        seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance: unbiased MMD² with the cubic polynomial kernel, mean and std over
+    random subsets (the protocol of Bińkowski et al.; the subset size is capped by the smaller set)."""
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError("KID needs at least 2 samples in each set")
+    d = a.shape[1]
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+        vals.append((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                    - 2 * kxy.mean())
+    return float(np.mean(vals)), float(np.std(vals))
 
 
 @dataclass
@@ -93,10 +123,12 @@ class FDResult:
     floor: float
     samples: int
     classifier_accuracy: float
+    kid: float
+    kid_std: float
 
     def to_dict(self) -> dict[str, float]:
-        return {"fd": self.fd, "real_floor": self.floor, "samples": self.samples,
-                "classifier_test_accuracy": self.classifier_accuracy}
+        return {"fd": self.fd, "real_floor": self.floor, "samples": self.samples, "kid": self.kid,
+                "kid_std": self.kid_std, "metric": "digits-fd", "classifier_test_accuracy": self.classifier_accuracy}
 
 
 def digits_fd(samples: torch.Tensor, seed: int = 0) -> FDResult:
@@ -107,4 +139,5 @@ def digits_fd(samples: torch.Tensor, seed: int = 0) -> FDResult:
     gen = features(samples, clf)
     rng = np.random.default_rng(seed)
     floor = frechet(ref[rng.integers(len(ref), size=len(gen))], ref)
-    return FDResult(frechet(gen, ref), floor, len(gen), acc)
+    k, k_std = kid(gen, ref, seed=seed)
+    return FDResult(frechet(gen, ref), floor, len(gen), acc, k, k_std)
