@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow bench-pruning bench-agent clean
+.PHONY: venv demo test test-slow bench bench-smoke bench-pruning bench-agent clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,14 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The paper's tables on digits, 3 seeds (~1.5 h on 2 cores; resumable). Not in CI.
+bench: $(STAMP)
+	$(PY) tools/bench_tables.py
+
+# The same code paths at toy size (also part of `make test`).
+bench-smoke: $(STAMP)
+	$(PY) -m pytest -q tests/test_bench.py
 
 bench-pruning: $(STAMP)
 	$(PY) tools/bench_pruning.py --preset ddpm-cifar10 --repeats 3

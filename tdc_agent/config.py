@@ -227,6 +227,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                           "file, e.g. examples/digits.yaml.")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file {path} is not UTF-8 text. Pass a YAML file.") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"Config file {path} is not valid YAML: {e}. Fix the syntax.") from None
     if not isinstance(data, dict):

@@ -43,7 +43,7 @@ def load_plan(path: str | Path, cfg: Config) -> Plan:
     fresh = build_plan(cfg)
     try:
         stored = Plan.from_dict(d, fresh.snr, fresh.budget)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         raise CheckpointError(f"plan {path} is malformed ({e}). Delete it to re-plan.") from None
     if [g.to_dict() for g in stored.groups] != [g.to_dict() for g in fresh.groups]:
         raise CheckpointError(f"plan {path} does not match the config's schedule/plan sections. "

@@ -18,6 +18,7 @@ import torch
 from .checkpoint import atomic_write_json, load_model, read_json, replace_dir
 from .config import ScheduleConfig
 from .errors import CheckpointError
+from .faults import failpoint
 from .models import denoise
 from .pruning.macs import thop_macs
 from .schedule import ddim_timesteps
@@ -90,6 +91,7 @@ class ProgressiveModel(torch.nn.Module):
         for m, src in zip(self.members, member_dirs):
             name = f"g{m.group}"
             shutil.copytree(src, tmp / "members" / name)
+            failpoint("assemble.member")
             entries.append({"group": m.group, "t_start": m.t_start, "t_end": m.t_end, "dir": f"members/{name}",
                             "macs_thop": m.macs, "limit_fraction": m.limit_fraction})
         atomic_write_json(tmp / MANIFEST, {"format": FORMAT, "schedule": self.schedule.model_dump(mode="json"),
@@ -100,19 +102,39 @@ class ProgressiveModel(torch.nn.Module):
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "ProgressiveModel":
         directory = Path(directory)
-        man = read_json(directory / MANIFEST, "progressive model manifest")
-        if man.get("format") != FORMAT:
-            raise CheckpointError(f"{directory / MANIFEST} is not a {FORMAT} manifest (format {man.get('format')!r}).")
+        path = directory / MANIFEST
+        man = read_json(path, "progressive model manifest")
+        if not isinstance(man, dict) or man.get("format") != FORMAT:
+            fmt = man.get("format") if isinstance(man, dict) else type(man).__name__
+            raise CheckpointError(f"{path} is not a {FORMAT} manifest (format {fmt!r}).")
         try:
+            schedule = ScheduleConfig.model_validate(man["schedule"])
+            shape = man["image_shape"]
+            if not (isinstance(shape, list) and len(shape) == 3 and all(type(x) is int and x > 0 for x in shape)):
+                raise ValueError(f"image_shape {shape!r} is not [channels, height, width]")
+            if not isinstance(man["members"], list) or not man["members"]:
+                raise ValueError("members must be a non-empty list")
             members = []
             for e in man["members"]:
-                model, _ = load_model(directory / e["dir"], device)
+                member_dir = _inside(directory, e["dir"])
+                model, _ = load_model(member_dir, device)
                 members.append(Member(int(e["group"]), int(e["t_start"]), int(e["t_end"]), model.eval(),
                                       int(e["macs_thop"]), e.get("limit_fraction")))
-            schedule = ScheduleConfig.model_validate(man["schedule"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{directory / MANIFEST} is malformed ({type(e).__name__}: {e}).") from None
-        return cls(members, schedule, man["image_shape"]).to(device).eval()
+            pm = cls(members, schedule, shape)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+            raise CheckpointError(f"{path} is malformed ({type(e).__name__}: {e}). Assemble the progressive "
+                                  "model again (tdc-agent assemble).") from None
+        return pm.to(device).eval()
+
+
+def _inside(directory: Path, rel: object) -> Path:
+    """A member folder named by the manifest; it must lie inside the progressive model's folder."""
+    if not isinstance(rel, str) or not rel:
+        raise ValueError(f"member dir {rel!r} is not a relative path")
+    target = (directory / rel).resolve()
+    if Path(rel).is_absolute() or not target.is_relative_to(directory.resolve()):
+        raise ValueError(f"member dir {rel!r} points outside {directory}")
+    return target
 
 
 def is_progressive(directory: str | Path) -> bool:

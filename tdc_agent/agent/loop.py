@@ -29,6 +29,7 @@ from rich.table import Table
 from ..checkpoint import atomic_write_json, read_json
 from ..config import AgentConfig
 from ..errors import TDCError
+from ..faults import failpoint
 from ..progress import console
 from .memory import MemoryRecord
 from .prompts import PromptSet
@@ -247,6 +248,7 @@ class RoundLoop:
                                    attempts=attempt + 1, seconds=time.time() - t0)
             rounds.append(summary)
             self._save(state_path, rounds, meter)
+            failpoint("agent.round")
             self.transcript.event("round_end", candidates=summary.candidates, losses=summary.losses)
             if self.show:
                 self._print_round(session, summary, chosen)

@@ -18,6 +18,7 @@ from chromadb import Documents, EmbeddingFunction, Embeddings
 from pydantic import BaseModel, Field
 
 from ..errors import TDCError
+from ..faults import failpoint
 
 
 class MemoryBankError(TDCError):
@@ -137,6 +138,7 @@ class MemoryBank:
         """Insert or replace (same id) one record; durable when this returns."""
         self.collection.upsert(ids=[record.id], documents=[json.dumps(record.levels, sort_keys=True)],
                                metadatas=[record.metadata()])
+        failpoint("memory.write")
         self._meta()[record.id] = record.metadata()
 
     def count(self) -> int:

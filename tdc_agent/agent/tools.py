@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from ..config import AgentConfig, TrainConfig
 from ..data import ImageDataset
+from ..faults import failpoint
 from ..diffusion import ForwardProcess
 from ..evaluation.quick import quick_loss
 from ..pruning.apply import fit_levels
@@ -200,6 +201,7 @@ class PruningSession:
         self.eval_seconds += time.time() - t0
         self.memory.add(rec)
         self.evaluated.append(rec)
+        failpoint("agent.candidate")
         if rec.status != "ok":
             return {"error": f"candidate {self.short_id(rec)} diverged during evaluation ({rec.error}); it is "
                              "recorded as failed. Propose a less aggressive shape."}

@@ -116,13 +116,21 @@ def read_transcript(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise TDCError(f"Transcript {path} does not exist.")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise TDCError(f"Transcript {path} is not UTF-8 text; the file is corrupt or not a transcript.") from None
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            event = json.loads(line)
         except json.JSONDecodeError as e:
             raise TDCError(f"Transcript {path} line {i} is not valid JSON ({e}); the file is truncated or "
                            "corrupt.") from None
+        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+            raise TDCError(f"Transcript {path} line {i} is not a transcript event (a JSON object with an "
+                           "'event' field); the file is corrupt or not a transcript.")
+        out.append(event)
     return out

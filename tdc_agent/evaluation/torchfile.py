@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from pickletools import genops
@@ -240,6 +241,7 @@ def _collect(obj: Any, out: dict[str, _Storage]) -> None:
 
 
 def _read_legacy(path: Path) -> Any:
+    size = path.stat().st_size
     with open(path, "rb") as f:
         none = lambda pid: None  # noqa: E731 - the header pickles hold no storages
         if _parse(f, path, none) != _LEGACY_MAGIC:
@@ -260,6 +262,8 @@ def _read_legacy(path: Path) -> Any:
             (numel,) = struct.unpack("<q", header)
             st = storages.get(str(key))
             itemsize = torch.empty((), dtype=st.dtype).element_size() if st else 1
+            if not 0 <= numel * itemsize <= size - f.tell():
+                raise CheckpointError(f"{path}: storage {key} claims {numel} elements, more than the file holds")
             raw[str(key)] = f.read(numel * itemsize)
     return _materialise(obj, raw, path)
 
@@ -269,7 +273,15 @@ def read_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    obj = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
+    try:
+        obj = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, UnicodeDecodeError, NotImplementedError, OSError, EOFError, RuntimeError,
+            ValueError, OverflowError, MemoryError, struct.error) as exc:
+        # zipfile and pickletools raise many kinds of errors on damaged input; all mean the same here
+        raise CheckpointError(f"{path}: truncated or corrupt torch file ({type(exc).__name__}: {exc}). "
+                              "Download it again.") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -36,6 +36,7 @@ from ..checkpoint import (
 from ..config import TrainConfig
 from ..data import ImageDataset
 from ..devices import barrier, init_distributed
+from ..faults import failpoint
 from ..diffusion import ForwardProcess
 from ..errors import CheckpointError, TDCError
 from ..models import denoise
@@ -145,6 +146,7 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             ema.update(model, step)
+            failpoint("train.step")
             last_loss = _global_mean(loss.detach(), env.distributed)
             if not math.isfinite(last_loss):
                 raise TDCError(

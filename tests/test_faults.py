@@ -1,0 +1,259 @@
+"""Crash safety: `tdc-agent run` killed with SIGKILL at seeded random failpoints, then resumed.
+
+A reference run records every failpoint it passes (tdc_agent/faults.py). A kill chain runs the same
+config in a fresh directory, killing the process at a randomly chosen (point, n-th pass) and
+rerunning the same command with the next kill position, until a run finishes. The finished run must
+equal the uninterrupted one: the same weights bit for bit, the same pruned structures, the same
+plan, manifest and FD. `make test-faults` runs a larger sweep (TDC_FAULT_CHAINS, TDC_FAULT_KILLS).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, python_env
+from tdc_agent.faults import POINTS
+
+CFG = {
+    "schedule": {"name": "linear", "timesteps": 60},
+    "stage1": {"steps": 6, "batch_size": 16, "ckpt_every": 2, "log_every": 1, "warmup": 1},
+    "stage2": {"steps": 4, "batch_size": 16, "ckpt_every": 2, "log_every": 1, "warmup": 1},
+    "sample": {"steps": 3, "num": 4},
+    "evaluation": {"samples": 8},
+    "agent": {"rounds": 2, "candidates": 2, "eval_batch_size": 16, "eval_timesteps": 2},
+}
+CHAINS = int(os.environ.get("TDC_FAULT_CHAINS", "1"))
+KILLS = int(os.environ.get("TDC_FAULT_KILLS", "5"))
+SEED = int(os.environ.get("TDC_FAULT_SEED", "0"))
+
+
+def _run(cfg: Path, run: Path, cache: Path, **env: str) -> subprocess.CompletedProcess:
+    e = {**python_env(), "TDC_AGENT_CACHE": str(cache), **env}
+    return subprocess.run([PYTHON, "-m", "tdc_agent.cli", "run", "--config", str(cfg), "--run-dir", str(run), "-q"],
+                          env=e, capture_output=True, text=True, timeout=600)
+
+
+def _timeless(obj):
+    """JSON without wall-clock fields (how long a step took differs between any two runs)."""
+    if isinstance(obj, dict):
+        return {k: _timeless(v) for k, v in obj.items() if "seconds" not in k}
+    if isinstance(obj, list):
+        return [_timeless(v) for v in obj]
+    return obj
+
+
+def artifacts(run: Path) -> dict[str, str]:
+    """What must not depend on crashes: weights, structures, plan, manifest, and the measured FD."""
+    out = {}
+    for pattern in ("stage1/model/*", "stage2/g*/pruned/*", "stage2/g*/finetune/model/*", "progressive/**/*",
+                    "plan.json"):
+        for f in sorted(run.glob(pattern)):
+            if f.is_file():
+                data = f.read_bytes()
+                if f.suffix == ".json":
+                    data = json.dumps(_timeless(json.loads(data)), sort_keys=True).encode()
+                out[str(f.relative_to(run))] = hashlib.sha256(data).hexdigest()[:16]
+    ev = json.loads((run / "evaluation.json").read_text())
+    out["fd"] = json.dumps({k: ev[k]["fd"] for k in ("base", "tdc")})
+    return out
+
+
+def kill_positions(trace: list[str], rng: random.Random, kills: int) -> list[str]:
+    """Failpoint specs spread over the whole run: point kinds drawn round-robin (so rare points such
+    as an agent round or an assembly step are hit too), each at a random pass in the reference trace,
+    then ordered along the run; n counts the passes since the previous kill (a resumed process starts
+    counting afresh)."""
+    kinds = list(POINTS)
+    rng.shuffle(kinds)
+    where = {k: [i for i, name in enumerate(trace) if name == k] for k in kinds}
+    picks = sorted({rng.choice(where[kinds[i % len(kinds)]]) for i in range(kills)})
+    specs, prev = [], -1
+    for pos in picks:
+        point = trace[pos]
+        specs.append(f"{point}:{trace[prev + 1:pos + 1].count(point)}")
+        prev = pos
+    return specs
+
+
+def kill_chain(cfg: Path, run: Path, cache: Path, specs: list[str]) -> list[dict]:
+    """Run with each failpoint in turn (each run resumes the previous one), then once without."""
+    log = []
+    for spec in [*specs, None]:
+        p = _run(cfg, run, cache, **({"TDC_AGENT_FAILPOINT": spec} if spec else {}))
+        fired = p.returncode == -signal.SIGKILL
+        assert fired or p.returncode == 0, f"run with failpoint {spec} failed:\n{p.stderr[-3000:]}"
+        log.append({"failpoint": spec, "killed": fired})
+    assert not log[-1]["killed"]
+    return log
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    import yaml
+
+    from conftest import tiny_config_dict
+
+    root = tmp_path_factory.mktemp("faults")
+    cfg = root / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config_dict(root, **CFG)))
+    trace = root / "trace.txt"
+    p = _run(cfg, root / "ref", root / "cache", TDC_AGENT_FAILPOINT_TRACE=str(trace))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return cfg, root, trace.read_text().split(), artifacts(root / "ref")
+
+
+def test_every_failpoint_is_on_the_path(reference):
+    _, _, trace, _ = reference
+    assert set(POINTS) <= set(trace), f"never passed: {set(POINTS) - set(trace)}"
+
+
+@pytest.mark.parametrize("chain", range(CHAINS))
+def test_kill_chain_resumes_to_the_uninterrupted_result(reference, chain, tmp_path):
+    cfg, root, trace, expected = reference
+    specs = kill_positions(trace, random.Random(SEED * 1000 + chain), KILLS)
+    log = kill_chain(cfg, tmp_path / "run", root / "cache", specs)
+    got = artifacts(tmp_path / "run")
+    assert got.keys() == expected.keys()
+    diff = [k for k in expected if got[k] != expected[k]]
+    assert not diff, f"differs from the uninterrupted run after kills {log}: {diff}"
+    assert sum(x["killed"] for x in log) >= 1
+    summary = Path(os.environ.get("TDC_FAULT_SUMMARY", tmp_path / "summary.jsonl"))
+    with open(summary, "a") as f:
+        f.write(json.dumps({"seed": SEED, "chain": chain, "log": log, "artifacts_compared": len(expected)}) + "\n")
+
+
+# --- bad files: fuzzed loaders fail with our errors, never a library traceback ----------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tdc_agent.errors import TDCError  # noqa: E402
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                    max_leaves=12)
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+
+
+@FUZZ
+@given(text=st.text(max_size=200))
+def test_fuzz_config_loader(tmp_path_factory, text):
+    from tdc_agent.config import load_config
+
+    path = tmp_path_factory.mktemp("cfg") / "c.yaml"
+    path.write_text(text)
+    try:
+        load_config(path)
+    except TDCError as e:
+        assert str(path) in str(e) or "config" in str(e).lower()
+
+
+@FUZZ
+@given(section=st.sampled_from(["run", "data", "model", "schedule", "plan", "stage1", "stage2", "sample",
+                                "evaluation", "agent"]), value=JSON)
+def test_fuzz_config_sections(section, value):
+    from tdc_agent.config import config_from_dict
+
+    try:
+        config_from_dict({section: value})
+    except TDCError:
+        pass
+
+
+def _mutations(valid: bytes):
+    return st.one_of(
+        st.integers(0, max(0, len(valid) - 1)).map(lambda n: valid[:n]),  # truncated
+        st.tuples(st.integers(0, max(0, len(valid) - 1)), st.integers(0, 255)).map(
+            lambda p: valid[:p[0]] + bytes([p[1]]) + valid[p[0] + 1:]),  # one byte changed
+        st.binary(max_size=64),  # garbage
+    )
+
+
+def _fuzz_file(tmp_path_factory, name: str, valid: bytes, load, data) -> None:
+    blob = data.draw(_mutations(valid))
+    path = tmp_path_factory.mktemp("f") / name
+    path.write_bytes(blob)
+    try:
+        load(path)
+    except TDCError as e:
+        assert name in str(e), f"the error must name the file: {e}"
+
+
+@functools.lru_cache(maxsize=1)
+def _valid_blobs() -> dict[str, bytes]:
+    """Valid files, made once: torch.save output varies between calls (storage keys, ids), and
+    hypothesis needs the same strategy on every example."""
+    import tempfile
+
+    import torch
+
+    from tdc_agent.checkpoint import save_tensors
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        save_tensors(d / "w.safetensors", {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2, dtype=torch.int64)})
+        torch.save({"a": torch.arange(6.0)}, d / "w.pth", _use_new_zipfile_serialization=False)
+        torch.save({"a": torch.arange(6.0)}, d / "z.pth")
+        return {n: (d / n).read_bytes() for n in ("w.safetensors", "w.pth", "z.pth")}
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_json_and_safetensors_and_torch_files(tmp_path_factory, data):
+    from tdc_agent.checkpoint import load_tensors, read_json
+    from tdc_agent.evaluation.torchfile import read_torch_state_dict
+
+    blobs = _valid_blobs()
+    _fuzz_file(tmp_path_factory, "x.json", b'{"members": [1, 2], "format": "x"}', read_json, data)
+    _fuzz_file(tmp_path_factory, "w.safetensors", blobs["w.safetensors"], load_tensors, data)
+    _fuzz_file(tmp_path_factory, "w.pth", blobs["w.pth"], read_torch_state_dict, data)
+    _fuzz_file(tmp_path_factory, "z.pth", blobs["z.pth"], read_torch_state_dict, data)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_manifest_plan_and_transcript(reference, tmp_path_factory, data):
+    import shutil
+
+    from tdc_agent.agent.transcript import read_transcript
+    from tdc_agent.config import load_config
+    from tdc_agent.planning import load_plan
+    from tdc_agent.progressive import ProgressiveModel
+
+    cfg, root, _, _ = reference
+    ref = root / "ref"
+    d = tmp_path_factory.mktemp("prog")
+    prog = d / "progressive"
+    if not prog.exists():
+        shutil.copytree(ref / "progressive", prog)
+    manifest = json.loads((ref / "progressive" / "manifest.json").read_text())
+    # a field of the manifest replaced by a random JSON value, or the file's bytes mutated
+    if data.draw(st.booleans()):
+        target = data.draw(st.sampled_from(["format", "schedule", "image_shape", "members", "m.dir", "m.group",
+                                            "m.t_start", "m.macs_thop"]))
+        value = data.draw(JSON | st.sampled_from(["../../stage1/model", "/etc", "members/../../.."]))
+        bad = json.loads(json.dumps(manifest))
+        if target.startswith("m."):
+            bad["members"][0][target[2:]] = value
+        else:
+            bad[target] = value
+        (prog / "manifest.json").write_text(json.dumps(bad))
+    else:
+        (prog / "manifest.json").write_bytes(data.draw(_mutations((ref / "progressive" / "manifest.json").read_bytes())))
+    try:
+        ProgressiveModel.load(prog)
+    except TDCError as e:
+        assert "manifest.json" in str(e) or "members" in str(e)
+    _fuzz_file(tmp_path_factory, "plan.json", (ref / "plan.json").read_bytes(),
+               lambda p: load_plan(p, load_config(cfg)), data)
+    _fuzz_file(tmp_path_factory, "transcript.jsonl", (ref / "stage2" / "g0" / "agent" / "transcript.jsonl").read_bytes(),
+               read_transcript, data)
