@@ -657,7 +657,8 @@ def run(argv: list[str] | None = None) -> int:
         result = app(args=argv, standalone_mode=False)
         return result if isinstance(result, int) else 0
     except TDCError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        # soft_wrap: paths in messages stay whole, so they can be copied
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code

@@ -7,11 +7,12 @@ field and says how to fix it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -27,6 +28,15 @@ class RunConfig(_Section):
     output_dir: str = "runs"
     seed: int = 0
     device: str = "auto"
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        # the run directory is output_dir/name: a name must not climb out of output_dir
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", v) or ".." in v:
+            raise ValueError(f"{v!r} is not a plain name (letters, digits, '.', '_', '-'; no '/' or '..'); "
+                             "use run.output_dir to choose where runs go")
+        return v
 
 
 class DataConfig(_Section):

@@ -14,7 +14,7 @@ import yaml
 
 from .checkpoint import atomic_write_text
 from .config import Config, dump_config
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 RESULT_SECTIONS = ("data", "model", "schedule", "plan", "stage1")
 
@@ -45,25 +45,29 @@ class RunDir:
         """Create the directory and store the config, or check it against the stored one."""
         if self.config_path.is_file():
             try:
-                old = yaml.safe_load(self.config_path.read_text()) or {}
-            except yaml.YAMLError:
-                old = None
+                old = yaml.safe_load(self.config_path.read_text())
+            except (yaml.YAMLError, UnicodeDecodeError) as e:
+                old = e
+            if not isinstance(old, dict) or not all(isinstance(v, dict) for v in old.values()):
+                raise CheckpointError(
+                    f"The stored config {self.config_path} is corrupt ({str(old)[:80]}), so this run directory "
+                    "cannot be checked before resuming. Restore it from your config (cp CONFIG.yaml "
+                    f"{self.config_path}) or start a new run directory.")
             new = cfg.model_dump(mode="json")
-            if old is not None:
-                # Keys only one side has (a setting added or removed by a newer tdc-agent) do not block
-                # a resume; values both sides have must agree.
-                changed = [
-                    f"{s}.{k}" for s in sections for k in set(old.get(s, {})) & set(new.get(s, {}))
-                    if old.get(s, {}).get(k) != new.get(s, {}).get(k)
-                ]
-                if old.get("run", {}).get("seed") != new["run"]["seed"]:
-                    changed.append("run.seed")
-                if changed:
-                    raise ConfigError(
-                        f"Run directory {self.path} was started with a different config ({', '.join(sorted(changed))} "
-                        "differ). Rerun with the same config to resume, or choose a new run directory "
-                        "(run.name=... or --run-dir)."
-                    )
+            # Keys only one side has (a setting added or removed by a newer tdc-agent) do not block
+            # a resume; values both sides have must agree.
+            changed = [
+                f"{s}.{k}" for s in sections for k in set(old.get(s, {})) & set(new.get(s, {}))
+                if old.get(s, {}).get(k) != new.get(s, {}).get(k)
+            ]
+            if old.get("run", {}).get("seed") != new["run"]["seed"]:
+                changed.append("run.seed")
+            if changed:
+                raise ConfigError(
+                    f"Run directory {self.path} was started with a different config ({', '.join(sorted(changed))} "
+                    "differ). Rerun with the same config to resume, or choose a new run directory "
+                    "(run.name=... or --run-dir)."
+                )
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, dump_config(cfg))
 

@@ -4,11 +4,14 @@ It replaces the LLM only at its network boundary. Replies come from a script of 
 in order (malformed JSON arguments, unknown units, empty replies, refusals, endless tool calls,
 slow replies, HTTP 429/500, dropped connections), and otherwise from a well-behaved policy: our
 builtin policy run on the conversation the client sent, serialised back as OpenAI tool calls.
+In chaos mode (``chaos=random.Random(seed)``) every request is, with probability ``chaos_rate``,
+answered by a fault drawn at random from :data:`CHAOS`; ``injected`` counts them by kind.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 import uuid
@@ -25,12 +28,31 @@ def tool_call(name: str, args: Any) -> dict[str, Any]:
     return {"id": f"call_{uuid.uuid4().hex[:10]}", "type": "function", "function": {"name": name, "arguments": raw}}
 
 
+INJECTION = "__import__('os').system('touch PWNED')"
+CHAOS: dict[str, Any] = {
+    "malformed": lambda: {"tool_calls": [tool_call("evaluate_scheme", '{"levels": {"conv_in": 0.5')]},
+    "off_schema": lambda: {"tool_calls": [tool_call("evaluate_scheme", {"levels": "every layer, half"})]},
+    "unknown_tool": lambda: {"tool_calls": [tool_call("delete_everything", {"path": "/"})]},
+    "over_budget": lambda: {"tool_calls": [tool_call("evaluate_scheme", {"levels": {"conv_in": 1.0}})]},
+    "code_injection": lambda: {"content": f"```python\n{INJECTION}\n```", "tool_calls": [
+        tool_call("evaluate_scheme", {"levels": {INJECTION: 0.5}, "rationale": INJECTION})]},
+    "empty": lambda: {"content": ""},
+    "slow": lambda: {"sleep": 1.6},
+    "http_429": lambda: {"status": 429},
+    "http_500": lambda: {"status": 500},
+    "dropped": lambda: {"drop": True},
+}
+
+
 class FakeOpenAI:
     """Start with ``with FakeOpenAI(script) as srv:``; ``srv.url`` is the base URL (``.../v1``)."""
 
-    def __init__(self, script: list[Any] | None = None, repeat_last_fault: bool = False):
+    def __init__(self, script: list[Any] | None = None, repeat_last_fault: bool = False,
+                 chaos: random.Random | None = None, chaos_rate: float = 0.3):
         self.script = list(script or [])
         self.repeat_last_fault = repeat_last_fault
+        self.chaos, self.chaos_rate = chaos, chaos_rate
+        self.injected: dict[str, int] = {}
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.policy = BuiltinPolicy(seed=0)
@@ -53,6 +75,12 @@ class FakeOpenAI:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def _next(self) -> Any:
+        if self.chaos is not None and not self.script:
+            if self.chaos.random() >= self.chaos_rate:
+                return None
+            kind = self.chaos.choice(sorted(CHAOS))
+            self.injected[kind] = self.injected.get(kind, 0) + 1
+            return CHAOS[kind]()
         if not self.script:
             return None
         if self.repeat_last_fault and len(self.script) == 1:

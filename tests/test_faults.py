@@ -257,3 +257,99 @@ def test_fuzz_manifest_plan_and_transcript(reference, tmp_path_factory, data):
                lambda p: load_plan(p, load_config(cfg)), data)
     _fuzz_file(tmp_path_factory, "transcript.jsonl", (ref / "stage2" / "g0" / "agent" / "transcript.jsonl").read_bytes(),
                read_transcript, data)
+
+
+# --- bad files in a finished run: each command names the file and says what to do ----------------
+
+REDO_G0 = ("stage2/g0/pruned", "stage2/g0/prune.json", "stage2/g0/finetune", "stage2/g0/finetune.json",
+           "progressive", "evaluation.json")
+CORRUPT = [
+    # (file, how, what must be redone for the command to read it, command)
+    ("stage1/model/model.safetensors", "truncate", (), "run"),
+    ("stage1/model/config.json", "garbage", (), "run"),
+    ("stage1/checkpoint/state.json", "garbage", ("stage1/model",) + REDO_G0, "run"),
+    ("stage1/checkpoint/model.safetensors", "truncate", ("stage1/model",) + REDO_G0, "run"),
+    ("config.yaml", "garbage", (), "run"),
+    ("stage2/g0/prune.json", "garbage", (), "run"),
+    ("stage2/g1/finetune.json", "truncate", (), "run"),
+    ("stage2/g0/agent/group_0/rounds.json", "garbage", REDO_G0, "run"),
+    ("stage2/g0/agent/memory/chroma.sqlite3", "garbage", REDO_G0, "run"),
+    ("stage2/g0/finetune/checkpoint/optimizer.safetensors", "truncate", ("stage2/g0/finetune/model",) + REDO_G0[3:],
+     "run"),
+    ("progressive/manifest.json", "truncate", (), "sample"),
+    ("progressive/members/g0/model.safetensors", "truncate", (), "sample"),
+    ("progressive/members/g1/pruning.json", "garbage", (), "sample"),
+    ("stage2/g0/agent/transcript.jsonl", "garbage", (), "replay"),
+]
+
+
+@pytest.mark.parametrize("rel,how,redo,command", CORRUPT, ids=[c[0] for c in CORRUPT])
+def test_corrupt_file_is_named_and_nothing_else_is_touched(reference, tmp_path, cli, rel, how, redo, command):
+    import shutil
+
+    cfg, root, _, _ = reference
+    run = tmp_path / "run"
+    shutil.copytree(root / "ref", run)
+    for r in redo:
+        p = run / r
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    target = run / rel
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2] if how == "truncate" else b"\x00garbage\xff" * 7)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    if command == "run":
+        code, out, err = cli("run", "--config", cfg, "--run-dir", run, "-q")
+    elif command == "sample":
+        code, out, err = cli("sample", "--model", run / "progressive", "--num", "2", "--steps", "2", "-q",
+                             "--out", tmp_path / "s")
+    else:
+        code, out, err = cli("prune", "--method", "agent", "--config", cfg, "--base", run / "stage1" / "model",
+                             "--group", "0", "--llm", f"replay:{target}", "--out", tmp_path / "p")
+    assert code == 2, (out, err)
+    # the file (or, for a Chroma database, its directory) is named in full
+    assert "Traceback" not in err and (str(target) in err or str(target.parent) in err), err
+    assert target.read_bytes()[:4] == (data[:4] if how == "truncate" else b"\x00gar"), "the bad file was replaced"
+    # nothing that was fine before was deleted
+    assert all(p.exists() for p in before if p != target)
+
+
+# --- LLM chaos: a whole multi-group run against a server that injects random faults ----------------
+
+def test_chaos_llm_run_completes_or_fails_clearly_and_resumes(tmp_path, cli, monkeypatch):
+    import yaml
+
+    from conftest import tiny_config_dict
+    from openai_server import CHAOS, FakeOpenAI
+
+    secret = "sk-live-CHAOS-SECRET-9f8e7d6c5b4a"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # an executed injection would create ./PWNED here
+    rate = float(os.environ.get("TDC_CHAOS_RATE", "0.35"))
+    with FakeOpenAI(chaos=random.Random(SEED), chaos_rate=rate) as srv:
+        agent = {**CFG["agent"], "llm": "openai:fake-model", "base_url": srv.url, "timeout_s": 1.0, "max_retries": 2,
+                 "max_round_retries": 3, "max_llm_calls_per_round": 12}
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text(yaml.safe_dump(tiny_config_dict(tmp_path, **{**CFG, "agent": agent})))
+        attempts = []
+        for _ in range(6):
+            code, out, err = cli("run", "--config", cfg, "--run-dir", tmp_path / "run", "-q")
+            attempts.append(code)
+            assert code in (0, 2), err
+            assert "Traceback" not in err
+            if code == 0:
+                break
+            assert "rerun" in err.lower() or "resume" in err.lower(), err  # a failure says how to go on
+    assert attempts[-1] == 0, f"no success in {attempts}; faults {srv.injected}"
+    run = tmp_path / "run"
+    assert (run / "progressive" / "manifest.json").is_file() and (run / "report.md").is_file()
+    assert sum(srv.injected.values()) >= 5 and len(srv.injected) >= 4, srv.injected
+    transcripts = "".join(p.read_text() for p in run.glob("stage2/g*/agent/transcript.jsonl"))
+    assert "round_retry" in transcripts or "error" in transcripts
+    assert not (tmp_path / "PWNED").exists(), "LLM output was executed"
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert not leaked and secret not in out + err, leaked
+    summary = Path(os.environ.get("TDC_FAULT_SUMMARY", tmp_path / "summary.jsonl"))
+    with open(summary, "a") as f:
+        f.write(json.dumps({"chaos_seed": SEED, "rate": rate, "requests": len(srv.requests), "injected": srv.injected,
+                            "attempts": attempts, "kinds": sorted(CHAOS)}) + "\n")

@@ -107,7 +107,10 @@ class MemoryBank:
             else:
                 if path is None:
                     raise MemoryBankError("The memory bank needs a directory or a server URL.")
-                self.client = chromadb.PersistentClient(path=str(path), settings=settings)
+                # chromadb's Settings also read CHROMA_* variables and a .env file, which could send a
+                # local memory to a server; the local engine is named explicitly so only --memory-url can.
+                local = Settings(anonymized_telemetry=False, chroma_api_impl="chromadb.api.rust.RustBindingsAPI")
+                self.client = chromadb.PersistentClient(path=str(path), settings=local)
             self.collection = self.client.get_or_create_collection(
                 f"schemes-{arch_hash}", embedding_function=KeepLevelEmbedding(unit_names),
                 metadata={"hnsw:space": "l2"},
