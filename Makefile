@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow bench bench-smoke bench-pruning bench-agent clean
+.PHONY: venv demo test test-slow test-faults bench bench-smoke bench-pruning bench-agent clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,13 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# A larger seeded crash/chaos sweep than the default suite's; writes benchmarks/results/reliability.md.
+test-faults: $(STAMP)
+	rm -f benchmarks/results/faults.jsonl
+	TDC_FAULT_CHAINS=6 TDC_FAULT_KILLS=6 TDC_CHAOS_RUNS=3 TDC_FAULT_SUMMARY=$(CURDIR)/benchmarks/results/faults.jsonl \
+		$(PY) -m pytest -q tests/test_faults.py tests/test_security.py
+	$(PY) tools/reliability_report.py benchmarks/results/faults.jsonl
 
 # The paper's tables on digits, 3 seeds (~1.5 h on 2 cores; resumable). Not in CI.
 bench: $(STAMP)

@@ -47,7 +47,12 @@ def _config(config: Optional[Path], overrides: Optional[List[str]], device: Opti
     extra = list(overrides or [])
     if device is not None:
         extra.append(f"run.device={device}")
-    return load_config(config, extra)
+    from .pretrained import apply_init
+
+    cfg, note = apply_init(load_config(config, extra))
+    if note:
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+    return cfg
 
 
 @app.command()
@@ -112,15 +117,15 @@ def train_base(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Stage 1: train the base denoiser on all timesteps, then draw a sample grid."""
-    from .data import load_dataset
     from .devices import dist_env, resolve_device
+    from .latent import decoder, training_data
     from .runs import RunDir
     from .sampling import generate, write_samples
     from .stage1 import train_base as _train
 
     cfg = _config(config, overrides, device)
     dev = resolve_device(cfg.run.device)
-    data = load_dataset(cfg.data)  # fails on missing data before anything is written
+    data = training_data(cfg, device=dev)  # fails on missing data before anything is written
     run = RunDir.for_config(cfg, run_dir)
     env = dist_env()
     if env.is_main:
@@ -141,6 +146,7 @@ def train_base(
     model, meta = load_model(result.model_dir, dev)
     images = generate(lambda x, t: denoise(model, x, t), data.shape, cfg.schedule, cfg.sample,
                       cfg.run.seed, dev, progress=not quiet)
+    images = decoder(meta.get("latent"), dev)(images)
     grid, _ = write_samples(images, run.stage1, "samples")
     trained = result.steps - result.resumed_from
     rows = {
@@ -298,6 +304,9 @@ def sample(
         pm = ProgressiveModel.load(model, dev)
         t0 = time.time()
         images = generate(lambda x, t: pm(x, t), pm.image_shape, pm.schedule, cfg, seed, dev, progress=not quiet)
+        from .latent import decoder
+
+        images = decoder(pm.latent, dev)(images)
         secs = time.time() - t0
         grid, npz = write_samples(images, out)
         m = pm.sampling_macs(sampler, steps)
@@ -390,6 +399,7 @@ def prune(
     from .diffusion import ForwardProcess
     from .errors import ConfigError
     from .planning import build_plan
+    from .latent import training_data
     from .pruning.importance import CRITERIA, GRADIENT_CRITERIA
     from .pruning.pruner import Pruner
     from .pruning.scheme import PruningScheme
@@ -430,7 +440,7 @@ def prune(
 
         raw = read_json(scheme_file, "scheme")
         scheme = PruningScheme.model_validate({"levels": raw.get("levels", raw), "source": "file"})
-    data = load_dataset(cfg.data) if method in GRADIENT_CRITERIA else None
+    data = training_data(cfg) if method in GRADIENT_CRITERIA else None
     process = ForwardProcess(schedule, dev) if method in GRADIENT_CRITERIA else None
     pruner = Pruner(model, data, process, cfg.run.seed)
     result = pruner.prune(scheme, pruner.limit(fraction), method, timesteps)

@@ -49,8 +49,17 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """The base architecture (a preset sized to the data); ``stage1.init`` starts from a pretrained one."""
+
     preset: Optional[Literal["tiny", "ddpm-cifar10", "iddpm-cifar10"]] = "tiny"
-    path: Optional[str] = None  # diffusers folder or hub id; overrides preset
+
+
+class LatentConfig(_Section):
+    """Latent diffusion: train and prune the UNet on an autoencoder's latents (the paper's LDM setting)."""
+
+    vae: Optional[str] = None  # diffusers AutoencoderKL / VQModel folder (or pipeline folder) or hub id
+    scaling_factor: Optional[float] = Field(default=None, gt=0)  # default: the autoencoder config's
+    batch_size: int = Field(default=64, ge=1)  # images per encoder/decoder call
 
 
 class ScheduleConfig(_Section):
@@ -80,6 +89,13 @@ class TrainConfig(_Section):
     ckpt_every: int = Field(default=500, ge=1)
     log_every: int = Field(default=25, ge=1)
     amp: bool = True
+
+
+class Stage1Config(TrainConfig):
+    """Stage 1: the base model, trained from scratch or started from a pretrained diffusers UNet."""
+
+    steps: int = Field(default=2000, ge=0)  # 0 only with init: use the pretrained model as the base
+    init: Optional[str] = None  # diffusers UNet2DModel / pipeline folder or hub id (weights + scheduler)
 
 
 class Stage2Config(TrainConfig):
@@ -158,9 +174,10 @@ class Config(_Section):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    latent: LatentConfig = LatentConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     plan: PlanConfig = PlanConfig()
-    stage1: TrainConfig = TrainConfig()
+    stage1: Stage1Config = Stage1Config()
     stage2: Stage2Config = Stage2Config()
     sample: SampleConfig = SampleConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
@@ -181,8 +198,10 @@ class Config(_Section):
         if self.stage2.optimizer == "carried" and self.stage2.mode != "tdc-no-prune":
             raise ValueError("stage2.optimizer=carried needs stage2.mode=tdc-no-prune (a pruned model has other "
                              "parameter shapes than the base's optimizer state)")
-        if self.model.preset is None and self.model.path is None:
-            raise ValueError("set model.preset (tiny, ddpm-cifar10, iddpm-cifar10) or model.path")
+        if self.model.preset is None and self.stage1.init is None:
+            raise ValueError("set model.preset (tiny, ddpm-cifar10, iddpm-cifar10) or stage1.init")
+        if self.stage1.steps == 0 and self.stage1.init is None:
+            raise ValueError("stage1.steps=0 needs stage1.init (a pretrained model to use as the base)")
         return self
 
 

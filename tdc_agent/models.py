@@ -58,7 +58,7 @@ def unet_config(preset: str, sample_size: int | None = None, channels: int | Non
     """The diffusers config dict of a preset, for the given image size and channel count."""
     if preset not in PRESETS:
         raise ConfigError(
-            f"Unknown model preset {preset!r}. Use one of {sorted(PRESETS)} or set model.path to a "
+            f"Unknown model preset {preset!r}. Use one of {sorted(PRESETS)} or set stage1.init to a "
             "diffusers UNet2DModel folder."
         )
     size, ch = PRESET_DEFAULT_SIZE[preset]
@@ -88,7 +88,7 @@ def load_pretrained_unet(path_or_id: str) -> UNet2DModel:
             kwargs["subfolder"] = "unet"
         elif not (p / "config.json").is_file():
             raise CheckpointError(
-                f"{p} holds no diffusers UNet (no config.json or unet/config.json). Point model.path "
+                f"{p} holds no diffusers UNet (no config.json or unet/config.json). Point stage1.init "
                 "at a folder written by UNet2DModel.save_pretrained or a pipeline's save_pretrained."
             )
     try:

@@ -15,7 +15,7 @@ import torch
 from .checkpoint import atomic_write_json, atomic_write_text, load_model, read_json
 from .config import Config
 from .devices import barrier, dist_env
-from .data import load_dataset
+from .latent import training_data
 from .errors import ConfigError
 from .planning import build_plan, write_plan
 from .progress import console
@@ -40,7 +40,7 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
             raise ConfigError(f"--groups {bad} do not exist: the plan has groups 0..{len(plan.groups) - 1}.")
     for w in plan.warnings:
         console.print(f"[yellow]plan warning:[/] {w}")
-    data = load_dataset(cfg.data)
+    data = training_data(cfg, device=device)
     eval_data = held_out(cfg)
     run.log("run: stage 1")
     t1 = time.time()
@@ -114,7 +114,7 @@ def assemble(cfg: Config, run: RunDir, device: torch.device, variant: str = "") 
         members.append(m)
         dirs.append(d)
     shape = meta.get("image_shape") or [members[0].model.config.in_channels] + [members[0].model.config.sample_size] * 2
-    pm = ProgressiveModel(members, cfg.schedule, shape)
+    pm = ProgressiveModel(members, cfg.schedule, shape, meta.get("latent"))
     pm.save(target, dirs)
     run.log("run: assembled progressive model")
     return target
@@ -145,11 +145,15 @@ def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = Tr
         pm_np = ProgressiveModel.load(progressive_dir(run, "noprune"), device)
         models.insert(1, ("tdc_no_prune", pm_np, pm_np.sampling_macs(scfg.sampler, scfg.steps)["mean_per_step"],
                           pm_np))
-    score = scorer(cfg, shape, device)
-    results["protocol"]["metric"] = cfg.evaluation.resolved_metric(cfg.data, shape)
+    from .latent import decoder
+
+    decode = decoder(pm.latent, device)  # latent diffusion: samples are decoded before anything sees them
+    image_shape = tuple(pm.latent["image_shape"]) if pm.latent else tuple(shape)
+    score = scorer(cfg, image_shape, device)
+    results["protocol"]["metric"] = cfg.evaluation.resolved_metric(cfg.data, image_shape)
     for name, fn, macs, prog in models:
         t0 = time.time()
-        images = generate(fn, shape, cfg.schedule, scfg, cfg.run.seed, device, progress=show)
+        images = decode(generate(fn, shape, cfg.schedule, scfg, cfg.run.seed, device, progress=show))
         secs = time.time() - t0
         write_samples(images, run.path / "samples", name)
         entry: dict[str, Any] = {"macs_per_step": macs, "seconds_per_image": secs / len(images)}

@@ -40,8 +40,10 @@ class Member:
 class ProgressiveModel(torch.nn.Module):
     """Routes each timestep to the model of its group."""
 
-    def __init__(self, members: Sequence[Member], schedule: ScheduleConfig, image_shape: Sequence[int]):
+    def __init__(self, members: Sequence[Member], schedule: ScheduleConfig, image_shape: Sequence[int],
+                 latent: dict[str, Any] | None = None):
         super().__init__()
+        self.latent = latent  # the autoencoder that decodes samples (latent diffusion), else None
         self.members = list(sorted(members, key=lambda m: m.t_start))
         self.nets = torch.nn.ModuleList([m.model for m in self.members])
         self.schedule = schedule
@@ -95,7 +97,8 @@ class ProgressiveModel(torch.nn.Module):
             entries.append({"group": m.group, "t_start": m.t_start, "t_end": m.t_end, "dir": f"members/{name}",
                             "macs_thop": m.macs, "limit_fraction": m.limit_fraction})
         atomic_write_json(tmp / MANIFEST, {"format": FORMAT, "schedule": self.schedule.model_dump(mode="json"),
-                                           "image_shape": list(self.image_shape), "members": entries})
+                                           "image_shape": list(self.image_shape), "latent": self.latent,
+                                           "members": entries})
         replace_dir(tmp, directory)
         return directory
 
@@ -120,7 +123,11 @@ class ProgressiveModel(torch.nn.Module):
                 model, _ = load_model(member_dir, device)
                 members.append(Member(int(e["group"]), int(e["t_start"]), int(e["t_end"]), model.eval(),
                                       int(e["macs_thop"]), e.get("limit_fraction")))
-            pm = cls(members, schedule, shape)
+            latent = man.get("latent")
+            if latent is not None and not (isinstance(latent, dict) and isinstance(latent.get("vae"), str)
+                                           and isinstance(latent.get("scaling_factor"), (int, float))):
+                raise ValueError(f"latent {latent!r} is not an autoencoder record")
+            pm = cls(members, schedule, shape, latent)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
             raise CheckpointError(f"{path} is malformed ({type(e).__name__}: {e}). Assemble the progressive "
                                   "model again (tdc-agent assemble).") from None

@@ -52,7 +52,7 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
     plan = build_plan(cfg)
     lines = [f"# TDC run `{run.path.name}`", "",
              "Training MACs = forward MACs per image × images seen (backward adds about 2× for every model alike).", "",
-             f"Data `{cfg.data.name}`, model `{cfg.model.preset or cfg.model.path}`, {cfg.schedule.name} schedule "
+             f"Data `{cfg.data.name}`, model `{cfg.stage1.init or cfg.model.preset}`{' (latent: ' + cfg.latent.vae + ')' if cfg.latent.vae else ''}, {cfg.schedule.name} schedule "
              f"(T={cfg.schedule.timesteps}), N={len(plan.groups)} groups, k={cfg.plan.k}, shape `{cfg.plan.shape}`, "
              f"stage 2 mode `{cfg.stage2.mode}`, LLM `{cfg.agent.llm}`.", "",
              "## Summary (Table I form)", ""]

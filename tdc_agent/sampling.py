@@ -17,6 +17,7 @@ from .diffusion import DenoiseFn, sample
 from .errors import CheckpointError
 from .models import denoise
 from .plots import save_grid
+from .latent import decoder
 from .progress import make_progress
 
 
@@ -82,6 +83,7 @@ def sample_model_dir(model_dir: str | Path, cfg: SampleConfig, out_dir: str | Pa
                                               model.config.sample_size))
     t0 = time.time()
     images = generate(lambda x, t: denoise(model, x, t), shape, schedule, cfg, seed, device, progress)
+    images = decoder(meta.get("latent"), device)(images)
     seconds = time.time() - t0
     grid, npz = write_samples(images, out_dir)
     return SampleResult(images, grid, npz, seconds)

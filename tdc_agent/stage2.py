@@ -83,9 +83,9 @@ def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: to
         from .pruning.serialize import save_pruned
 
         if "pruner" not in pruner_cache:
-            from .data import load_dataset
+            from .latent import training_data
 
-            pruner_cache["pruner"] = Pruner(base, load_dataset(cfg.data), ForwardProcess(cfg.schedule, device),
+            pruner_cache["pruner"] = Pruner(base, training_data(cfg), ForwardProcess(cfg.schedule, device),
                                             cfg.run.seed)
         p = pruner_cache["pruner"]
         result = p.prune(None, p.limit(g.limit_fraction), mode, g.timesteps)

@@ -4,7 +4,8 @@ A reference run records every failpoint it passes (tdc_agent/faults.py). A kill 
 config in a fresh directory, killing the process at a randomly chosen (point, n-th pass) and
 rerunning the same command with the next kill position, until a run finishes. The finished run must
 equal the uninterrupted one: the same weights bit for bit, the same pruned structures, the same
-plan, manifest and FD. `make test-faults` runs a larger sweep (TDC_FAULT_CHAINS, TDC_FAULT_KILLS).
+plan, manifest and FD. `make test-faults` runs a larger sweep (TDC_FAULT_CHAINS, TDC_FAULT_KILLS,
+TDC_CHAOS_RUNS) and tools/reliability_report.py turns its TDC_FAULT_SUMMARY into the README's figures.
 """
 
 from __future__ import annotations
@@ -311,11 +312,15 @@ def test_corrupt_file_is_named_and_nothing_else_is_touched(reference, tmp_path, 
     assert target.read_bytes()[:4] == (data[:4] if how == "truncate" else b"\x00gar"), "the bad file was replaced"
     # nothing that was fine before was deleted
     assert all(p.exists() for p in before if p != target)
+    summary = Path(os.environ.get("TDC_FAULT_SUMMARY", tmp_path / "summary.jsonl"))
+    with open(summary, "a") as f:
+        f.write(json.dumps({"corrupt_file": rel, "how": how, "command": command, "exit_code": code}) + "\n")
 
 
 # --- LLM chaos: a whole multi-group run against a server that injects random faults ----------------
 
-def test_chaos_llm_run_completes_or_fails_clearly_and_resumes(tmp_path, cli, monkeypatch):
+@pytest.mark.parametrize("chaos_run", range(int(os.environ.get("TDC_CHAOS_RUNS", "1"))))
+def test_chaos_llm_run_completes_or_fails_clearly_and_resumes(tmp_path, cli, monkeypatch, chaos_run):
     import yaml
 
     from conftest import tiny_config_dict
@@ -326,7 +331,7 @@ def test_chaos_llm_run_completes_or_fails_clearly_and_resumes(tmp_path, cli, mon
     monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)  # an executed injection would create ./PWNED here
     rate = float(os.environ.get("TDC_CHAOS_RATE", "0.35"))
-    with FakeOpenAI(chaos=random.Random(SEED), chaos_rate=rate) as srv:
+    with FakeOpenAI(chaos=random.Random(SEED * 1000 + chaos_run), chaos_rate=rate) as srv:
         agent = {**CFG["agent"], "llm": "openai:fake-model", "base_url": srv.url, "timeout_s": 1.0, "max_retries": 2,
                  "max_round_retries": 3, "max_llm_calls_per_round": 12}
         cfg = tmp_path / "cfg.yaml"
@@ -351,5 +356,5 @@ def test_chaos_llm_run_completes_or_fails_clearly_and_resumes(tmp_path, cli, mon
     assert not leaked and secret not in out + err, leaked
     summary = Path(os.environ.get("TDC_FAULT_SUMMARY", tmp_path / "summary.jsonl"))
     with open(summary, "a") as f:
-        f.write(json.dumps({"chaos_seed": SEED, "rate": rate, "requests": len(srv.requests), "injected": srv.injected,
+        f.write(json.dumps({"chaos_seed": SEED * 1000 + chaos_run, "rate": rate, "requests": len(srv.requests), "injected": srv.injected,
                             "attempts": attempts, "kinds": sorted(CHAOS)}) + "\n")

@@ -18,7 +18,8 @@ from langchain_core.language_models.chat_models import BaseChatModel
 
 from ..checkpoint import atomic_write_json, atomic_write_text
 from ..config import Config
-from ..data import ImageDataset, load_dataset
+from ..data import ImageDataset
+from ..latent import training_data
 from ..diffusion import ForwardProcess
 from ..pruning.pruner import Pruner
 from ..pruning.scheme import PruningScheme
@@ -32,10 +33,10 @@ from .transcript import Transcript
 
 
 def held_out(cfg: Config) -> ImageDataset:
-    """Images for quick evaluation: the dataset's test split where it has one, else its last 10 %."""
+    """Images (or latents) for quick evaluation: the test split where there is one, else the last 10 %."""
     if cfg.data.name in ("digits", "cifar10"):
-        return load_dataset(cfg.data.model_copy(update={"split": "test"}))
-    ds = load_dataset(cfg.data)
+        return training_data(cfg, cfg.data.model_copy(update={"split": "test"}))
+    ds = training_data(cfg)
     n = max(1, len(ds) // 10)
     return ImageDataset(ds.images[-n:], ds.name + "[last 10%]")
 
@@ -70,7 +71,7 @@ class AgentPruning:
         self.prompts = load_prompts(a.prompt_dir)
         self.process = ForwardProcess(self.cfg.schedule, self.device)
         self.eval_data = held_out(self.cfg)
-        train_data = load_dataset(self.cfg.data)
+        train_data = training_data(self.cfg)
         self.pruner = Pruner(self.base, train_data, self.process, self.cfg.run.seed)
         config = {k: v for k, v in dict(self.base.config).items() if not k.startswith("_")}
         self.arch_hash = architecture_hash(self.pruner.graph.names, config)
