@@ -223,7 +223,7 @@ def run_cmd(
         r = res[name]
         parts = [f"FD {r['fd']:.3f}" + (f" (floor {r['real_floor']:.3f})" if "real_floor" in r else "")] if (
             "fd" in r) else []
-        parts += [f"KID {r['kid'] * 1e3:.2f}e-3"] if "kid" in r else []
+        parts += [f"KID {r['kid']:.4g}"] if "kid" in r else []
         parts += [f"{r['macs_per_step'] / 1e6:,.2f} M MACs/step", f"{r['params']:,} params"]
         rows[name] = ", ".join(parts)
     rows["pipeline time"] = f"{time.time() - t0:.1f} s"

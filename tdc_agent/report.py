@@ -66,7 +66,7 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
     elif b.get("metric") == "fid-inception":
         fd_note = (f"FD: FID with the FID Inception-v3 (weights sha256 {b['weights_sha256'][:12]}…) against "
                    f"{b['reference_images']} real images, after 8-bit quantisation; KID in the same features.")
-    lines += ["| model | FD | real floor | KID ×10³ | MACs / step | params | training steps | training MACs | s / image |",
+    lines += ["| model | FD | real floor | KID | MACs / step | params | training steps | training MACs | s / image |",
               "|---|---|---|---|---|---|---|---|---|"]
     steps = results["training_steps"]
     tm = results.get("training_macs", {})
@@ -81,7 +81,7 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
         r = results[name]
         fd = f"{r['fd']:.3f}" if "fd" in r else "-"
         floor = f"{r['real_floor']:.3f}" if "real_floor" in r else "-"
-        kid = f"{r['kid'] * 1e3:.2f} ± {r['kid_std'] * 1e3:.2f}" if "kid" in r else "-"
+        kid = f"{r['kid']:.4g} ± {r['kid_std']:.2g}" if "kid" in r else "-"
         lines.append(f"| {label} | {fd} | {floor} | {kid} | {_fmt_macs(r['macs_per_step'])} | {r['params'] / 1e6:.3f} M | "
                      f"{st} | {macs / 1e12:.2f} T | {r['seconds_per_image'] * 1e3:.2f} ms |")
     t = results["tdc"]

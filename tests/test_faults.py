@@ -142,7 +142,7 @@ from tdc_agent.errors import TDCError  # noqa: E402
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
                     max_leaves=12)
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=int(os.environ.get("TDC_FUZZ_EXAMPLES", "25")), deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
 @FUZZ
@@ -284,7 +284,13 @@ CORRUPT = [
 ]
 
 
-@pytest.mark.parametrize("rel,how,redo,command", CORRUPT, ids=[c[0] for c in CORRUPT])
+# the default suite tries one file of each kind; `make test-faults` (TDC_FAULT_ALL=1) tries them all
+QUICK = {"stage1/checkpoint/state.json", "config.yaml", "stage2/g0/agent/group_0/rounds.json",
+         "stage2/g0/agent/memory/chroma.sqlite3", "progressive/manifest.json", "stage2/g0/agent/transcript.jsonl"}
+CASES = CORRUPT if os.environ.get("TDC_FAULT_ALL") else [c for c in CORRUPT if c[0] in QUICK]
+
+
+@pytest.mark.parametrize("rel,how,redo,command", CASES, ids=[c[0] for c in CASES])
 def test_corrupt_file_is_named_and_nothing_else_is_touched(reference, tmp_path, cli, rel, how, redo, command):
     import shutil
 

@@ -140,8 +140,8 @@ def _events(path: Path, kind: str) -> list[dict]:
 
 def test_kill_in_stage1_agent_round_and_finetune_then_resume(make_config, tmp_path, cache_env):
     cfg = make_config(
-        stage1={"steps": 150, "batch_size": 32, "ckpt_every": 10, "log_every": 1},
-        stage2={"steps": 60, "batch_size": 32, "ckpt_every": 5, "log_every": 1},
+        stage1={"steps": 80, "batch_size": 32, "ckpt_every": 10, "log_every": 1},
+        stage2={"steps": 30, "batch_size": 32, "ckpt_every": 5, "log_every": 1},
         sample={"steps": 5, "num": 8}, evaluation={"samples": 16},
         agent={"rounds": 3, "candidates": 2, "eval_batch_size": 32, "eval_timesteps": 3},
     )
@@ -167,7 +167,7 @@ def test_kill_in_stage1_agent_round_and_finetune_then_resume(make_config, tmp_pa
     # stage 1: every step logged once (no step trained twice into the curve)
     steps = [json.loads(x)["step"] for x in (run / "stage1" / "metrics.jsonl").read_text().splitlines()
              if '"loss"' in x]
-    assert steps == list(range(1, 151))
+    assert steps == list(range(1, 81))
     # agent: rounds finished before the kill are kept as they were, and never started again
     rounds = json.loads((g0 / "agent" / "group_0" / "rounds.json").read_text())["rounds"]
     assert rounds[: len(rounds_at_kill)] == rounds_at_kill
@@ -176,7 +176,7 @@ def test_kill_in_stage1_agent_round_and_finetune_then_resume(make_config, tmp_pa
         assert starts.count(r) == 1, f"round {r} was redone"
     # fine-tune: every step once
     ft = [json.loads(x)["step"] for x in (g0 / "finetune" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    assert ft == list(range(1, 61))
+    assert ft == list(range(1, 31))
     log = (run / "logs" / "run.log").read_text()
     assert log.count("run start") == 4
 

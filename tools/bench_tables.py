@@ -59,8 +59,8 @@ SCALES: dict[str, dict[str, Any]] = {
              "repeats": 3},
     "smoke": {"seeds": [0], "timesteps": 100, "groups": 3, "stage1": 12, "stage2": 3, "single_steps": 6,
               "single_budget": 0.75, "samples": 16, "sample_steps": 5, "rounds": 1, "candidates": 2,
-              "criteria": ["random", "group-taylor"], "shapes": ["constant"], "Ns": [], "ks": [0.7],
-              "recipes": ["lr-low", "split"], "speed_images": 8, "speed_steps": 5, "loop_steps": 4, "repeats": 1},
+              "criteria": ["random", "group-taylor"], "shapes": ["constant"], "Ns": [], "ks": [],
+              "recipes": ["split"], "speed_images": 8, "speed_steps": 5, "loop_steps": 4, "repeats": 1},
 }
 
 
@@ -402,14 +402,14 @@ def render(results: dict[str, Any], scale: str) -> str:
     if "table1" in results:
         t = results["table1"]
         lines += ["## 1. Table I at equal training compute", "",
-                  "| model | FD | KID ×10³ | MACs / step | params | training MACs | training steps |",
+                  "| model | FD | KID | MACs / step | params | training MACs | training steps |",
                   "|---|---|---|---|---|---|---|"]
         rows = [("base, stage 1 only", "base_stage1"), ("base, trained as long as TDC w/o pruning",
                                                          "base_equal_compute"),
                 ("TDC without pruning", "tdc_no_prune"), ("TDC (agent)", "tdc")]
         for label, key in rows:
             r = [x[key] for x in t]
-            kid = ms([v * 1e3 for v in _col(r, "kid")]) if "kid" in r[0] else "-"
+            kid = ms(_col(r, "kid"), "{:.4g}") if "kid" in r[0] else "-"
             tm = ms([v / 1e12 for v in _col(r, "training_macs")], "{:.2f}") + " T" if "training_macs" in r[0] else "-"
             steps = ms(_col(r, "training_steps"), "{:.0f}") if "training_steps" in r[0] else "-"
             params = ms([v / 1e6 for v in _col(r, "params")], "{:.3f}") + " M" if "params" in r[0] else "-"

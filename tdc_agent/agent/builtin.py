@@ -11,7 +11,10 @@ same tool calls an LLM would make, chosen by a memory-guided local search:
   from sensitive units to insensitive ones as the losses say;
 - then it evaluates the candidates and submits them.
 
-Everything is seeded by (seed, group, round, attempt), so a run is reproducible.
+Everything is seeded by (seed, group, round, attempt), and each round's proposals are computed from
+the memory as it was when the round began (this round's own records are set aside, those already
+evaluated are skipped), so a run is reproducible, and one resumed after a kill in mid-round makes
+the same choices as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import numpy as np
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+
+
+MAX_SET_ASIDE = 8  # records of the current round the memory query over-fetches by
 
 
 def _call(name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +153,8 @@ class BuiltinPolicy(BaseChatModel):
             return AIMessage(content="Round submitted.")
         need = {"inspect_architecture", "group_context", "query_memory"} - set(results)
         if need:
-            args = {"inspect_architecture": {}, "group_context": {}, "query_memory": {"k": 5}}
+            # a few more than the 5 used, so that setting this round's own records aside still leaves 5
+            args = {"inspect_architecture": {}, "group_context": {}, "query_memory": {"k": 5 + MAX_SET_ASIDE}}
             return AIMessage(content="", tool_calls=[_call(n, args[n]) for n in sorted(need)])
         ctx, arch, memory = results["group_context"], results["inspect_architecture"], results["query_memory"]
         k = int(ctx["candidates_per_round"])
@@ -155,8 +162,14 @@ class BuiltinPolicy(BaseChatModel):
         if len(done) >= k:
             return AIMessage(content="", tool_calls=[_call("submit_candidates", {"candidate_ids": done[:k]})])
         rng = np.random.default_rng([self.seed, int(ctx["group"]), int(ctx["round"]), attempts])
-        exclude = {_key(r["levels"]) for r in memory.get("best_this_group", [])}
-        props = propose(arch["units"], memory, k - len(done), exclude, rng)
+        this_round = (ctx.get("run"), ctx["group"], ctx["round"])
+        before = {**memory, "best_this_group": [r for r in memory.get("best_this_group", [])
+                                                if (r.get("run"), r.get("group"), r.get("round")) != this_round][:5]}
+        exclude = {_key(r["levels"]) for r in before["best_this_group"]}
+        # the whole round's proposals, of which the first ones were evaluated before a resume
+        props = propose(arch["units"], before, k, exclude, rng)[len(done) if attempts == 0 else 0:]
+        if attempts:
+            props = props[: k - len(done)]
         return AIMessage(content="", tool_calls=[
             _call("evaluate_scheme", {"levels": lv, "rationale": why}) for lv, why in props])
 

@@ -130,7 +130,7 @@ class PruningSession:
         return {"group": t.index, "t_start": t.t_start, "t_end": t.t_end, "snr_min_db": _fmt(t.snr_min),
                 "snr_max_db": _fmt(t.snr_max), "limit_macs": int(t.limit_macs), "limit_fraction": _fmt(t.limit_fraction),
                 "base_macs": self.pruner.base_count.thop, "round": self.round, "rounds": self.cfg.rounds,
-                "candidates_per_round": self.cfg.candidates, "neighbours": t.neighbours,
+                "candidates_per_round": self.cfg.candidates, "neighbours": t.neighbours, "run": self.run_id,
                 "evaluated_this_round": [self.short_id(r) for r in self.ok_candidates()]}
 
     def _brief(self, rec: MemoryRecord) -> dict[str, Any]:
