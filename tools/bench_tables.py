@@ -55,7 +55,8 @@ SCALES: dict[str, dict[str, Any]] = {
     "full": {"seeds": [0, 1, 2], "timesteps": 1000, "groups": 4, "stage1": 1000, "stage2": 50, "single_steps": 200,
              "single_budget": 0.75, "samples": 300, "sample_steps": 25, "rounds": 3, "candidates": 2,
              "criteria": CLASSICAL, "shapes": ["constant", "increasing", "decreasing"], "Ns": [8, 10],
-             "ks": [0.3, 0.7], "recipes": None, "speed_images": 200, "speed_steps": 100, "loop_steps": 100,
+             "ks": [0.3, 0.7], "recipes": ["lr-high", "no-warmup", "no-ema", "proportional", "split"],
+             "speed_images": 200, "speed_steps": 100, "loop_steps": 100,
              "repeats": 3},
     "smoke": {"seeds": [0], "timesteps": 100, "groups": 3, "stage1": 12, "stage2": 3, "single_steps": 6,
               "single_budget": 0.75, "samples": 16, "sample_steps": 5, "rounds": 1, "candidates": 2,
@@ -545,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--recipes", default=None, help="item 6 variants to run (comma list; default: the scale's)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -552,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or ROOT / "benchmarks" / "work" / args.scale
     bench = Bench(args.scale, work, torch.device(args.device),
                   log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True))
+    if args.recipes:
+        bench.s = {**bench.s, "recipes": args.recipes.split(",")}
     suffix = "" if args.scale == "full" else f"-{args.scale}"
     out_json = args.out / f"tables{suffix}.json"
     results: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
