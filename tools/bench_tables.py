@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from tdc_agent.checkpoint import atomic_write_json, load_model, read_json
-from tdc_agent.config import Config, SampleConfig, TrainConfig, load_config
+from tdc_agent.config import Config, SampleConfig, load_config
 from tdc_agent.data import load_dataset
 from tdc_agent.diffusion import ForwardProcess
 from tdc_agent.evaluation.quick import quick_loss
@@ -256,7 +256,7 @@ class Bench:
                     m.reset_parameters()
             macs = count(model).thop
             steps = round(cfg.stage2.steps + cfg.stage1.steps * base_macs / (len(plan.groups) * macs))
-            tcfg = TrainConfig(**{**cfg.stage1.model_dump(), "steps": steps})
+            tcfg = cfg.stage1.model_copy(update={"steps": steps})
             res = train(model, data, process, tcfg, path.parent / f"g{g.index}", seed=seed + 1000 * (g.index + 1),
                         device=self.device, timesteps=g.timesteps, meta=meta, progress=False)
             member, _ = member_from_dir(g.index, g.t_start, g.t_end, res.model_dir, g.limit_fraction, self.device)
