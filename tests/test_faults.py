@@ -33,7 +33,7 @@ CFG = {
     "agent": {"rounds": 2, "candidates": 2, "eval_batch_size": 16, "eval_timesteps": 2},
 }
 CHAINS = int(os.environ.get("TDC_FAULT_CHAINS", "1"))
-KILLS = int(os.environ.get("TDC_FAULT_KILLS", "5"))
+KILLS = int(os.environ.get("TDC_FAULT_KILLS", "4"))
 SEED = int(os.environ.get("TDC_FAULT_SEED", "0"))
 
 

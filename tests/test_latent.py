@@ -68,6 +68,7 @@ def test_pickle_only_autoencoder_is_refused(tmp_path):
         load_autoencoder(str(tmp_path))
 
 
+@pytest.mark.slow  # ~100 s; `make test-slow`
 def test_latent_pipeline_end_to_end(tmp_path, cache, cli, make_config):
     from tdc_agent.config import SampleConfig
     from tdc_agent.export import TDCPipeline

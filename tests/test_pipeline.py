@@ -138,6 +138,7 @@ def _events(path: Path, kind: str) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if f'"{kind}"' in x]
 
 
+@pytest.mark.slow  # the seeded kill chains of test_faults.py cover kill-and-resume in the default suite
 def test_kill_in_stage1_agent_round_and_finetune_then_resume(make_config, tmp_path, cache_env):
     cfg = make_config(
         stage1={"steps": 80, "batch_size": 32, "ckpt_every": 10, "log_every": 1},
@@ -207,6 +208,7 @@ def test_compare_no_prune_adds_the_table_i_row(make_config, tmp_path, cli, cache
     assert (tmp_path / "r" / "progressive-noprune" / "manifest.json").is_file()
 
 
+@pytest.mark.slow  # ~40 s; stage-1 DDP stays in the default suite (test_training.py)
 def test_whole_pipeline_under_torchrun_two_processes(make_config, tmp_path, cache_env):
     """Stage 1 and every group's fine-tune run data-parallel; rank 0 alone prunes and assembles."""
     from test_training import _free_port

@@ -23,6 +23,7 @@ def save_ddpm_pipeline(path, timesteps: int = 100, schedule: str = "linear") -> 
     return unet
 
 
+@pytest.mark.slow  # ~50 s; `make test-slow`
 def test_pretrained_start_skips_stage1_and_takes_the_schedule(tmp_path, cli, make_config, monkeypatch):
     monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
     unet = save_ddpm_pipeline(tmp_path / "ddpm")
