@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .checkpoint import atomic_write_json, atomic_write_text, load_model, read_json
+from .checkpoint import atomic_write_json, load_model, read_json
 from .config import Config
 from .devices import barrier, dist_env
 from .latent import training_data

@@ -166,10 +166,10 @@ class BuiltinPolicy(BaseChatModel):
         before = {**memory, "best_this_group": [r for r in memory.get("best_this_group", [])
                                                 if (r.get("run"), r.get("group"), r.get("round")) != this_round][:5]}
         exclude = {_key(r["levels"]) for r in before["best_this_group"]}
-        # the whole round's proposals, of which the first ones were evaluated before a resume
-        props = propose(arch["units"], before, k, exclude, rng)[len(done) if attempts == 0 else 0:]
-        if attempts:
-            props = props[: k - len(done)]
+        # On a round's first turn: the whole round's proposals, minus those evaluated before a resume
+        # (proposals are a prefix-stable sequence, so this equals what an uninterrupted run evaluates).
+        skip = len(done) if attempts == 0 else 0
+        props = propose(arch["units"], before, k - len(done) + skip, exclude, rng)[skip:]
         return AIMessage(content="", tool_calls=[
             _call("evaluate_scheme", {"levels": lv, "rationale": why}) for lv, why in props])
 
