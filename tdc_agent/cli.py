@@ -217,7 +217,9 @@ def run_cmd(
         return
     res = evaluate_run(cfg, run, dev, show=not quiet)
     rows = {}
-    for name in ("base", "tdc_no_prune", "tdc"):
+    labels = {"base": "base", "base_equal_compute": f"base, equal compute ({res.get('equal_compute_steps')} steps)",
+              "tdc_no_prune": "TDC w/o pruning", "tdc": "TDC"}
+    for name in ("base", "base_equal_compute", "tdc_no_prune", "tdc"):
         if name not in res:
             continue
         r = res[name]
@@ -225,7 +227,7 @@ def run_cmd(
             "fd" in r) else []
         parts += [f"KID {r['kid']:.4g}"] if "kid" in r else []
         parts += [f"{r['macs_per_step'] / 1e6:,.2f} M MACs/step", f"{r['params']:,} params"]
-        rows[name] = ", ".join(parts)
+        rows[labels[name]] = ", ".join(parts)
     rows["pipeline time"] = f"{time.time() - t0:.1f} s"
     rows["report"] = str(run.path / "report.md")
     console.print(kv_table("TDC run", rows))

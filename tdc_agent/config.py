@@ -86,6 +86,8 @@ class TrainConfig(_Section):
     warmup: int = Field(default=100, ge=0)
     grad_clip: Optional[float] = Field(default=1.0, gt=0)
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    # steps over which the EMA window grows to 1/(1-ema_decay); 0 = the full decay from step 0
+    ema_warmup: int = Field(default=500, ge=0)
     ckpt_every: int = Field(default=500, ge=1)
     log_every: int = Field(default=25, ge=1)
     amp: bool = True
@@ -114,6 +116,8 @@ class Stage2Config(TrainConfig):
     ckpt_every: int = Field(default=100, ge=1)
     steps_rule: Literal["equal", "proportional"] = "equal"
     optimizer: Literal["fresh", "carried"] = "fresh"
+    ema_warmup: int = Field(default=0, ge=0)
+    distill: float = Field(default=0.0, ge=0)
 
 
 class SampleConfig(_Section):
@@ -129,6 +133,8 @@ class EvaluationConfig(_Section):
 
     samples: int = Field(default=1000, ge=2)
     compare_no_prune: bool = False  # also train TDC without pruning (Table I's middle row) for the report
+    # also train the base on for TDC's stage-2 compute, from stage 1's checkpoint (the fair comparison)
+    compare_equal_compute: bool = True
     # auto: the digits-classifier FD for 8x8 digits, Inception FID/KID for every other dataset
     metric: Literal["auto", "digits-fd", "fid", "none"] = "auto"
     inception_weights: Optional[str] = None  # .pth or .safetensors; default: downloaded once into the cache

@@ -44,6 +44,20 @@ class ForwardProcess:
             return err.flatten(1).mean(1)
         return err.mean()
 
+    def distill_loss(self, denoise_fn: DenoiseFn, teacher_fn: DenoiseFn, x0: torch.Tensor, t: torch.Tensor,
+                     noise: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ε-MSE plus ``weight`` · MSE to the teacher's ε on the same noisy input (output distillation).
+
+        Returns (total, ε-MSE, distillation MSE). The teacher runs without gradients.
+        """
+        xt = self.add_noise(x0, noise, t)
+        eps = denoise_fn(xt, t).float()
+        with torch.no_grad():
+            target = teacher_fn(xt, t).float()
+        eps_loss = ((eps - noise.float()) ** 2).mean()
+        kd = ((eps - target) ** 2).mean()
+        return eps_loss + weight * kd, eps_loss, kd
+
 
 def make_scheduler(cfg: ScheduleConfig, sampler: str = "ddim") -> DDIMScheduler | DDPMScheduler:
     """A diffusers scheduler using our β schedule, ε-prediction and x0 clipping to [-1, 1]."""

@@ -23,7 +23,7 @@ from .progressive import ProgressiveModel, member_from_dir
 from .pruning.macs import count
 from .runs import RunDir
 from .schedule import ddim_timesteps
-from .stage1 import train_base
+from .stage1 import continue_base, equal_compute_steps, train_base
 from .stage2 import finetune_group, group_dir, group_steps, prepare_group_model
 
 
@@ -79,8 +79,22 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
                 assemble(vcfg, run, device, variant)
             barrier()
             out["progressive" + (f"-{variant}" if variant else "")] = str(progressive_dir(run, variant))
+    if cfg.evaluation.compare_equal_compute and len(out.get("groups_done", [])) == len(plan.groups):
+        steps = equal_compute_total_steps(cfg, run, plan, count(base).thop)
+        run.log(f"run: base continued to {steps} steps (equal compute)")
+        t2 = time.time()
+        continue_base(cfg, run, steps, run.equal_compute, device, data, progress=show)
+        timings["base_equal_compute"] = time.time() - t2
     out["seconds"] = time.time() - t0
     return out
+
+
+def equal_compute_total_steps(cfg: Config, run: RunDir, plan, base_macs: int) -> int:
+    """Stage 1's steps plus the base steps that cost what the run's stage 2 cost (teacher and proxy
+    forwards included)."""
+    tm = training_macs(cfg, run, plan, base_macs)
+    return cfg.stage1.steps + equal_compute_steps(tm["teacher"] + tm["proxy"], tm["stage2"], base_macs,
+                                                  cfg.stage1.batch_size)
 
 
 def variants(cfg: Config) -> list[tuple[str, Config]]:
@@ -141,6 +155,11 @@ def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = Tr
     planned_limits = float(sum(plan.groups[table[t]].limit_fraction for t in ts) / len(ts)) * base_count.thop
     models = [("base", lambda x, t: denoise(base, x, t), base_count.thop, None),
               ("tdc", pm, pm.sampling_macs(scfg.sampler, scfg.steps)["mean_per_step"], pm)]
+    if (run.equal_compute / "model" / "model.safetensors").is_file():
+        eq, eq_meta = load_model(run.equal_compute / "model", device)
+        eq.eval()
+        models.insert(1, ("base_equal_compute", lambda x, t: denoise(eq, x, t), base_count.thop, None))
+        results["equal_compute_steps"] = int(eq_meta.get("steps", 0))
     if (progressive_dir(run, "noprune") / "manifest.json").is_file():
         pm_np = ProgressiveModel.load(progressive_dir(run, "noprune"), device)
         models.insert(1, ("tdc_no_prune", pm_np, pm_np.sampling_macs(scfg.sampler, scfg.steps)["mean_per_step"],
@@ -162,6 +181,8 @@ def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = Tr
         entry.update(score(images))
         results[name] = entry
     results["base"]["params"] = base_count.params
+    if "base_equal_compute" in results:
+        results["base_equal_compute"]["params"] = base_count.params
     results["tdc"]["planned_macs_per_step"] = planned
     results["tdc"]["group_limit_macs_per_step"] = planned_limits
     results["training_steps"] = {"stage1": cfg.stage1.steps,
@@ -194,16 +215,27 @@ def scorer(cfg: Config, shape: tuple[int, ...], device: torch.device) -> Callabl
 
 
 def training_macs(cfg: Config, run: RunDir, plan, base_macs: int) -> dict[str, float]:
-    """Training compute: forward MACs per image x images seen, for stage 1 and each variant's stage 2
-    (the backward pass costs about twice the forward; the ratio between runs is what matters)."""
+    """Training compute as forward MACs x images, for stage 1 and each variant's stage 2.
+
+    ``stage2[_variant]`` counts the group models' own forwards (a backward costs about twice a
+    forward, the same factor for every row); ``teacher[_variant]`` the base's forwards for
+    distillation (no backward); ``proxy[_variant]`` the agent's quick evaluations of candidates.
+    """
     from .checkpoint import read_json as _read
 
     out = {"stage1": float(base_macs) * cfg.stage1.steps * cfg.stage1.batch_size}
     for variant, vcfg in variants(cfg):
-        total = 0.0
+        suffix = f"_{variant}" if variant else ""
+        student = teacher = proxy = 0.0
         for g in plan.groups:
-            info = group_dir(run, g.index, variant) / "prune.json"
-            macs = _read(info, "group pruning summary").get("macs_thop", base_macs) if info.is_file() else base_macs
-            total += float(macs or base_macs) * group_steps(vcfg, plan, g) * vcfg.stage2.batch_size
-        out["stage2" + (f"_{variant}" if variant else "")] = total
+            info_path = group_dir(run, g.index, variant) / "prune.json"
+            info = _read(info_path, "group pruning summary") if info_path.is_file() else {}
+            images = float(group_steps(vcfg, plan, g) * vcfg.stage2.batch_size)
+            student += float(info.get("macs_thop") or base_macs) * images
+            if vcfg.stage2.distill > 0:
+                teacher += float(base_macs) * images
+            proxy += float(info.get("proxy_forward_macs") or 0.0)
+        out["stage2" + suffix] = student
+        out["teacher" + suffix] = teacher
+        out["proxy" + suffix] = proxy
     return out

@@ -51,7 +51,9 @@ def _fmt_macs(x: float) -> str:
 def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
     plan = build_plan(cfg)
     lines = [f"# TDC run `{run.path.name}`", "",
-             "Training MACs = forward MACs per image × images seen (backward adds about 2× for every model alike).", "",
+             "Training MACs = forward MACs per image × images seen, teacher (distillation) and agent (quick "
+             "evaluation) forwards included; a backward costs about 2 more forwards, so the equal-compute base "
+             "trains on for (3 × stage 2 + teacher + agent) / (3 × base MACs × batch) steps.", "",
              f"Data `{cfg.data.name}`, model `{cfg.stage1.init or cfg.model.preset}`{' (latent: ' + cfg.latent.vae + ')' if cfg.latent.vae else ''}, {cfg.schedule.name} schedule "
              f"(T={cfg.schedule.timesteps}), N={len(plan.groups)} groups, k={cfg.plan.k}, shape `{cfg.plan.shape}`, "
              f"stage 2 mode `{cfg.stage2.mode}`, LLM `{cfg.agent.llm}`.", "",
@@ -70,11 +72,14 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
               "|---|---|---|---|---|---|---|---|---|"]
     steps = results["training_steps"]
     tm = results.get("training_macs", {})
+    eq_steps = results.get("equal_compute_steps", 0)
     rows = [("base", "base (stage 1 only)", steps["stage1"], tm.get("stage1", 0.0)),
+            ("base_equal_compute", "base, equal compute (trained on for TDC's stage-2 compute)", eq_steps,
+             tm.get("stage1", 0.0) * eq_steps / max(1, steps["stage1"])),
             ("tdc_no_prune", "TDC without pruning", steps["stage1"] + steps["stage2"],
              tm.get("stage1", 0.0) + tm.get("stage2_noprune", 0.0)),
             ("tdc", f"TDC ({cfg.stage2.mode})", steps["stage1"] + steps["stage2"],
-             tm.get("stage1", 0.0) + tm.get("stage2", 0.0))]
+             tm.get("stage1", 0.0) + tm.get("stage2", 0.0) + tm.get("teacher", 0.0) + tm.get("proxy", 0.0))]
     for name, label, st, macs in rows:
         if name not in results:
             continue
@@ -107,8 +112,9 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
     if rounds_png is not None:
         lines += ["", "## Agent rounds", "", "Quick loss of each round's candidates (mean ± std), per group "
                   "(the paper's Fig. 5):", "", "![agent rounds](agent_rounds.png)"]
-    names = [n for n in ("base", "tdc_no_prune", "tdc") if n in results]
-    labels = {"base": "base", "tdc_no_prune": "TDC w/o pruning", "tdc": "TDC"}
+    names = [n for n in ("base", "base_equal_compute", "tdc_no_prune", "tdc") if n in results]
+    labels = {"base": "base", "base_equal_compute": "base (equal compute)", "tdc_no_prune": "TDC w/o pruning",
+              "tdc": "TDC"}
     lines += ["", "## Samples", "", "Same seed and noise for every model.", "",
               "| " + " | ".join(labels[n] for n in names) + " |", "|" + "---|" * len(names),
               "| " + " | ".join(f"![{n}](samples/{n}.png)" for n in names) + " |", ""]

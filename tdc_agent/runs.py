@@ -41,6 +41,11 @@ class RunDir:
     def base_model(self) -> Path:
         return self.stage1 / "model"
 
+    @property
+    def equal_compute(self) -> Path:
+        """The base trained on for stage 2's compute (``evaluation.compare_equal_compute``)."""
+        return self.path / "base-equal-compute"
+
     def prepare(self, cfg: Config, sections: tuple[str, ...] = RESULT_SECTIONS) -> None:
         """Create the directory and store the config, or check it against the stored one."""
         if self.config_path.is_file():

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import shutil
+from pathlib import Path
+
 import torch
 
+from .checkpoint import resolve_dir
 from .config import Config
 from .checkpoint import save_model
 from .data import ImageDataset
@@ -13,6 +18,9 @@ from .errors import ConfigError
 from .models import build_unet, load_pretrained_unet, unet_config
 from .runs import RunDir
 from .training import TrainResult, train
+
+# Training compute of one step relative to its forward pass (forward + backward ≈ 3 forwards).
+STEP_COST = 3.0
 
 
 def build_model(cfg: Config, image_shape: tuple[int, int, int]) -> torch.nn.Module:
@@ -65,3 +73,40 @@ def train_base(cfg: Config, run: RunDir, device: torch.device, data: ImageDatase
         meta=model_meta(cfg, data, stage="base", steps=cfg.stage1.steps, init=cfg.stage1.init), progress=progress,
         desc="stage 1 (base)",
     )
+
+
+def equal_compute_steps(extra_forward_macs: float, extra_train_macs: float, base_macs: float, batch_size: int) -> int:
+    """Base steps that cost what stage 2 cost: ``extra_train_macs`` are forward MACs of trained
+    models (each with a backward), ``extra_forward_macs`` forward-only MACs (teacher, proxy)."""
+    cost = STEP_COST * extra_train_macs + extra_forward_macs
+    return max(0, math.ceil(cost / (STEP_COST * base_macs * batch_size) - 1e-9))
+
+
+def continue_base(cfg: Config, run: RunDir, total_steps: int, out_dir: Path, device: torch.device,
+                  data: ImageDataset | None = None, progress: bool = True) -> TrainResult:
+    """The base trained on from stage 1's final checkpoint to ``total_steps`` in ``out_dir``.
+
+    This is the honest comparison for TDC ("train the base longer with the same compute"). The
+    training loop draws every step's batch from (seed, step) and restores AdamW and EMA state, so
+    the continuation is exactly what a longer stage 1 would have produced.
+    """
+    from .latent import training_data
+
+    out_dir = Path(out_dir)
+    if not (out_dir / "model" / "model.safetensors").is_file() and not (out_dir / "checkpoint").is_dir():
+        if dist_env().is_main:
+            tmp = out_dir.with_name(out_dir.name + ".copying")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(resolve_dir(run.stage1 / "checkpoint"), tmp / "checkpoint")
+            if (run.stage1 / "metrics.jsonl").is_file():
+                shutil.copy(run.stage1 / "metrics.jsonl", tmp / "metrics.jsonl")
+            shutil.rmtree(out_dir, ignore_errors=True)
+            tmp.rename(out_dir)
+        barrier()
+    data = data or training_data(cfg, device=device)
+    model = build_model(cfg, data.shape)
+    process = ForwardProcess(cfg.schedule, device)
+    tcfg = cfg.stage1.model_copy(update={"steps": total_steps})
+    return train(model, data, process, tcfg, out_dir, seed=cfg.run.seed, device=device,
+                 meta=model_meta(cfg, data, stage="base", steps=total_steps, init=cfg.stage1.init),
+                 progress=progress, desc=f"base to {total_steps} steps (equal compute)")

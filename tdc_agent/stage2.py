@@ -113,9 +113,11 @@ def finetune_group(cfg: Config, run: RunDir, plan: Plan, g: Group, data: ImageDa
             save_model(gdir / "finetune" / "model", model, meta)
         res_dir = gdir / "finetune" / "model"
     else:
+        teacher = load_model(run.base_model, device)[0] if cfg.stage2.distill > 0 else None
         res = train(model, data, process, tcfg, gdir / "finetune", seed=cfg.run.seed + 1000 * (g.index + 1),
                     device=device, timesteps=g.timesteps, meta=meta, progress=show,
-                    desc=f"stage 2 g{g.index} (t {g.t_start}-{g.t_end})", init_optimizer=init_opt)
+                    desc=f"stage 2 g{g.index} (t {g.t_start}-{g.t_end})", init_optimizer=init_opt,
+                    teacher=teacher, distill=cfg.stage2.distill)
         res_dir = res.model_dir
     tuned, _ = load_model(res_dir, device)
     loss_after = quick_loss(tuned, eval_data, process, g.timesteps, cfg.agent.eval_timesteps,

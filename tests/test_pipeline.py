@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import time
@@ -39,7 +40,7 @@ def cache_env(tmp_path, monkeypatch):
 
 
 def test_run_end_to_end_tiny(make_config, tmp_path, cli, cache_env):
-    cfg = make_config(**E2E)
+    cfg = make_config(**{**E2E, "stage2": {**E2E["stage2"], "distill": 0.5}})
     code, _, err = cli("run", "--config", cfg, "--run-dir", tmp_path / "r", "-q")
     assert code == 0, err
     run = tmp_path / "r"
@@ -51,6 +52,14 @@ def test_run_end_to_end_tiny(make_config, tmp_path, cli, cache_env):
     assert 0 < ev["base"]["classifier_test_accuracy"] <= 1 and ev["base"]["fd"] > 0 and ev["base"]["real_floor"] > 0
     report = (run / "report.md").read_text()
     assert "| base (stage 1 only)" in report and "| TDC (tdc)" in report
+    # the equal-compute base: trained on for stage 2's compute, teacher and agent forwards included
+    tm = ev["training_macs"]
+    assert tm["teacher"] == pytest.approx(ev["base"]["macs_per_step"] * 3 * 10 * 32)  # 3 groups x 10 steps x 32
+    assert tm["proxy"] > 0 and tm["stage2"] > 0
+    extra = (3 * tm["stage2"] + tm["teacher"] + tm["proxy"]) / (3 * ev["base"]["macs_per_step"] * 32)
+    assert ev["equal_compute_steps"] == 30 + math.ceil(extra - 1e-9)
+    assert ev["base_equal_compute"]["fd"] > 0
+    assert "| base, equal compute" in report
     # the progressive model samples from a fresh process exactly as in this one
     pm = ProgressiveModel.load(run / "progressive")
     from tdc_agent.config import SampleConfig

@@ -103,6 +103,14 @@ class AgentPruning:
         save_pruned(model_dir, result, {**meta, "schedule": self.cfg.schedule.model_dump(mode="json"),
                                         "group": task.index, "t_range": [task.t_start, task.t_end]})
         total = time.time() - t0
+        # every quick evaluation is a forward pass over the eval images at each eval timestep; counted
+        # at the group's limit (an upper bound of the candidates' MACs) for the training-compute table
+        from ..evaluation.quick import eval_timesteps
+
+        n_evals = sum(len(s.losses) for s in outcome.rounds)
+        per_eval = (len(eval_timesteps(task.timesteps, self.cfg.agent.eval_timesteps))
+                    * min(self.cfg.agent.eval_batch_size, len(self.eval_data)))
+        proxy_images = n_evals * (per_eval + self.cfg.agent.recovery_steps * 32 * 3)
         summary = {
             "group": task.index, "llm": self.llm_spec, "run_id": self.run_id, "best_id": best.id,
             "best_loss": best.loss, "best_levels": best.levels, "limit_macs": task.limit_macs,
@@ -113,6 +121,8 @@ class AgentPruning:
             "seconds": {"total": total, "build_and_evaluate": outcome.eval_seconds + build_s,
                         "agent_overhead": total - outcome.eval_seconds - build_s},
             "memory_records": self.memory.count(),
+            "proxy_evaluations": n_evals, "proxy_forward_images": proxy_images,
+            "proxy_forward_macs": float(proxy_images) * task.limit_macs,
         }
         atomic_write_json(self.out_dir / f"group_{task.index}" / "agent.json", summary)
         outcome.extra["summary"] = summary

@@ -88,12 +88,16 @@ def train(
     progress: bool = True,
     desc: str = "training",
     init_optimizer: dict[str, torch.Tensor] | None = None,
+    teacher: torch.nn.Module | None = None,
+    distill: float = 0.0,
 ) -> TrainResult:
     """Train ``model`` to predict ε at ``timesteps`` (default: all) and save the EMA model.
 
     ``out_dir`` receives ``checkpoint/`` (resumable state), ``metrics.jsonl`` and ``model/`` (the
     final EMA weights in our model format). If ``model/`` already exists, nothing is trained.
     ``init_optimizer`` optionally seeds AdamW with a saved state (stage 2's "carried" recipe).
+    With ``teacher`` and ``distill`` > 0 the loss adds ``distill`` · MSE to the teacher's ε on the
+    same noisy input (the teacher is frozen and in eval mode; its forwards cost no backward).
     """
     out_dir = Path(out_dir)
     device = torch.device(device)
@@ -108,7 +112,11 @@ def train(
         list(timesteps) if timesteps is not None else range(process.timesteps), dtype=torch.long
     )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = EMA(model, cfg.ema_decay)
+    ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
+    if teacher is not None and distill > 0:
+        teacher = teacher.to(device).eval().requires_grad_(False)
+    else:
+        teacher = None
     start = 0
     ckpt_dir = resolve_dir(out_dir / CHECKPOINT)
     if (ckpt_dir / "state.json").is_file():
@@ -126,6 +134,7 @@ def train(
     t0 = time.time()
     last_loss: float | None = None
     window: list[float] = []
+    kd_window: list[float] = []
     bar = make_progress(enabled=progress and env.is_main)
     with bar:
         task = bar.add_task(desc, total=cfg.steps, completed=start, loss=float("nan"))
@@ -139,7 +148,12 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = process.loss(lambda x, tt: denoise(net, x, tt), x0, t, noise)
+                if teacher is None:
+                    loss = process.loss(lambda x, tt: denoise(net, x, tt), x0, t, noise)
+                else:
+                    loss, _, kd = process.distill_loss(lambda x, tt: denoise(net, x, tt),
+                                                       lambda x, tt: denoise(teacher, x, tt), x0, t, noise, distill)
+                    kd_window.append(float(kd.detach()))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
@@ -157,11 +171,13 @@ def train(
             window.append(last_loss)
             done = step + 1
             if env.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
-                _append_metrics(metrics_path, {
-                    "step": done, "loss": last_loss, "loss_avg": sum(window) / len(window),
-                    "lr": lr_at(step, cfg), "elapsed_s": round(time.time() - t0, 3),
-                })
+                rec = {"step": done, "loss": last_loss, "loss_avg": sum(window) / len(window),
+                       "lr": lr_at(step, cfg), "elapsed_s": round(time.time() - t0, 3)}
+                if kd_window:
+                    rec["distill_mse_avg"] = sum(kd_window) / len(kd_window)
+                _append_metrics(metrics_path, rec)
                 window.clear()
+                kd_window.clear()
             bar.update(task, completed=done, loss=last_loss)
             if done % cfg.ckpt_every == 0 and done < cfg.steps:
                 _save_checkpoint(out_dir / CHECKPOINT, model, ema, opt, done, env.is_main)
@@ -173,7 +189,7 @@ def train(
     if env.is_main:
         if sync_diff is not None:
             _append_metrics(metrics_path, {"step": cfg.steps, "ddp_param_max_diff": sync_diff})
-        save_model(final_dir, ema.copy_into(model), meta)
+        save_model(final_dir, ema.averaged_copy(model), meta)
     barrier()
     return TrainResult(cfg.steps, last_loss, final_dir, metrics_path, time.time() - t0, start, sync_diff)
 
