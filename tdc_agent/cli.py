@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: examples/digits.yaml).")
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the packaged digits.yaml).")
 OverridesArg = typer.Argument(None, help="Config overrides, e.g. plan.groups=4 stage1.steps=500.")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (overrides run.device).")
 RunDirOpt = typer.Option(None, "--run-dir", help="Run directory (default: run.output_dir/run.name).")

@@ -1,4 +1,8 @@
-"""The agent's prompt templates: LangChain ``PromptTemplate`` files in ``prompts/``.
+"""The agent's prompt templates: LangChain ``PromptTemplate`` files.
+
+The defaults ship inside the package (``tdc_agent/agent/templates/``, read with
+:mod:`importlib.resources`; the repository's ``prompts/`` links there); ``tdc-agent prompts init DIR``
+copies them out for editing.
 
 Four templates: ``system``, ``round`` (the round's proposal request), ``memory`` (memory summary)
 and ``architecture`` (architecture summary). ``--prompt-dir`` (config ``agent.prompt_dir``) may
@@ -10,15 +14,20 @@ them.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from langchain_core.prompts import PromptTemplate
 
 from ..errors import ConfigError
 
-DEFAULT_PROMPT_DIR = Path(__file__).resolve().parents[2] / "prompts"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+# package data (a Traversable: a real directory only when installed unzipped)
+DEFAULT_PROMPT_DIR = files("tdc_agent.agent") / "templates"
 
 VARIABLES: dict[str, tuple[set[str], set[str]]] = {
     # name: (required, optional)
@@ -33,7 +42,7 @@ VARIABLES: dict[str, tuple[set[str], set[str]]] = {
 @dataclass
 class PromptSet:
     templates: dict[str, PromptTemplate]
-    sources: dict[str, Path]
+    sources: dict[str, Path | Traversable]
 
     def render(self, name: str, **values: object) -> str:
         t = self.templates[name]
@@ -67,7 +76,7 @@ def load_prompts(prompt_dir: str | Path | None = None) -> PromptSet:
         if not path.is_file():
             raise ConfigError(f"Prompt template {path} is missing. Run `tdc-agent prompts init DIR` for a fresh set.")
         try:
-            t = PromptTemplate.from_template(path.read_text())
+            t = PromptTemplate.from_template(path.read_text(encoding="utf-8"))
         except (ValueError, KeyError) as e:
             raise ConfigError(f"Prompt template {path} does not parse ({e}). Double literal braces: {{{{ }}}}.") from None
         templates[name], sources[name] = t, path
@@ -85,6 +94,6 @@ def init_prompts(directory: str | Path) -> list[Path]:
     for name in VARIABLES:
         dst = directory / f"{name}.md"
         if not dst.exists():
-            shutil.copyfile(DEFAULT_PROMPT_DIR / f"{name}.md", dst)
+            dst.write_bytes((DEFAULT_PROMPT_DIR / f"{name}.md").read_bytes())
         out.append(dst)
     return out
