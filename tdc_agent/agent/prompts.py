@@ -86,14 +86,26 @@ def load_prompts(prompt_dir: str | Path | None = None) -> PromptSet:
     return PromptSet(templates, sources)
 
 
-def init_prompts(directory: str | Path) -> list[Path]:
-    """Copy the default templates into ``directory`` for editing (existing files are kept)."""
+def init_prompts(directory: str | Path, force: bool = False) -> list[Path]:
+    """Copy the default templates into ``directory`` for editing; return the files written.
+
+    If any of them exists already, nothing is written and a :class:`ConfigError` lists them;
+    ``force`` replaces them with the defaults instead.
+    """
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory} exists and is not a directory. Pass a new or existing directory.")
+    targets = {name: directory / f"{name}.md" for name in VARIABLES}
+    existing = [str(p) for p in targets.values() if p.exists() or p.is_symlink()]
+    if any(p.is_dir() for p in targets.values()):
+        raise ConfigError(f"{', '.join(str(p) for p in targets.values() if p.is_dir())} is a directory, not a "
+                          "template file. Move it away or choose another directory.")
+    if existing and not force:
+        raise ConfigError(f"Not overwriting existing prompt template(s) {', '.join(existing)}. Pass --force to "
+                          "replace them with the defaults, or choose an empty directory.")
     directory.mkdir(parents=True, exist_ok=True)
-    out = []
-    for name in VARIABLES:
-        dst = directory / f"{name}.md"
-        if not dst.exists():
-            dst.write_bytes((DEFAULT_PROMPT_DIR / f"{name}.md").read_bytes())
-        out.append(dst)
-    return out
+    for name, dst in targets.items():
+        if dst.is_symlink():
+            dst.unlink()  # write a file of our own, not through a link
+        dst.write_bytes((DEFAULT_PROMPT_DIR / f"{name}.md").read_bytes())
+    return list(targets.values())
