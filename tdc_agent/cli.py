@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: examples/digits.yaml).")
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the packaged digits.yaml).")
 OverridesArg = typer.Argument(None, help="Config overrides, e.g. plan.groups=4 stage1.steps=500.")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (overrides run.device).")
 RunDirOpt = typer.Option(None, "--run-dir", help="Run directory (default: run.output_dir/run.name).")
@@ -653,12 +653,15 @@ def prompts_validate(prompt_dir: Optional[Path] = typer.Option(None, "--prompt-d
 
 
 @prompts_app.command("init")
-def prompts_init(directory: Path = typer.Argument(..., help="Where to copy the default templates.")) -> None:
-    """Copy the default templates into DIR for editing; use them with --prompt-dir DIR."""
+def prompts_init(directory: Path = typer.Argument(..., help="Where to copy the default templates."),
+                 force: bool = typer.Option(False, "--force", help="Overwrite templates already in DIR.")) -> None:
+    """Copy the packaged default templates into DIR for editing; use them with --prompt-dir DIR."""
     from .agent.prompts import init_prompts
 
-    for p in init_prompts(directory):
-        console.print(str(p))
+    written = init_prompts(directory, force=force)
+    console.print(f"wrote {len(written)} prompt templates (use them with --prompt-dir {directory}):", soft_wrap=True)
+    for p in written:
+        console.print(f"  {p}", highlight=False, soft_wrap=True)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """Run configuration: YAML files validated by pydantic, with ``key.sub=value`` overrides.
 
-``examples/digits.yaml`` is the embedded default. Every section has defaults, so a config file only
+The embedded default ships inside the package (``tdc_agent/configs/digits.yaml``; the repository's
+``examples/digits.yaml`` links to it). Every section has defaults, so a config file only
 needs what differs. Invalid values become a :class:`~tdc_agent.errors.ConfigError` that names the
 field and says how to fix it.
 """
@@ -8,6 +9,7 @@ field and says how to fix it.
 from __future__ import annotations
 
 import re
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -16,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "digits.yaml"
+# package data, read with importlib.resources (a Traversable: a real path only when installed unzipped)
+DEFAULT_CONFIG = files("tdc_agent") / "configs" / "digits.yaml"
 
 
 class _Section(BaseModel):
@@ -255,11 +258,11 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (default: ``examples/digits.yaml``), apply overrides, validate."""
+    """Load a YAML config (default: the packaged ``digits.yaml``), apply overrides, validate."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist. Pass --config with an existing YAML "
-                          "file, e.g. examples/digits.yaml.")
+                          "file, or leave --config out for the packaged default (digits).")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except UnicodeDecodeError:

@@ -124,3 +124,17 @@ def test_prune_cli_scheme_file_with_unknown_unit(cli, make_config, tmp_path):
     code, _, err = cli("prune", "--preset", "tiny", "--macs-fraction", "0.7", "--scheme", tmp_path / "s.json",
                        "--out", tmp_path / "o", "--config", make_config())
     assert code == 2 and "did you mean conv_in" in err.replace("\n", " ")
+
+
+def test_prompts_init_refuses_to_overwrite_without_force(cli, tmp_path):
+    d = tmp_path / "p"
+    code, _, err = cli("prompts", "init", d)
+    assert code == 0 and "system.md" in err and (d / "round.md").is_file()
+    (d / "round.md").write_text("mine")
+    code, _, err = cli("prompts", "init", d)
+    assert code == 2 and "--force" in err and "round.md" in err and "Traceback" not in err
+    assert (d / "round.md").read_text() == "mine"
+    assert cli("prompts", "init", d, "--force")[0] == 0
+    assert (d / "round.md").read_text() != "mine" and cli("prompts", "validate", "--prompt-dir", d)[0] == 0
+    (tmp_path / "f").write_text("x")
+    assert cli("prompts", "init", tmp_path / "f")[0] == 2

@@ -1,4 +1,8 @@
-"""The agent's prompt templates: LangChain ``PromptTemplate`` files in ``prompts/``.
+"""The agent's prompt templates: LangChain ``PromptTemplate`` files.
+
+The defaults ship inside the package (``tdc_agent/agent/templates/``, read with
+:mod:`importlib.resources`; the repository's ``prompts/`` links there); ``tdc-agent prompts init DIR``
+copies them out for editing.
 
 Four templates: ``system``, ``round`` (the round's proposal request), ``memory`` (memory summary)
 and ``architecture`` (architecture summary). ``--prompt-dir`` (config ``agent.prompt_dir``) may
@@ -10,15 +14,20 @@ them.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from langchain_core.prompts import PromptTemplate
 
 from ..errors import ConfigError
 
-DEFAULT_PROMPT_DIR = Path(__file__).resolve().parents[2] / "prompts"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+# package data (a Traversable: a real directory only when installed unzipped)
+DEFAULT_PROMPT_DIR = files("tdc_agent.agent") / "templates"
 
 VARIABLES: dict[str, tuple[set[str], set[str]]] = {
     # name: (required, optional)
@@ -33,7 +42,7 @@ VARIABLES: dict[str, tuple[set[str], set[str]]] = {
 @dataclass
 class PromptSet:
     templates: dict[str, PromptTemplate]
-    sources: dict[str, Path]
+    sources: dict[str, Path | Traversable]
 
     def render(self, name: str, **values: object) -> str:
         t = self.templates[name]
@@ -67,7 +76,7 @@ def load_prompts(prompt_dir: str | Path | None = None) -> PromptSet:
         if not path.is_file():
             raise ConfigError(f"Prompt template {path} is missing. Run `tdc-agent prompts init DIR` for a fresh set.")
         try:
-            t = PromptTemplate.from_template(path.read_text())
+            t = PromptTemplate.from_template(path.read_text(encoding="utf-8"))
         except (ValueError, KeyError) as e:
             raise ConfigError(f"Prompt template {path} does not parse ({e}). Double literal braces: {{{{ }}}}.") from None
         templates[name], sources[name] = t, path
@@ -77,14 +86,26 @@ def load_prompts(prompt_dir: str | Path | None = None) -> PromptSet:
     return PromptSet(templates, sources)
 
 
-def init_prompts(directory: str | Path) -> list[Path]:
-    """Copy the default templates into ``directory`` for editing (existing files are kept)."""
+def init_prompts(directory: str | Path, force: bool = False) -> list[Path]:
+    """Copy the default templates into ``directory`` for editing; return the files written.
+
+    If any of them exists already, nothing is written and a :class:`ConfigError` lists them;
+    ``force`` replaces them with the defaults instead.
+    """
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory} exists and is not a directory. Pass a new or existing directory.")
+    targets = {name: directory / f"{name}.md" for name in VARIABLES}
+    existing = [str(p) for p in targets.values() if p.exists() or p.is_symlink()]
+    if any(p.is_dir() for p in targets.values()):
+        raise ConfigError(f"{', '.join(str(p) for p in targets.values() if p.is_dir())} is a directory, not a "
+                          "template file. Move it away or choose another directory.")
+    if existing and not force:
+        raise ConfigError(f"Not overwriting existing prompt template(s) {', '.join(existing)}. Pass --force to "
+                          "replace them with the defaults, or choose an empty directory.")
     directory.mkdir(parents=True, exist_ok=True)
-    out = []
-    for name in VARIABLES:
-        dst = directory / f"{name}.md"
-        if not dst.exists():
-            shutil.copyfile(DEFAULT_PROMPT_DIR / f"{name}.md", dst)
-        out.append(dst)
-    return out
+    for name, dst in targets.items():
+        if dst.is_symlink():
+            dst.unlink()  # write a file of our own, not through a link
+        dst.write_bytes((DEFAULT_PROMPT_DIR / f"{name}.md").read_bytes())
+    return list(targets.values())
