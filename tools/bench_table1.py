@@ -1,0 +1,517 @@
+"""Table I with statistical power: does TDC beat the base at equal training compute? (`make bench`)
+
+    python tools/bench_table1.py run                                  # every seed, then the tables
+    python tools/bench_table1.py run --scale smoke --jobs 1           # the same code paths at toy size
+    python tools/bench_table1.py run --device cuda --jobs 0           # one process per seed and grid point
+
+Protocol (digits, the tiny UNet):
+
+* Stage 1 trains on the ``train`` split; the agent's quick evaluation uses the disjoint ``test``
+  split; FD is measured against all 1797 digits in the digits-classifier features.
+* Convergence: the base is also trained on for +20 % steps (``base-1.2x``); the table reports the
+  paired ratio, so "+20 % no longer improves FD beyond noise" is checked, not assumed.
+* Stage 2 gets ``stage2_fraction`` x stage 1's steps in total (shared by the groups' sizes).
+* The recipe (stage-2 lr, distillation on/off) is chosen on *tuning seeds* (grid below, group-Taylor
+  pruning), never on the reported seeds; the choice is written to ``tune/choice.json``.
+* Reported seeds: every model of a seed samples the same noise (``samples`` images, DDIM); rows are
+  compared with ``base-equal-compute`` (the base trained on from its stage-1 checkpoint for the
+  training compute of the most expensive headline TDC row; a step costs 3 forwards, teacher and
+  agent forwards 1) by per-seed FD ratios with a t interval over seeds and a paired bootstrap over
+  samples (same resampled indices for both models of a seed).
+
+Every experiment lives in its own folder under ``--work`` and is skipped when its result exists,
+so an interrupted benchmark resumes. Writes ``benchmarks/results/table1{,-smoke}.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tdc_agent.checkpoint import atomic_write_json, load_model, read_json  # noqa: E402
+from tdc_agent.config import Config, load_config  # noqa: E402
+from tdc_agent.evaluation.fd import digits_classifier, features, frechet, gaussian, real_floor_splits  # noqa: E402
+from tdc_agent.evaluation.stats import (  # noqa: E402
+    paired_bootstrap_ratio, paired_ratios, percentile_interval, t_interval)
+from tdc_agent.models import denoise  # noqa: E402
+from tdc_agent.pipeline import progressive_dir, run_pipeline, training_macs  # noqa: E402
+from tdc_agent.planning import build_plan  # noqa: E402
+from tdc_agent.progressive import ProgressiveModel  # noqa: E402
+from tdc_agent.pruning.macs import count  # noqa: E402
+from tdc_agent.runs import RunDir  # noqa: E402
+from tdc_agent.sampling import generate  # noqa: E402
+from tdc_agent.stage1 import STEP_COST, continue_base, train_base  # noqa: E402
+from tdc_agent.stage2 import group_dir, prepare_group_model  # noqa: E402
+
+SCALES: dict[str, dict[str, Any]] = {
+    "full": {"seeds": [0, 1, 2, 3, 4], "tune_seeds": [100, 101], "timesteps": 1000, "groups": 4, "k": 0.5,
+             "budget_rule": "mean", "stage1": 2000, "batch": 256, "stage2_fraction": 0.5, "samples": 2000,
+             "sample_steps": 100, "rounds": 5, "candidates": 3, "lrs": [2e-4, 5e-4, 1e-3], "distill": 1.0,
+             "stage2_ema": 0.99, "bootstrap": 200, "floor_splits": 100},
+    "smoke": {"seeds": [0, 1], "tune_seeds": [100], "timesteps": 100, "groups": 3, "k": 0.5,
+              "budget_rule": "mean", "stage1": 16, "batch": 16, "stage2_fraction": 0.5, "samples": 48,
+              "sample_steps": 4, "rounds": 1, "candidates": 2, "lrs": [5e-4, 1e-3], "distill": 1.0,
+              "stage2_ema": 0.9, "bootstrap": 20, "floor_splits": 4},
+}
+
+# The reported rows: (name, stage-2 mode, distillation on?). "default" rows take the tuned choice.
+HEADLINE = ("tdc-no-prune", "tdc-agent")
+
+
+def rows_for(choice: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Every TDC row: each mode with the tuned distillation setting (headline names) and the other."""
+    d = bool(choice["distill"])
+    other = "nodistill" if d else "distill"
+    out = []
+    for name, mode in (("tdc-no-prune", "tdc-no-prune"), ("tdc-agent", "tdc"), ("tdc-group-taylor", "group-taylor")):
+        out.append((name, mode, d))
+        out.append((f"{name}-{other}", mode, not d))
+    return out
+
+
+class Bench:
+    def __init__(self, scale: str, work: Path, device: str):
+        self.scale = scale
+        self.s = SCALES[scale]
+        self.work = work
+        self.device = torch.device(device)
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    # --- configs ----------------------------------------------------------------------------------
+    def cfg(self, seed: int, overrides: dict[str, Any] | None = None) -> Config:
+        s = self.s
+        stage2_total = int(round(s["stage1"] * s["stage2_fraction"]))
+        base = {
+            "run.seed": seed, "run.device": str(self.device), "data.split": "train",
+            "schedule.timesteps": s["timesteps"], "plan.groups": s["groups"], "plan.k": s["k"],
+            "plan.budget_rule": s["budget_rule"], "stage1.steps": s["stage1"], "stage1.batch_size": s["batch"],
+            "stage1.ckpt_every": 10**9, "stage1.log_every": 50,
+            "stage2.steps": stage2_total, "stage2.steps_rule": "proportional", "stage2.batch_size": s["batch"],
+            "stage2.ckpt_every": 10**9, "stage2.log_every": 50, "stage2.ema_decay": s["stage2_ema"],
+            "stage2.ema_warmup": 0, "sample.steps": s["sample_steps"], "evaluation.samples": s["samples"],
+            "evaluation.compare_equal_compute": False, "agent.rounds": s["rounds"],
+            "agent.candidates": s["candidates"],
+        }
+        if self.scale == "smoke":
+            base.update({"stage1.warmup": 2, "stage2.warmup": 1, "agent.eval_timesteps": 2,
+                         "agent.eval_batch_size": 16, "stage1.ema_warmup": 4})
+        base.update(overrides or {})
+        return load_config(ROOT / "examples" / "digits.yaml", [f"{k}={json.dumps(v)}" for k, v in base.items()])
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.work / f"s{seed}"
+
+    @contextmanager
+    def seed_lock(self, seed: int) -> Iterator[None]:
+        """One writer of a seed's shared parts (base, pruned models) across worker processes."""
+        d = self.seed_dir(seed)
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # --- shared parts -----------------------------------------------------------------------------
+    def base(self, seed: int) -> RunDir:
+        run = RunDir(self.seed_dir(seed) / "base")
+        if not (run.base_model / "model.safetensors").is_file():
+            self.log(f"seed {seed}: stage 1 ({self.s['stage1']} steps)")
+            train_base(self.cfg(seed), run, self.device, progress=False)
+        return run
+
+    def pruned(self, seed: int, name: str, mode: str) -> RunDir:
+        """A run directory holding the seed's base and every group's pruned starting model for ``mode``."""
+        run = RunDir(self.seed_dir(seed) / f"{name}-pruned")
+        cfg = self.cfg(seed, {"stage2.mode": mode})
+        plan = build_plan(cfg)
+        if all((group_dir(run, g.index) / "prune.json").is_file() for g in plan.groups):
+            return run
+        base_run = self.base(seed)
+        if not (run.base_model / "model.safetensors").is_file():
+            shutil.copytree(base_run.stage1 / "model", run.base_model, dirs_exist_ok=True)
+        self.log(f"seed {seed}: pruning for {name} ({mode})")
+        base, meta = load_model(run.base_model, self.device)
+        cache: dict = {}
+        for g in plan.groups:
+            prepare_group_model(cfg, run, plan, g, base, meta, self.device, cache, show=False)
+        return run
+
+    def stage2_row(self, seed: int, name: str, mode: str, distill: bool, lr: float, source: RunDir) -> RunDir:
+        """A whole stage 2 (+ progressive model) for one row, starting from ``source``'s pruned models."""
+        run = RunDir(self.seed_dir(seed) / name)
+        ov = {"stage2.mode": mode, "stage2.lr": lr, "stage2.distill": self.s["distill"] if distill else 0.0}
+        cfg = self.cfg(seed, ov)
+        if (progressive_dir(run) / "manifest.json").is_file():
+            return run
+        if not (run.base_model / "model.safetensors").is_file():
+            shutil.copytree(source.base_model, run.base_model, dirs_exist_ok=True)
+        atomic_write_json(run.path / "bench_row.json", {"mode": mode, "lr": lr, "distill": cfg.stage2.distill})
+        for g in build_plan(cfg).groups:
+            src, dst = group_dir(source, g.index), group_dir(run, g.index)
+            if not (dst / "prune.json").is_file():
+                shutil.copytree(src / "pruned", dst / "pruned", dirs_exist_ok=True)
+                shutil.copy(src / "prune.json", dst / "prune.json")
+        self.log(f"seed {seed}: stage 2 {name} (lr {lr}, distill {distill})")
+        run_pipeline(cfg, run, self.device, show=False)
+        return run
+
+    # --- scoring ------------------------------------------------------------------------------------
+    def sample_features(self, seed: int, name: str, fn, macs: float, extra: dict[str, Any]) -> dict[str, Any]:
+        """Sample ``fn`` with the seed's noise, store its classifier features, return the row entry."""
+        out = self.seed_dir(seed) / "scores" / f"{name}.json"
+        if out.is_file():
+            return read_json(out, "benchmark score")
+        cfg = self.cfg(seed)
+        scfg = cfg.sample.model_copy(update={"num": self.s["samples"], "batch_size": self.s["samples"]})
+        t0 = time.time()
+        images = generate(fn, (1, 8, 8), cfg.schedule, scfg, seed, self.device, progress=False)
+        clf, acc = digits_classifier()
+        feats = features(images, clf)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out.with_suffix(".npy"), feats.astype(np.float32))
+        entry = {"name": name, "seed": seed, "fd": frechet(feats, self.reference()), "macs_per_step": float(macs),
+                 "sample_seconds": time.time() - t0, "classifier_test_accuracy": acc, **extra}
+        atomic_write_json(out, entry)
+        self.log(f"seed {seed}: {name} FD {entry['fd']:.3f}")
+        return entry
+
+    _ref: np.ndarray | None = None
+
+    def reference(self) -> np.ndarray:
+        if self._ref is None:
+            from tdc_agent.config import DataConfig
+            from tdc_agent.data import load_dataset
+
+            clf, _ = digits_classifier()
+            self._ref = features(load_dataset(DataConfig(name="digits", split="all")).images, clf)
+        return self._ref
+
+    def score_base(self, seed: int, name: str, run_model: Path, steps: int) -> dict[str, Any]:
+        model, _ = load_model(run_model, self.device)
+        model.eval()
+        c = count(model)
+        train_macs = STEP_COST * float(c.thop) * steps * self.s["batch"]
+        return self.sample_features(seed, name, lambda x, t: denoise(model, x, t), c.thop,
+                                    {"training_steps": steps, "train_macs": train_macs, "teacher_macs": 0.0,
+                                     "proxy_macs": 0.0, "params": c.params})
+
+    def score_tdc(self, seed: int, name: str, run: RunDir) -> dict[str, Any]:
+        cached = self.seed_dir(seed) / "scores" / f"{name}.json"
+        if cached.is_file():
+            return read_json(cached, "benchmark score")
+        row = read_json(run.path / "bench_row.json", "benchmark row")
+        cfg = self.cfg(seed, {"stage2.mode": row["mode"], "stage2.distill": row["distill"]})
+        plan = build_plan(cfg)
+        pm = ProgressiveModel.load(progressive_dir(run), self.device)
+        base_macs = count(load_model(run.base_model, self.device)[0]).thop
+        tm = training_macs(cfg, run, plan, base_macs)
+        macs = pm.sampling_macs(cfg.sample.sampler, cfg.sample.steps)["mean_per_step"]
+        train_macs = STEP_COST * (tm["stage1"] + tm["stage2"]) + tm["teacher"] + tm["proxy"]
+        params = sum(sum(p.numel() for p in m.model.parameters()) for m in pm.members)
+        return self.sample_features(seed, name, pm, macs, {
+            "training_steps": cfg.stage1.steps + cfg.stage2.steps, "train_macs": train_macs,
+            "teacher_macs": tm["teacher"], "proxy_macs": tm["proxy"], "params": params,
+            "base_macs_per_step": float(base_macs)})
+
+    # --- workers ------------------------------------------------------------------------------------
+    def tune_worker(self, seed: int, lr: float, distill: bool) -> dict[str, Any]:
+        """One grid point on one tuning seed: group-Taylor TDC with this lr and distillation setting."""
+        name = f"tune-lr{lr:g}-{'distill' if distill else 'nodistill'}"
+        with self.seed_lock(seed):
+            src = self.pruned(seed, "tdc-group-taylor", "group-taylor")
+        run = self.stage2_row(seed, name, "group-taylor", distill, lr, src)
+        return self.score_tdc(seed, name, run)
+
+    def report_worker(self, seed: int, wait_for_choice: float) -> None:
+        s = self.s
+        base = self.base(seed)
+        self.score_base(seed, "base", base.base_model, s["stage1"])
+        longer = int(round(1.2 * s["stage1"]))
+        long_dir = self.seed_dir(seed) / "base-1.2x"
+        if not (self.seed_dir(seed) / "scores" / "base-1.2x.json").is_file():
+            self.log(f"seed {seed}: base to {longer} steps (+20 %)")
+            continue_base(self.cfg(seed), base, longer, long_dir, self.device, progress=False)
+        self.score_base(seed, "base-1.2x", long_dir / "model", longer)
+        sources = {"tdc-no-prune": self.pruned(seed, "tdc-no-prune", "tdc-no-prune"),
+                   "tdc-agent": self.pruned(seed, "tdc-agent", "tdc"),
+                   "tdc-group-taylor": self.pruned(seed, "tdc-group-taylor", "group-taylor")}
+        choice_path = self.work / "tune" / "choice.json"
+        deadline = time.time() + wait_for_choice
+        while not choice_path.is_file():
+            if time.time() > deadline:
+                raise SystemExit(f"seed {seed}: no tuning choice in {choice_path} after {wait_for_choice:.0f} s")
+            time.sleep(2)
+        choice = read_json(choice_path, "tuning choice")
+        rows = rows_for(choice)
+        # headline rows first, so a deadline cuts variants rather than the answer
+        rows.sort(key=lambda r: (r[0] not in HEADLINE, r[0]))
+        compute = {}
+        for name, mode, distill in rows:
+            src = sources[next(k for k in sources if name.startswith(k))]
+            run = self.stage2_row(seed, name, mode, distill, choice["lr"], src)
+            compute[name] = self.score_tdc(seed, name, run)["train_macs"]
+            if all(h in compute for h in HEADLINE) and not (self.seed_dir(seed) / "scores" /
+                                                             "base-equal-compute.json").is_file():
+                self.equal_compute(seed, base, max(compute[h] for h in HEADLINE))
+
+    def equal_compute(self, seed: int, base: RunDir, train_macs: float) -> None:
+        """The base trained on until its training compute matches ``train_macs``."""
+        model, _ = load_model(base.base_model, self.device)
+        per_step = STEP_COST * float(count(model).thop) * self.s["batch"]
+        steps = int(np.ceil(train_macs / per_step - 1e-9))
+        out = self.seed_dir(seed) / "base-equal-compute"
+        self.log(f"seed {seed}: base to {steps} steps (equal compute)")
+        continue_base(self.cfg(seed), base, steps, out, self.device, progress=False)
+        self.score_base(seed, "base-equal-compute", out / "model", steps)
+
+    # --- tuning choice and the tables -----------------------------------------------------------------
+    def grid(self) -> list[tuple[float, bool]]:
+        return [(lr, d) for lr in self.s["lrs"] for d in (False, True)]
+
+    def choose(self) -> dict[str, Any]:
+        """The grid point with the lowest mean FD over the tuning seeds (paired: same noise)."""
+        scores = {}
+        for lr, d in self.grid():
+            name = f"tune-lr{lr:g}-{'distill' if d else 'nodistill'}"
+            fds = []
+            for seed in self.s["tune_seeds"]:
+                f = self.seed_dir(seed) / "scores" / f"{name}.json"
+                if f.is_file():
+                    fds.append(read_json(f, "score")["fd"])
+            if len(fds) == len(self.s["tune_seeds"]):
+                scores[name] = {"lr": lr, "distill": d, "fd": fds, "mean_fd": float(np.mean(fds))}
+        if not scores:
+            raise SystemExit("no tuning grid point finished")
+        best = min(scores.values(), key=lambda r: r["mean_fd"])
+        choice = {"lr": best["lr"], "distill": best["distill"], "grid": scores,
+                  "tune_seeds": self.s["tune_seeds"], "rule": "lowest mean FD of group-Taylor TDC on the tuning seeds"}
+        atomic_write_json(self.work / "tune" / "choice.json", choice)
+        return choice
+
+    def aggregate(self, out_dir: Path, wall_s: float) -> dict[str, Any]:
+        s = self.s
+        seeds = s["seeds"]
+        choice = read_json(self.work / "tune" / "choice.json", "tuning choice")
+        names = ["base", "base-1.2x", "base-equal-compute"] + [r[0] for r in rows_for(choice)]
+        scores: dict[str, dict[int, dict[str, Any]]] = {}
+        for n in names:
+            for seed in seeds:
+                f = self.seed_dir(seed) / "scores" / f"{n}.json"
+                if f.is_file():
+                    scores.setdefault(n, {})[seed] = read_json(f, "score")
+        ref = self.reference()
+        ref_mu, ref_s = gaussian(ref)
+
+        def fd_of(feats: np.ndarray) -> float:
+            from tdc_agent.evaluation.fd import frechet_from_stats
+
+            mu, sig = gaussian(feats)
+            return frechet_from_stats(mu, sig, ref_mu, ref_s)
+
+        eq = scores.get("base-equal-compute", {})
+        complete = [sd for sd in seeds if sd in eq]
+        rows = []
+        for n in names:
+            per = scores.get(n, {})
+            have = [sd for sd in complete if sd in per]
+            if not have:
+                continue
+            first = per[have[0]]
+            row: dict[str, Any] = {
+                "name": n, "seeds": have, "fd": [per[sd]["fd"] for sd in have],
+                "fd_mean": float(np.mean([per[sd]["fd"] for sd in have])),
+                "macs_per_step": float(np.mean([per[sd]["macs_per_step"] for sd in have])),
+                "macs_per_step_ratio": float(np.mean([per[sd]["macs_per_step"] / eq[sd]["macs_per_step"]
+                                                      for sd in have])),
+                "train_macs": float(np.mean([per[sd]["train_macs"] for sd in have])),
+                "teacher_macs": float(np.mean([per[sd]["teacher_macs"] for sd in have])),
+                "proxy_macs": float(np.mean([per[sd]["proxy_macs"] for sd in have])),
+                "training_steps": first["training_steps"], "params": first["params"],
+            }
+            if n != "base-equal-compute":
+                ratios = paired_ratios(row["fd"], [eq[sd]["fd"] for sd in have])
+                ti = t_interval(ratios)
+                boot = []
+                for sd in have:
+                    a = np.load(self.seed_dir(sd) / "scores" / f"{n}.npy").astype(np.float64)
+                    b = np.load(self.seed_dir(sd) / "scores" / "base-equal-compute.npy").astype(np.float64)
+                    boot.append(paired_bootstrap_ratio(fd_of, a, b, s["bootstrap"], seed=sd))
+                pooled = np.mean(np.stack(boot), axis=0)  # mean over seeds of each bootstrap draw
+                row.update({"fd_ratio": ti.mean, "fd_ratio_ci95": ti.to_list(), "fd_ratios": ratios,
+                            "fd_diff": float(np.mean(np.asarray(row["fd"]) - np.asarray([eq[sd]["fd"] for sd in have]))),
+                            "fd_ratio_bootstrap_ci95": percentile_interval(pooled)})
+            rows.append(row)
+        floor_mean, floor_sd, half = real_floor_splits(s["floor_splits"])
+        byname = {r["name"]: r for r in rows}
+        targets = {}
+        if "tdc-agent" in byname and "fd_ratio_ci95" in byname["tdc-agent"]:
+            r = byname["tdc-agent"]
+            targets["tdc-agent"] = {"goal": "MACs/step <= 0.82 x base and FD ratio CI upper < 0.95",
+                                    "met": bool(r["macs_per_step_ratio"] <= 0.82 and r["fd_ratio_ci95"][1] < 0.95)}
+        if "tdc-no-prune" in byname and "fd_ratio_ci95" in byname["tdc-no-prune"]:
+            r = byname["tdc-no-prune"]
+            targets["tdc-no-prune"] = {"goal": "FD ratio CI upper < 0.90", "met": bool(r["fd_ratio_ci95"][1] < 0.90)}
+        if "base-1.2x" in byname and "base" in byname:
+            b0 = [scores["base"][sd]["fd"] for sd in byname["base-1.2x"]["seeds"]]
+            conv = t_interval(paired_ratios(byname["base-1.2x"]["fd"], b0))
+            convergence = {"fd_ratio_1.2x_vs_base": conv.mean, "ci95": conv.to_list(),
+                           "converged": bool(conv.lo <= 1.0 <= conv.hi or conv.lo > 1.0)}
+        else:
+            convergence = {}
+        result = {
+            "protocol": {k: s[k] for k in s}, "scale": self.scale, "seeds_complete": complete,
+            "tuning": choice, "real_floor": {"mean": floor_mean, "sd": floor_sd, "images_per_half": half,
+                                             "splits": s["floor_splits"]},
+            "convergence": convergence, "rows": rows, "targets": targets,
+            "machine": {"device": str(self.device), "platform": platform.platform(),
+                        "gpu": torch.cuda.get_device_name(0) if self.device.type == "cuda" else None,
+                        "torch": torch.__version__}, "wall_seconds": wall_s,
+        }
+        suffix = "" if self.scale == "full" else f"-{self.scale}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / f"table1{suffix}.json", result)
+        (out_dir / f"table1{suffix}.md").write_text(markdown(result))
+        return result
+
+
+def _g(x: float) -> str:
+    return f"{x / 1e12:.2f} T" if x >= 1e11 else f"{x / 1e9:.2f} G"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    p = r["protocol"]
+    lines = [f"# Table I on digits ({r['scale']} scale)", "",
+             f"Seeds {r['seeds_complete']} (tuned on {p['tune_seeds']}); stage 1 {p['stage1']} steps × batch {p['batch']} "
+             f"on the train split; N={p['groups']}, k={p['k']}, budget rule `{p['budget_rule']}`; stage 2 "
+             f"{p['stage2_fraction']:.0%} of stage 1's steps, shared by group size; {p['samples']} samples per model, "
+             f"DDIM-{p['sample_steps']}, same noise for every model of a seed; FD against all 1797 digits.", "",
+             f"Tuned recipe (on the tuning seeds only): stage-2 lr {r['tuning']['lr']:g}, distillation "
+             f"{'on' if r['tuning']['distill'] else 'off'} (weight {p['distill']}), EMA {p['stage2_ema']} from the "
+             "starting weights (no warm-up).", "",
+             "| row | FD (mean over seeds) | FD ratio vs equal compute [95 % CI, t] | bootstrap 95 % CI | MACs / step "
+             "(× base) | training MACs | of which teacher | of which agent |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        ratio = (f"{row['fd_ratio']:.3f} [{row['fd_ratio_ci95'][0]:.3f}, {row['fd_ratio_ci95'][1]:.3f}]"
+                 if "fd_ratio" in row else "reference")
+        boot = (f"[{row['fd_ratio_bootstrap_ci95'][0]:.3f}, {row['fd_ratio_bootstrap_ci95'][1]:.3f}]"
+                if "fd_ratio_bootstrap_ci95" in row else "")
+        lines.append(f"| {row['name']} | {row['fd_mean']:.3f} | {ratio} | {boot} | {row['macs_per_step_ratio']:.3f} | "
+                     f"{_g(row['train_macs'])} | {_g(row['teacher_macs'])} | {_g(row['proxy_macs'])} |")
+    f = r["real_floor"]
+    lines += ["", f"Real-vs-real floor: {f['mean']:.3f} ± {f['sd']:.3f} (FD between disjoint halves of the real digits, "
+              f"{f['images_per_half']} images each, mean ± sd over {f['splits']} splits)."]
+    c = r.get("convergence") or {}
+    if c:
+        lines += [f"Convergence: FD(base +20 % steps) / FD(base) = {c['fd_ratio_1.2x_vs_base']:.3f} "
+                  f"[{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] → {'no improvement beyond noise' if c['converged'] else 'still improving'}."]
+    for k, t in r.get("targets", {}).items():
+        lines.append(f"Target {k}: {t['goal']}: **{'met' if t['met'] else 'not met'}**.")
+    lines += ["", f"Machine: {r['machine']['gpu'] or r['machine']['platform']}, torch {r['machine']['torch']}; "
+              f"wall {r['wall_seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["run", "worker", "choose", "aggregate"])
+    ap.add_argument("--scale", default="full", choices=list(SCALES))
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes (0: one per seed / grid point)")
+    ap.add_argument("--deadline-s", type=float, default=None, help="stop workers after this many seconds")
+    ap.add_argument("--role", choices=["tune", "report"])
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--distill", type=int)
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args(argv)
+    work = a.work or ROOT / "benchmarks" / "work" / f"table1-{a.scale}"
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    b = Bench(a.scale, work, a.device)
+    if a.what == "worker":
+        if a.role == "tune":
+            b.tune_worker(a.seed, a.lr, bool(a.distill))
+        else:
+            b.report_worker(a.seed, wait_for_choice=a.deadline_s or 10**9)
+        return
+    if a.what == "choose":
+        print(json.dumps(b.choose(), indent=1))
+        return
+    if a.what == "aggregate":
+        print(markdown(b.aggregate(a.out, 0.0)))
+        return
+    t0 = time.time()
+    digits_classifier()  # train the FD classifier once, before workers race for its cache
+    jobs = [["--role", "tune", "--seed", str(sd), "--lr", str(lr), "--distill", str(int(d))]
+            for sd in b.s["tune_seeds"] for lr, d in b.grid()]
+    jobs += [["--role", "report", "--seed", str(sd)] for sd in b.s["seeds"]]
+    # tuning jobs come first, so with fewer slots than jobs no report worker waits on a queued grid point
+    n_par = len(jobs) if a.jobs <= 0 else a.jobs
+    deadline = t0 + a.deadline_s if a.deadline_s else None
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if a.jobs <= 0 or n_par > 1:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pending = list(jobs)
+    running: list[tuple[subprocess.Popen, list[str]]] = []
+    chosen = (work / "tune" / "choice.json").is_file()
+    failed = []
+    while pending or running:
+        while pending and len(running) < n_par:
+            j = pending.pop(0)
+            left = (deadline - time.time()) if deadline else None
+            cmd = [sys.executable, __file__, "worker", "--scale", a.scale, "--work", str(work), "--device", a.device,
+                   *j, *(["--deadline-s", str(max(1, left))] if left else [])]
+            log = open(logs / ("_".join(j[1::2]) + ".log"), "a")
+            running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), j))
+        time.sleep(1)
+        for p, j in list(running):
+            if p.poll() is not None:
+                running.remove((p, j))
+                if p.returncode != 0:
+                    failed.append(j)
+                    b.log(f"worker {' '.join(j)} failed (exit {p.returncode}); see {logs}")
+        if not chosen and not any(j[1] == "tune" for _, j in running) and not any(j[1] == "tune" for j in pending):
+            c = b.choose()
+            chosen = True
+            b.log(f"tuning choice: lr {c['lr']:g}, distill {c['distill']}")
+        if deadline and time.time() > deadline:
+            b.log("deadline reached: stopping workers and aggregating what finished")
+            for p, _ in running:
+                p.kill()
+            break
+    if not chosen:
+        b.choose()
+    res = b.aggregate(a.out, time.time() - t0)
+    print(markdown(res))
+    if failed:
+        print(f"{len(failed)} worker(s) failed: {failed}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
