@@ -63,15 +63,17 @@ SCALES: dict[str, dict[str, Any]] = {
     "full": {"seeds": [0, 1, 2, 3, 4], "tune_seeds": [100, 101], "timesteps": 1000, "groups": 4, "k": 0.5,
              "budget_rule": "mean", "stage1": 2000, "batch": 256, "stage2_fraction": 0.5, "samples": 2000,
              "sample_steps": 100, "rounds": 5, "candidates": 3, "lrs": [2e-4, 5e-4, 1e-3], "distill": 1.0,
-             "stage2_ema": 0.99, "bootstrap": 200, "floor_splits": 100},
+             "stage2_ema": 0.99, "stage1_ema": 0.995, "stage1_ema_warmup": 200, "bootstrap": 100,
+             "floor_splits": 100},
     "smoke": {"seeds": [0, 1], "tune_seeds": [100], "timesteps": 100, "groups": 3, "k": 0.5,
               "budget_rule": "mean", "stage1": 16, "batch": 16, "stage2_fraction": 0.5, "samples": 48,
               "sample_steps": 4, "rounds": 1, "candidates": 2, "lrs": [5e-4, 1e-3], "distill": 1.0,
-              "stage2_ema": 0.9, "bootstrap": 20, "floor_splits": 4},
+              "stage2_ema": 0.9, "stage1_ema": 0.9, "stage1_ema_warmup": 4, "bootstrap": 20, "floor_splits": 4},
 }
 
 # The reported rows: (name, stage-2 mode, distillation on?). "default" rows take the tuned choice.
 HEADLINE = ("tdc-no-prune", "tdc-agent")
+ROW_NAMES = [f"{n}{v}" for n in ("tdc-agent", "tdc-no-prune", "tdc-group-taylor") for v in ("", "-other")]
 
 
 def rows_for(choice: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -83,6 +85,13 @@ def rows_for(choice: dict[str, Any]) -> list[tuple[str, str, bool]]:
         out.append((name, mode, d))
         out.append((f"{name}-{other}", mode, not d))
     return out
+
+
+def resolve_row(name: str, choice: dict[str, Any]) -> str:
+    """``X-other`` (a job name fixed before the choice) is ``X-distill`` or ``X-nodistill``."""
+    if name.endswith("-other"):
+        return name[: -len("-other")] + ("-nodistill" if choice["distill"] else "-distill")
+    return name
 
 
 class Bench:
@@ -103,7 +112,8 @@ class Bench:
             "run.seed": seed, "run.device": str(self.device), "data.split": "train",
             "schedule.timesteps": s["timesteps"], "plan.groups": s["groups"], "plan.k": s["k"],
             "plan.budget_rule": s["budget_rule"], "stage1.steps": s["stage1"], "stage1.batch_size": s["batch"],
-            "stage1.ckpt_every": 10**9, "stage1.log_every": 50,
+            "stage1.ckpt_every": 10**9, "stage1.log_every": 50, "stage1.ema_decay": s["stage1_ema"],
+            "stage1.ema_warmup": s["stage1_ema_warmup"],
             "stage2.steps": stage2_total, "stage2.steps_rule": "proportional", "stage2.batch_size": s["batch"],
             "stage2.ckpt_every": 10**9, "stage2.log_every": 50, "stage2.ema_decay": s["stage2_ema"],
             "stage2.ema_warmup": 0, "sample.steps": s["sample_steps"], "evaluation.samples": s["samples"],
@@ -112,7 +122,7 @@ class Bench:
         }
         if self.scale == "smoke":
             base.update({"stage1.warmup": 2, "stage2.warmup": 1, "agent.eval_timesteps": 2,
-                         "agent.eval_batch_size": 16, "stage1.ema_warmup": 4})
+                         "agent.eval_batch_size": 16})
         base.update(overrides or {})
         return load_config(ROOT / "examples" / "digits.yaml", [f"{k}={json.dumps(v)}" for k, v in base.items()])
 
@@ -242,37 +252,56 @@ class Bench:
         run = self.stage2_row(seed, name, "group-taylor", distill, lr, src)
         return self.score_tdc(seed, name, run)
 
-    def report_worker(self, seed: int, wait_for_choice: float) -> None:
+    def wait_for(self, path: Path, what: str, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while not path.is_file():
+            if time.time() > deadline:
+                raise SystemExit(f"gave up waiting for {what} ({path}) after {timeout:.0f} s")
+            time.sleep(2)
+
+    SOURCES = {"tdc-no-prune": "tdc-no-prune", "tdc-agent": "tdc", "tdc-group-taylor": "group-taylor"}
+
+    def base_worker(self, seed: int, timeout: float) -> None:
+        """A reported seed's base, its +20 % continuation, the pruned starting models of every mode,
+        and (once the recipe is chosen) the equal-compute base."""
         s = self.s
         base = self.base(seed)
         self.score_base(seed, "base", base.base_model, s["stage1"])
+        for name, mode in self.SOURCES.items():
+            self.pruned(seed, name, mode)
+            atomic_write_json(self.seed_dir(seed) / f"{name}-pruned" / "done.json", {"mode": mode})
         longer = int(round(1.2 * s["stage1"]))
         long_dir = self.seed_dir(seed) / "base-1.2x"
         if not (self.seed_dir(seed) / "scores" / "base-1.2x.json").is_file():
             self.log(f"seed {seed}: base to {longer} steps (+20 %)")
             continue_base(self.cfg(seed), base, longer, long_dir, self.device, progress=False)
         self.score_base(seed, "base-1.2x", long_dir / "model", longer)
-        sources = {"tdc-no-prune": self.pruned(seed, "tdc-no-prune", "tdc-no-prune"),
-                   "tdc-agent": self.pruned(seed, "tdc-agent", "tdc"),
-                   "tdc-group-taylor": self.pruned(seed, "tdc-group-taylor", "group-taylor")}
-        choice_path = self.work / "tune" / "choice.json"
-        deadline = time.time() + wait_for_choice
-        while not choice_path.is_file():
-            if time.time() > deadline:
-                raise SystemExit(f"seed {seed}: no tuning choice in {choice_path} after {wait_for_choice:.0f} s")
-            time.sleep(2)
-        choice = read_json(choice_path, "tuning choice")
-        rows = rows_for(choice)
-        # headline rows first, so a deadline cuts variants rather than the answer
-        rows.sort(key=lambda r: (r[0] not in HEADLINE, r[0]))
-        compute = {}
-        for name, mode, distill in rows:
-            src = sources[next(k for k in sources if name.startswith(k))]
-            run = self.stage2_row(seed, name, mode, distill, choice["lr"], src)
-            compute[name] = self.score_tdc(seed, name, run)["train_macs"]
-            if all(h in compute for h in HEADLINE) and not (self.seed_dir(seed) / "scores" /
-                                                             "base-equal-compute.json").is_file():
-                self.equal_compute(seed, base, max(compute[h] for h in HEADLINE))
+        self.wait_for(self.work / "tune" / "choice.json", "the tuning choice", timeout)
+        choice = read_json(self.work / "tune" / "choice.json", "tuning choice")
+        # the headline rows' training compute is known before they train: it depends on the pruned
+        # models (MACs, agent forwards) and the recipe (teacher forwards), not on the outcome
+        model, _ = load_model(base.base_model, self.device)
+        base_macs = count(model).thop
+        need = 0.0
+        for name, mode, distill in rows_for(choice):
+            if name not in HEADLINE:
+                continue
+            cfg = self.cfg(seed, {"stage2.mode": mode, "stage2.distill": self.s["distill"] if distill else 0.0})
+            tm = training_macs(cfg, RunDir(self.seed_dir(seed) / f"{name}-pruned"), build_plan(cfg), base_macs)
+            need = max(need, STEP_COST * (tm["stage1"] + tm["stage2"]) + tm["teacher"] + tm["proxy"])
+        self.equal_compute(seed, base, need)
+
+    def row_worker(self, seed: int, name: str, timeout: float) -> None:
+        """One TDC row of a reported seed (stage 2 from the seed's pruned models, then its score)."""
+        src_name = next(k for k in self.SOURCES if name.startswith(k))
+        src = RunDir(self.seed_dir(seed) / f"{src_name}-pruned")
+        self.wait_for(src.path / "done.json", f"seed {seed}'s pruned models", timeout)
+        self.wait_for(self.work / "tune" / "choice.json", "the tuning choice", timeout)
+        choice = read_json(self.work / "tune" / "choice.json", "tuning choice")
+        name = resolve_row(name, choice)
+        mode, distill = next((m, d) for n, m, d in rows_for(choice) if n == name)
+        run = self.stage2_row(seed, name, mode, distill, choice["lr"], src)
+        self.score_tdc(seed, name, run)
 
     def equal_compute(self, seed: int, base: RunDir, train_macs: float) -> None:
         """The base trained on until its training compute matches ``train_macs``."""
@@ -280,8 +309,9 @@ class Bench:
         per_step = STEP_COST * float(count(model).thop) * self.s["batch"]
         steps = int(np.ceil(train_macs / per_step - 1e-9))
         out = self.seed_dir(seed) / "base-equal-compute"
-        self.log(f"seed {seed}: base to {steps} steps (equal compute)")
-        continue_base(self.cfg(seed), base, steps, out, self.device, progress=False)
+        if not (self.seed_dir(seed) / "scores" / "base-equal-compute.json").is_file():
+            self.log(f"seed {seed}: base to {steps} steps (equal compute)")
+            continue_base(self.cfg(seed), base, steps, out, self.device, progress=False)
         self.score_base(seed, "base-equal-compute", out / "model", steps)
 
     # --- tuning choice and the tables -----------------------------------------------------------------
@@ -441,7 +471,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes (0: one per seed / grid point)")
     ap.add_argument("--deadline-s", type=float, default=None, help="stop workers after this many seconds")
-    ap.add_argument("--role", choices=["tune", "report"])
+    ap.add_argument("--role", choices=["tune", "base", "row"])
+    ap.add_argument("--row", help="row name (role row)")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--distill", type=int)
@@ -452,10 +483,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(a.threads)
     b = Bench(a.scale, work, a.device)
     if a.what == "worker":
+        timeout = a.deadline_s or 10**9
         if a.role == "tune":
             b.tune_worker(a.seed, a.lr, bool(a.distill))
+        elif a.role == "base":
+            b.base_worker(a.seed, timeout)
         else:
-            b.report_worker(a.seed, wait_for_choice=a.deadline_s or 10**9)
+            b.row_worker(a.seed, a.row, timeout)
         return
     if a.what == "choose":
         print(json.dumps(b.choose(), indent=1))
@@ -467,7 +501,10 @@ def main(argv: list[str] | None = None) -> None:
     digits_classifier()  # train the FD classifier once, before workers race for its cache
     jobs = [["--role", "tune", "--seed", str(sd), "--lr", str(lr), "--distill", str(int(d))]
             for sd in b.s["tune_seeds"] for lr, d in b.grid()]
-    jobs += [["--role", "report", "--seed", str(sd)] for sd in b.s["seeds"]]
+    jobs += [["--role", "base", "--seed", str(sd)] for sd in b.s["seeds"]]
+    # row names do not depend on the choice's values, only on which distillation setting is headline:
+    # name both settings explicitly so jobs can start before the choice exists
+    jobs += [["--role", "row", "--seed", str(sd), "--row", r] for sd in b.s["seeds"] for r in ROW_NAMES]
     # tuning jobs come first, so with fewer slots than jobs no report worker waits on a queued grid point
     n_par = len(jobs) if a.jobs <= 0 else a.jobs
     deadline = t0 + a.deadline_s if a.deadline_s else None
@@ -486,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
             left = (deadline - time.time()) if deadline else None
             cmd = [sys.executable, __file__, "worker", "--scale", a.scale, "--work", str(work), "--device", a.device,
                    *j, *(["--deadline-s", str(max(1, left))] if left else [])]
-            log = open(logs / ("_".join(j[1::2]) + ".log"), "a")
+            log = open(logs / ("_".join(j[1::2]) + ".log"), "a")  # noqa: SIM115 (closed with the process)
             running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), j))
         time.sleep(1)
         for p, j in list(running):

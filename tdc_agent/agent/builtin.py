@@ -128,6 +128,8 @@ class BuiltinPolicy(BaseChatModel):
     def _decide(self, messages: list[BaseMessage]) -> AIMessage:
         results: dict[str, Any] = {}
         evaluated: list[str] = []
+        fitted: list[dict[str, float]] = []  # this turn's evaluated schemes, as fitted to the limit
+        rejected = 0
         attempts = 0
         submitted = False
         calls = {}
@@ -145,6 +147,9 @@ class BuiltinPolicy(BaseChatModel):
                     attempts += 1
                     if isinstance(data, dict) and "id" in data:
                         evaluated.append(data["id"])
+                        fitted.append(dict(data.get("fitted_levels") or {}))
+                    else:
+                        rejected += 1
                 elif name == "submit_candidates" and isinstance(data, dict) and data.get("round_done"):
                     submitted = True
                 else:
@@ -169,7 +174,15 @@ class BuiltinPolicy(BaseChatModel):
         # On a round's first turn: the whole round's proposals, minus those evaluated before a resume
         # (proposals are a prefix-stable sequence, so this equals what an uninterrupted run evaluates).
         skip = len(done) if attempts == 0 else 0
-        props = propose(arch["units"], before, k - len(done) + skip, exclude, rng)[skip:]
+        if rejected and fitted:
+            # Near the full budget, distinct shapes often fit to the same scheme (the tool rejects the
+            # duplicate): move quanta between units of the schemes already fitted this round instead.
+            exclude |= {_key(f) for f in fitted}
+            here = {"best_this_group": [{"levels": f, "loss": 0.0, "id": f"this round #{i}"}
+                                        for i, f in enumerate(fitted)]}
+            props = propose(arch["units"], here, k - len(done), exclude, rng)
+        else:
+            props = propose(arch["units"], before, k - len(done) + skip, exclude, rng)[skip:]
         return AIMessage(content="", tool_calls=[
             _call("evaluate_scheme", {"levels": lv, "rationale": why}) for lv, why in props])
 
