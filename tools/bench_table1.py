@@ -10,9 +10,10 @@ Protocol (digits, the tiny UNet):
   split; FD is measured against all 1797 digits in the digits-classifier features.
 * Convergence: the base is also trained on for +20 % steps (``base-1.2x``); the table reports the
   paired ratio, so "+20 % no longer improves FD beyond noise" is checked, not assumed.
-* Stage 2 gets ``stage2_fraction`` x stage 1's steps in total (shared by the groups' sizes).
-* The recipe (stage-2 lr, distillation on/off) is chosen on *tuning seeds* (grid below, group-Taylor
-  pruning), never on the reported seeds; the choice is written to ``tune/choice.json``.
+* Stage 2 gets ``stage2_fraction`` x stage 1's steps in total (equal per group, or shared by the
+  groups' sizes: a tuned choice).
+* The recipe (stage-2 lr, steps rule, distillation on/off) is chosen on *tuning seeds* (grid below,
+  group-Taylor pruning), never on the reported seeds; the choice is written to ``tune/choice.json``.
 * Reported seeds: every model of a seed samples the same noise (``samples`` images, DDIM); rows are
   compared with ``base-equal-compute`` (the base trained on from its stage-1 checkpoint for the
   training compute of the most expensive headline TDC row; a step costs 3 forwards, teacher and
@@ -57,17 +58,27 @@ from tdc_agent.pruning.macs import count  # noqa: E402
 from tdc_agent.runs import RunDir  # noqa: E402
 from tdc_agent.sampling import generate  # noqa: E402
 from tdc_agent.stage1 import STEP_COST, continue_base, train_base  # noqa: E402
-from tdc_agent.stage2 import group_dir, prepare_group_model  # noqa: E402
+from tdc_agent.stage2 import group_dir, group_steps, prepare_group_model  # noqa: E402
 
 SCALES: dict[str, dict[str, Any]] = {
+    # what fits this project's 2-core CPU in about an hour (make bench): lr fixed at the value the
+    # GPU-scale tuning chose on seeds 100-101, then steps rule x distillation tuned on seeds 100-101
+    "cpu": {"seeds": [0, 1, 2, 3, 4], "tune_seeds": [100, 101], "timesteps": 1000, "groups": 4, "k": 0.5,
+            "budget_rule": "mean", "stage1": 1500, "batch": 128, "stage2_fraction": 0.5, "samples": 2000,
+            "sample_steps": 25, "rounds": 5, "candidates": 3, "lrs": [1e-3], "rules": ["equal", "proportional"],
+            "distill": 1.0, "stage2_ema": 0.99, "stage1_ema": 0.995, "stage1_ema_warmup": 200, "bootstrap": 100,
+            "floor_splits": 100},
+    # the GPU scale (one process per seed and row on one GPU)
     "full": {"seeds": [0, 1, 2, 3, 4], "tune_seeds": [100, 101], "timesteps": 1000, "groups": 4, "k": 0.5,
              "budget_rule": "mean", "stage1": 2000, "batch": 256, "stage2_fraction": 0.5, "samples": 2000,
-             "sample_steps": 100, "rounds": 5, "candidates": 3, "lrs": [2e-4, 5e-4, 1e-3], "distill": 1.0,
+             "sample_steps": 100, "rounds": 5, "candidates": 3, "lrs": [2e-4, 5e-4, 1e-3], "rules": ["proportional"],
+             "distill": 1.0,
              "stage2_ema": 0.99, "stage1_ema": 0.995, "stage1_ema_warmup": 200, "bootstrap": 100,
              "floor_splits": 100},
     "smoke": {"seeds": [0, 1], "tune_seeds": [100], "timesteps": 100, "groups": 3, "k": 0.5,
               "budget_rule": "mean", "stage1": 16, "batch": 16, "stage2_fraction": 0.5, "samples": 48,
-              "sample_steps": 4, "rounds": 1, "candidates": 2, "lrs": [5e-4, 1e-3], "distill": 1.0,
+              "sample_steps": 4, "rounds": 1, "candidates": 2, "lrs": [1e-3], "rules": ["equal", "proportional"],
+              "distill": 1.0,
               "stage2_ema": 0.9, "stage1_ema": 0.9, "stage1_ema_warmup": 4, "bootstrap": 20, "floor_splits": 4},
 }
 
@@ -126,6 +137,12 @@ class Bench:
         base.update(overrides or {})
         return load_config(ROOT / "examples" / "digits.yaml", [f"{k}={json.dumps(v)}" for k, v in base.items()])
 
+    def recipe(self, rule: str) -> dict[str, Any]:
+        """Stage-2 overrides for a steps rule, at the same total steps (``steps`` is per group with
+        ``equal`` and the total with ``proportional``)."""
+        total = int(round(self.s["stage1"] * self.s["stage2_fraction"]))
+        return {"stage2.steps_rule": rule, "stage2.steps": total if rule == "proportional" else total // self.s["groups"]}
+
     def seed_dir(self, seed: int) -> Path:
         return self.work / f"s{seed}"
 
@@ -166,16 +183,19 @@ class Bench:
             prepare_group_model(cfg, run, plan, g, base, meta, self.device, cache, show=False)
         return run
 
-    def stage2_row(self, seed: int, name: str, mode: str, distill: bool, lr: float, source: RunDir) -> RunDir:
+    def stage2_row(self, seed: int, name: str, mode: str, distill: bool, lr: float, source: RunDir,
+                   rule: str) -> RunDir:
         """A whole stage 2 (+ progressive model) for one row, starting from ``source``'s pruned models."""
         run = RunDir(self.seed_dir(seed) / name)
-        ov = {"stage2.mode": mode, "stage2.lr": lr, "stage2.distill": self.s["distill"] if distill else 0.0}
+        ov = {"stage2.mode": mode, "stage2.lr": lr, "stage2.distill": self.s["distill"] if distill else 0.0,
+              **self.recipe(rule)}
         cfg = self.cfg(seed, ov)
         if (progressive_dir(run) / "manifest.json").is_file():
             return run
         if not (run.base_model / "model.safetensors").is_file():
             shutil.copytree(source.base_model, run.base_model, dirs_exist_ok=True)
-        atomic_write_json(run.path / "bench_row.json", {"mode": mode, "lr": lr, "distill": cfg.stage2.distill})
+        atomic_write_json(run.path / "bench_row.json", {"mode": mode, "lr": lr, "distill": cfg.stage2.distill,
+                                                        "steps_rule": rule})
         for g in build_plan(cfg).groups:
             src, dst = group_dir(source, g.index), group_dir(run, g.index)
             if not (dst / "prune.json").is_file():
@@ -230,7 +250,8 @@ class Bench:
         if cached.is_file():
             return read_json(cached, "benchmark score")
         row = read_json(run.path / "bench_row.json", "benchmark row")
-        cfg = self.cfg(seed, {"stage2.mode": row["mode"], "stage2.distill": row["distill"]})
+        cfg = self.cfg(seed, {"stage2.mode": row["mode"], "stage2.distill": row["distill"],
+                              **self.recipe(row["steps_rule"])})
         plan = build_plan(cfg)
         pm = ProgressiveModel.load(progressive_dir(run), self.device)
         base_macs = count(load_model(run.base_model, self.device)[0]).thop
@@ -239,17 +260,18 @@ class Bench:
         train_macs = STEP_COST * (tm["stage1"] + tm["stage2"]) + tm["teacher"] + tm["proxy"]
         params = sum(sum(p.numel() for p in m.model.parameters()) for m in pm.members)
         return self.sample_features(seed, name, pm, macs, {
-            "training_steps": cfg.stage1.steps + cfg.stage2.steps, "train_macs": train_macs,
+            "training_steps": cfg.stage1.steps + sum(group_steps(cfg, plan, g) for g in plan.groups),
+            "train_macs": train_macs,
             "teacher_macs": tm["teacher"], "proxy_macs": tm["proxy"], "params": params,
             "base_macs_per_step": float(base_macs)})
 
     # --- workers ------------------------------------------------------------------------------------
-    def tune_worker(self, seed: int, lr: float, distill: bool) -> dict[str, Any]:
-        """One grid point on one tuning seed: group-Taylor TDC with this lr and distillation setting."""
-        name = f"tune-lr{lr:g}-{'distill' if distill else 'nodistill'}"
+    def tune_worker(self, seed: int, lr: float, rule: str, distill: bool) -> dict[str, Any]:
+        """One grid point on one tuning seed: group-Taylor TDC with this recipe."""
+        name = self.tune_name(lr, rule, distill)
         with self.seed_lock(seed):
             src = self.pruned(seed, "tdc-group-taylor", "group-taylor")
-        run = self.stage2_row(seed, name, "group-taylor", distill, lr, src)
+        run = self.stage2_row(seed, name, "group-taylor", distill, lr, src, rule)
         return self.score_tdc(seed, name, run)
 
     def wait_for(self, path: Path, what: str, timeout: float) -> None:
@@ -286,7 +308,8 @@ class Bench:
         for name, mode, distill in rows_for(choice):
             if name not in HEADLINE:
                 continue
-            cfg = self.cfg(seed, {"stage2.mode": mode, "stage2.distill": self.s["distill"] if distill else 0.0})
+            cfg = self.cfg(seed, {"stage2.mode": mode, "stage2.distill": self.s["distill"] if distill else 0.0,
+                                  **self.recipe(choice["steps_rule"])})
             tm = training_macs(cfg, RunDir(self.seed_dir(seed) / f"{name}-pruned"), build_plan(cfg), base_macs)
             need = max(need, STEP_COST * (tm["stage1"] + tm["stage2"]) + tm["teacher"] + tm["proxy"])
         self.equal_compute(seed, base, need)
@@ -300,7 +323,7 @@ class Bench:
         choice = read_json(self.work / "tune" / "choice.json", "tuning choice")
         name = resolve_row(name, choice)
         mode, distill = next((m, d) for n, m, d in rows_for(choice) if n == name)
-        run = self.stage2_row(seed, name, mode, distill, choice["lr"], src)
+        run = self.stage2_row(seed, name, mode, distill, choice["lr"], src, choice["steps_rule"])
         self.score_tdc(seed, name, run)
 
     def equal_compute(self, seed: int, base: RunDir, train_macs: float) -> None:
@@ -315,25 +338,30 @@ class Bench:
         self.score_base(seed, "base-equal-compute", out / "model", steps)
 
     # --- tuning choice and the tables -----------------------------------------------------------------
-    def grid(self) -> list[tuple[float, bool]]:
-        return [(lr, d) for lr in self.s["lrs"] for d in (False, True)]
+    def grid(self) -> list[tuple[float, str, bool]]:
+        return [(lr, r, d) for lr in self.s["lrs"] for r in self.s["rules"] for d in (False, True)]
+
+    @staticmethod
+    def tune_name(lr: float, rule: str, distill: bool) -> str:
+        return f"tune-lr{lr:g}-{rule}-{'distill' if distill else 'nodistill'}"
 
     def choose(self) -> dict[str, Any]:
         """The grid point with the lowest mean FD over the tuning seeds (paired: same noise)."""
         scores = {}
-        for lr, d in self.grid():
-            name = f"tune-lr{lr:g}-{'distill' if d else 'nodistill'}"
+        for lr, rule, d in self.grid():
+            name = self.tune_name(lr, rule, d)
             fds = []
             for seed in self.s["tune_seeds"]:
                 f = self.seed_dir(seed) / "scores" / f"{name}.json"
                 if f.is_file():
                     fds.append(read_json(f, "score")["fd"])
             if len(fds) == len(self.s["tune_seeds"]):
-                scores[name] = {"lr": lr, "distill": d, "fd": fds, "mean_fd": float(np.mean(fds))}
+                scores[name] = {"lr": lr, "steps_rule": rule, "distill": d, "fd": fds,
+                                "mean_fd": float(np.mean(fds))}
         if not scores:
             raise SystemExit("no tuning grid point finished")
         best = min(scores.values(), key=lambda r: r["mean_fd"])
-        choice = {"lr": best["lr"], "distill": best["distill"], "grid": scores,
+        choice = {"lr": best["lr"], "steps_rule": best["steps_rule"], "distill": best["distill"], "grid": scores,
                   "tune_seeds": self.s["tune_seeds"], "rule": "lowest mean FD of group-Taylor TDC on the tuning seeds"}
         atomic_write_json(self.work / "tune" / "choice.json", choice)
         return choice
@@ -417,7 +445,7 @@ class Bench:
                         "gpu": torch.cuda.get_device_name(0) if self.device.type == "cuda" else None,
                         "torch": torch.__version__}, "wall_seconds": wall_s,
         }
-        suffix = "" if self.scale == "full" else f"-{self.scale}"
+        suffix = "" if self.scale in ("cpu", "full") else f"-{self.scale}"
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / f"table1{suffix}.json", result)
         (out_dir / f"table1{suffix}.md").write_text(markdown(result))
@@ -433,9 +461,10 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [f"# Table I on digits ({r['scale']} scale)", "",
              f"Seeds {r['seeds_complete']} (tuned on {p['tune_seeds']}); stage 1 {p['stage1']} steps × batch {p['batch']} "
              f"on the train split; N={p['groups']}, k={p['k']}, budget rule `{p['budget_rule']}`; stage 2 "
-             f"{p['stage2_fraction']:.0%} of stage 1's steps, shared by group size; {p['samples']} samples per model, "
+             f"{p['stage2_fraction']:.0%} of stage 1's steps ({r['tuning']['steps_rule']} per group); {p['samples']} samples per model, "
              f"DDIM-{p['sample_steps']}, same noise for every model of a seed; FD against all 1797 digits.", "",
-             f"Tuned recipe (on the tuning seeds only): stage-2 lr {r['tuning']['lr']:g}, distillation "
+             f"Tuned recipe (on the tuning seeds only): stage-2 lr {r['tuning']['lr']:g}, steps "
+             f"{r['tuning']['steps_rule']}, distillation "
              f"{'on' if r['tuning']['distill'] else 'off'} (weight {p['distill']}), EMA {p['stage2_ema']} from the "
              "starting weights (no warm-up).", "",
              "| row | FD (mean over seeds) | FD ratio vs equal compute [95 % CI, t] | bootstrap 95 % CI | MACs / step "
@@ -465,7 +494,7 @@ def markdown(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["run", "worker", "choose", "aggregate"])
-    ap.add_argument("--scale", default="full", choices=list(SCALES))
+    ap.add_argument("--scale", default="cpu", choices=list(SCALES))
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--device", default="cpu")
@@ -476,6 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--distill", type=int)
+    ap.add_argument("--rule", choices=["equal", "proportional"])
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args(argv)
     work = a.work or ROOT / "benchmarks" / "work" / f"table1-{a.scale}"
@@ -485,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.what == "worker":
         timeout = a.deadline_s or 10**9
         if a.role == "tune":
-            b.tune_worker(a.seed, a.lr, bool(a.distill))
+            b.tune_worker(a.seed, a.lr, a.rule, bool(a.distill))
         elif a.role == "base":
             b.base_worker(a.seed, timeout)
         else:
@@ -499,8 +529,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     t0 = time.time()
     digits_classifier()  # train the FD classifier once, before workers race for its cache
-    jobs = [["--role", "tune", "--seed", str(sd), "--lr", str(lr), "--distill", str(int(d))]
-            for sd in b.s["tune_seeds"] for lr, d in b.grid()]
+    jobs = [["--role", "tune", "--seed", str(sd), "--lr", str(lr), "--rule", rule, "--distill", str(int(d))]
+            for lr, rule, d in b.grid() for sd in b.s["tune_seeds"]]  # seeds interleaved: bases train in parallel
     jobs += [["--role", "base", "--seed", str(sd)] for sd in b.s["seeds"]]
     # row names do not depend on the choice's values, only on which distillation setting is headline:
     # name both settings explicitly so jobs can start before the choice exists
@@ -535,7 +565,7 @@ def main(argv: list[str] | None = None) -> None:
         if not chosen and not any(j[1] == "tune" for _, j in running) and not any(j[1] == "tune" for j in pending):
             c = b.choose()
             chosen = True
-            b.log(f"tuning choice: lr {c['lr']:g}, distill {c['distill']}")
+            b.log(f"tuning choice: lr {c['lr']:g}, steps rule {c['steps_rule']}, distill {c['distill']}")
         if deadline and time.time() > deadline:
             b.log("deadline reached: stopping workers and aggregating what finished")
             for p, _ in running:
