@@ -119,6 +119,7 @@ class Stage2Config(TrainConfig):
     ckpt_every: int = Field(default=100, ge=1)
     steps_rule: Literal["equal", "proportional"] = "equal"
     optimizer: Literal["fresh", "carried"] = "fresh"
+    ema_decay: float = Field(default=0.99, ge=0, lt=1)
     ema_warmup: int = Field(default=0, ge=0)
     distill: float = Field(default=0.0, ge=0)
 
