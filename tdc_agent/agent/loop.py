@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain.agents import create_agent
-from langchain.agents.middleware import ModelCallLimitMiddleware, ToolCallLimitMiddleware
+from langchain.agents.middleware import AgentMiddleware, ModelCallLimitMiddleware, ToolCallLimitMiddleware, hook_config
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage
@@ -145,6 +145,22 @@ def _diagnose(messages: list[Any], session: PruningSession) -> str:
     return f"the round stopped (call cap or step limit reached) with only {n_ok} of {k} candidates evaluated"
 
 
+class EndWhenSubmitted(AgentMiddleware):
+    """Ends the agent loop once ``submit_candidates`` accepted the round's candidates.
+
+    Without it the agent makes one more LLM call only to confirm, resending the whole conversation
+    (about a quarter of a round's input tokens).
+    """
+
+    def __init__(self, session: PruningSession):
+        super().__init__()
+        self.session = session
+
+    @hook_config(can_jump_to=["end"])
+    def before_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        return {"jump_to": "end"} if self.session.submitted else None
+
+
 class RoundLoop:
     """Runs the rounds of one group with one chat model."""
 
@@ -159,8 +175,9 @@ class RoundLoop:
         arch = self.prompts.render(
             "architecture", n_units=len(units), base_macs=f"{session.pruner.base_count.thop:,}",
             base_params=f"{session.pruner.base_count.params:,}",
+            # largest MACs share first: where a pruning decision moves the budget most
             units_table="\n".join(f"{u.name} | {u.role} | {u.channels} | {u.quantum} | {u.macs_share:.3f} | {u.params}"
-                                  for u in units))
+                                  for u in sorted(units, key=lambda u: (-u.macs_share, u.name))))
 
         def lines(recs: list[MemoryRecord]) -> str:
             return "\n".join(f"- {session.short_id(x)} (run {x.run_id}): loss {x.loss:.5f}, MACs {x.macs:,.0f}, levels "
@@ -201,6 +218,7 @@ class RoundLoop:
                 if len(session.ok_candidates()) >= self.cfg.candidates and attempt > 0:
                     break
                 agent = create_agent(self.llm, session.tools(), system_prompt=system, middleware=[
+                    EndWhenSubmitted(session),
                     ModelCallLimitMiddleware(run_limit=self.cfg.max_llm_calls_per_round, exit_behavior="end"),
                     ToolCallLimitMiddleware(run_limit=self.cfg.max_tool_calls_per_round, exit_behavior="end"),
                 ])
