@@ -189,12 +189,14 @@ def run_cmd(
     evaluation against the base, report. Rerun the same command to resume after a kill."""
     from .data import load_dataset
     from .devices import dist_env, resolve_device
-    from .pipeline import evaluate_run, run_pipeline
+    from .pipeline import check_groups, evaluate_run, run_pipeline
+    from .planning import build_plan
     from .runs import RunDir
 
     cfg = _config(config, overrides, device)
     dev = resolve_device(cfg.run.device)
     group_list = _parse_groups(groups)
+    check_groups(build_plan(cfg), group_list)  # before run.prepare writes config.yaml and logs/
     load_dataset(cfg.data)  # fails on missing data before anything is written
     if cfg.stage2.mode == "tdc":
         from .agent.llm import resolve_llm
