@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from .checkpoint import atomic_write_text
-from .config import Config, dump_config
+from .config import Config, dump_config, load_yaml
 from .errors import CheckpointError, ConfigError
 
 RESULT_SECTIONS = ("data", "model", "schedule", "plan", "stage1")
@@ -50,7 +50,7 @@ class RunDir:
         """Create the directory and store the config, or check it against the stored one."""
         if self.config_path.is_file():
             try:
-                old = yaml.safe_load(self.config_path.read_text())
+                old = load_yaml(self.config_path.read_text())
             except (yaml.YAMLError, UnicodeDecodeError) as e:
                 old = e
             if not isinstance(old, dict) or not all(isinstance(v, dict) for v in old.values()):
