@@ -146,3 +146,9 @@ def test_run_with_nonexistent_group_fails_before_writing(cli, make_config, tmp_p
     assert code == 2
     assert "99" in err and "0..2" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_error_message_brackets_are_printed_as_text(cli):
+    # the message is printed through rich: "[low, high]" used to be swallowed as a markup tag
+    code, _, err = cli("plan", "plan.snr_clip=[20,-20]")
+    assert code == 2 and "[low, high]" in err and "plan.snr_clip" in err
