@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .redaction import redact_url
 
 # package data, read with importlib.resources (a Traversable: a real path only when installed unzipped)
 DEFAULT_CONFIG = files("tdc_agent") / "configs" / "digits.yaml"
@@ -354,6 +355,18 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
         raise ConfigError(_format_validation_error(e, source)) from None
 
 
+def stored_config(cfg: Config) -> dict:
+    """The config as a run directory stores it: plain JSON types, with credentials in URLs masked.
+
+    A key in ``agent.base_url`` (``?api_key=...``, ``user:pass@``) or ``agent.memory_url`` must not
+    sit in ``config.yaml``, which is shared with the run's results.
+    """
+    data = cfg.model_dump(mode="json")
+    for key in ("base_url", "memory_url"):
+        data["agent"][key] = redact_url(data["agent"][key])
+    return data
+
+
 def dump_config(cfg: Config) -> str:
-    """The config as YAML (what a run directory stores as ``config.yaml``)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML (what a run directory stores as ``config.yaml``), see :func:`stored_config`."""
+    return yaml.safe_dump(stored_config(cfg), sort_keys=False)
