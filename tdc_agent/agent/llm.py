@@ -31,7 +31,8 @@ def check_reachable(url: str, timeout: float = 3.0) -> None:
     """Open (and close) a TCP connection to the server of ``url``; a clear error if that fails."""
     u = urlparse(url)
     if u.scheme not in ("http", "https") or not u.hostname:
-        raise ConfigError(f"LLM base URL {redact_url(url)!r} is not an http(s) URL (e.g. http://localhost:8000/v1).")
+        raise ConfigError(f"LLM base URL {redact_url(url)!r} is not an http(s) URL "
+                          "(e.g. http://localhost:8000/v1).")
     port = u.port or (443 if u.scheme == "https" else 80)
     try:
         with socket.create_connection((u.hostname, port), timeout=timeout):
