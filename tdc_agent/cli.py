@@ -18,6 +18,7 @@ from rich.table import Table
 from .config import Config, load_config
 from .errors import TDCError
 from .progress import console
+from .redaction import redact, register_secret_env
 
 app = typer.Typer(
     add_completion=False,
@@ -50,6 +51,8 @@ def _config(config: Optional[Path], overrides: Optional[List[str]], device: Opti
     from .pretrained import apply_init
 
     cfg, note = apply_init(load_config(config, extra))
+    # the key's variable may have any name: scrub its value from whatever this process prints or logs
+    register_secret_env(cfg.agent.api_key_env)
     if note:
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     return cfg
@@ -189,12 +192,14 @@ def run_cmd(
     evaluation against the base, report. Rerun the same command to resume after a kill."""
     from .data import load_dataset
     from .devices import dist_env, resolve_device
-    from .pipeline import evaluate_run, run_pipeline
+    from .pipeline import check_groups, evaluate_run, run_pipeline
+    from .planning import build_plan
     from .runs import RunDir
 
     cfg = _config(config, overrides, device)
     dev = resolve_device(cfg.run.device)
     group_list = _parse_groups(groups)
+    check_groups(build_plan(cfg), group_list)  # before run.prepare writes config.yaml and logs/
     load_dataset(cfg.data)  # fails on missing data before anything is written
     if cfg.stage2.mode == "tdc":
         from .agent.llm import resolve_llm
@@ -667,13 +672,15 @@ def prompts_init(directory: Path = typer.Argument(..., help="Where to copy the d
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code (user errors: 2, with a one-paragraph message)."""
     import click
+    from rich.markup import escape
 
     try:
         result = app(args=argv, standalone_mode=False)
         return result if isinstance(result, int) else 0
     except TDCError as e:
-        # soft_wrap: paths in messages stay whole, so they can be copied
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # soft_wrap: paths in messages stay whole, so they can be copied. redact: an error may quote a
+        # server's reply, which can echo the key. escape: "[low, high]" in a message is text, not markup.
+        console.print(f"[bold red]error:[/] {escape(redact(str(e)))}", highlight=False, soft_wrap=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code

@@ -8,6 +8,7 @@ field and says how to fix it.
 
 from __future__ import annotations
 
+import math
 import re
 from importlib.resources import files
 from pathlib import Path
@@ -17,9 +18,51 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .redaction import redact_url
 
 # package data, read with importlib.resources (a Traversable: a real path only when installed unzipped)
 DEFAULT_CONFIG = files("tdc_agent") / "configs" / "digits.yaml"
+
+# Far beyond any diffusion schedule in use (DDPM: 1000, some 4000), yet small enough that the
+# per-timestep arrays stay cheap: a typo like 10**10 must not allocate gigabytes.
+MAX_TIMESTEPS = 100_000
+# torch.manual_seed and our step generators take a signed 64-bit seed
+MAX_SEED = 2**63
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping names the same key twice (plain YAML loaders silently keep the last)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with a duplicate key, naming the key and its lines."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges may be overridden by explicit keys, as YAML intends
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if first != key_node.start_mark.line + 1:
+                raise DuplicateKeyError(
+                    problem=f"duplicate key {key!r} on line {key_node.start_mark.line + 1} "
+                            f"(first on line {first})")
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML safely, refusing duplicate keys (:class:`DuplicateKeyError`, a ``yaml.YAMLError``)."""
+    # what yaml.load does, spelled out: the loader is a SafeLoader, and the package keeps no
+    # yaml.load call at all (tests/test_security.py checks that)
+    loader = UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 class _Section(BaseModel):
@@ -31,6 +74,13 @@ class RunConfig(_Section):
     output_dir: str = "runs"
     seed: int = 0
     device: str = "auto"
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v < MAX_SEED:
+            raise ValueError(f"the seed must be in 0 <= seed < 2**63 ({MAX_SEED})")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -67,9 +117,16 @@ class LatentConfig(_Section):
 
 class ScheduleConfig(_Section):
     name: Literal["linear", "cosine"] = "linear"
-    timesteps: int = Field(default=1000, ge=2)
+    timesteps: int = 1000
     beta_start: float = Field(default=1e-4, gt=0, lt=1)
     beta_end: float = Field(default=0.02, gt=0, lt=1)
+
+    @field_validator("timesteps")
+    @classmethod
+    def _timesteps_range(cls, v: int) -> int:
+        if not 2 <= v <= MAX_TIMESTEPS:
+            raise ValueError(f"timesteps must be in 2..{MAX_TIMESTEPS}")
+        return v
 
 
 class PlanConfig(_Section):
@@ -79,6 +136,18 @@ class PlanConfig(_Section):
     direction: Literal["noisy-hard", "clean-hard"] = "noisy-hard"
     budget_rule: Literal["upper", "mean"] = "upper"
     snr_clip: Optional[tuple[float, float]] = None
+
+    @field_validator("snr_clip")
+    @classmethod
+    def _snr_clip_range(cls, v: Optional[tuple[float, float]]) -> Optional[tuple[float, float]]:
+        if v is None:
+            return v
+        # np.clip with nan bounds turns every SNR into nan, and low > high silently maps all to high
+        if not all(math.isfinite(x) for x in v):
+            raise ValueError("snr_clip must be finite numbers [low, high] in dB, e.g. [-20, 20]")
+        if not v[0] < v[1]:
+            raise ValueError("snr_clip must be [low, high] with low < high (dB), e.g. [-20, 20]")
+        return v
 
 
 class TrainConfig(_Section):
@@ -265,9 +334,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"Config file {path} does not exist. Pass --config with an existing YAML "
                           "file, or leave --config out for the packaged default (digits).")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except UnicodeDecodeError:
         raise ConfigError(f"Config file {path} is not UTF-8 text. Pass a YAML file.") from None
+    except DuplicateKeyError as e:
+        raise ConfigError(f"Config file {path} has a {e.problem}; YAML would silently keep the last one. "
+                          "Remove or merge the repeated key.") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"Config file {path} is not valid YAML: {e}. Fix the syntax.") from None
     if not isinstance(data, dict):
@@ -284,6 +356,18 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
         raise ConfigError(_format_validation_error(e, source)) from None
 
 
+def stored_config(cfg: Config) -> dict:
+    """The config as a run directory stores it: plain JSON types, with credentials in URLs masked.
+
+    A key in ``agent.base_url`` (``?api_key=...``, ``user:pass@``) or ``agent.memory_url`` must not
+    sit in ``config.yaml``, which is shared with the run's results.
+    """
+    data = cfg.model_dump(mode="json")
+    for key in ("base_url", "memory_url"):
+        data["agent"][key] = redact_url(data["agent"][key])
+    return data
+
+
 def dump_config(cfg: Config) -> str:
-    """The config as YAML (what a run directory stores as ``config.yaml``)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML (what a run directory stores as ``config.yaml``), see :func:`stored_config`."""
+    return yaml.safe_dump(stored_config(cfg), sort_keys=False)

@@ -22,9 +22,19 @@ from .progress import console
 from .progressive import ProgressiveModel, member_from_dir
 from .pruning.macs import count
 from .runs import RunDir
-from .schedule import ddim_timesteps
+from .schedule import Plan, ddim_timesteps
 from .stage1 import continue_base, equal_compute_steps, train_base
 from .stage2 import finetune_group, group_dir, group_steps, prepare_group_model
+
+
+def check_groups(plan: Plan, groups: Sequence[int] | None) -> None:
+    """A :class:`ConfigError` naming the valid range when ``groups`` (``run --groups``) are not in ``plan``."""
+    if groups is None:
+        return
+    bad = [g for g in groups if not 0 <= g < len(plan.groups)]
+    if bad:
+        raise ConfigError(f"--groups {bad} do not exist: the plan has groups 0..{len(plan.groups) - 1} "
+                          f"(plan.groups={len(plan.groups)}). Pick groups in that range.")
 
 
 def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequence[int] | None = None,
@@ -34,10 +44,7 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
 
     t0 = time.time()
     plan = build_plan(cfg)
-    if groups is not None:
-        bad = [g for g in groups if not 0 <= g < len(plan.groups)]
-        if bad:
-            raise ConfigError(f"--groups {bad} do not exist: the plan has groups 0..{len(plan.groups) - 1}.")
+    check_groups(plan, groups)
     for w in plan.warnings:
         console.print(f"[yellow]plan warning:[/] {w}")
     data = training_data(cfg, device=device)

@@ -13,10 +13,13 @@ from pathlib import Path
 import yaml
 
 from .checkpoint import atomic_write_text
-from .config import Config, dump_config
+from .config import Config, dump_config, load_yaml, stored_config
 from .errors import CheckpointError, ConfigError
 
 RESULT_SECTIONS = ("data", "model", "schedule", "plan", "stage1")
+# How the run reaches its services, not what it computes: these may change on resume (a new server
+# address, a longer timeout), which is noted in the run log.
+TRANSPORT_KEYS = {"agent": ("base_url", "memory_url", "timeout_s", "max_retries")}
 
 
 class RunDir:
@@ -48,9 +51,10 @@ class RunDir:
 
     def prepare(self, cfg: Config, sections: tuple[str, ...] = RESULT_SECTIONS) -> None:
         """Create the directory and store the config, or check it against the stored one."""
+        moved: list[str] = []  # transport settings that differ from the stored config
         if self.config_path.is_file():
             try:
-                old = yaml.safe_load(self.config_path.read_text())
+                old = load_yaml(self.config_path.read_text())
             except (yaml.YAMLError, UnicodeDecodeError) as e:
                 old = e
             if not isinstance(old, dict) or not all(isinstance(v, dict) for v in old.values()):
@@ -58,13 +62,17 @@ class RunDir:
                     f"The stored config {self.config_path} is corrupt ({str(old)[:80]}), so this run directory "
                     "cannot be checked before resuming. Restore it from your config (cp CONFIG.yaml "
                     f"{self.config_path}) or start a new run directory.")
-            new = cfg.model_dump(mode="json")
+            # compared as stored: the stored URLs have their credentials masked, so must the new ones
+            new = stored_config(cfg)
             # Keys only one side has (a setting added or removed by a newer tdc-agent) do not block
             # a resume; values both sides have must agree.
-            changed = [
+            differ = [
                 f"{s}.{k}" for s in sections for k in set(old.get(s, {})) & set(new.get(s, {}))
                 if old.get(s, {}).get(k) != new.get(s, {}).get(k)
             ]
+            transport = {f"{s}.{k}" for s, keys in TRANSPORT_KEYS.items() for k in keys}
+            changed = [d for d in differ if d not in transport]
+            moved = sorted(set(differ) & transport)
             if old.get("run", {}).get("seed") != new["run"]["seed"]:
                 changed.append("run.seed")
             if changed:
@@ -75,6 +83,8 @@ class RunDir:
                 )
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, dump_config(cfg))
+        if moved:
+            self.log(f"note: transport settings changed since the run started ({', '.join(moved)}); resuming")
 
     def log(self, message: str) -> None:
         """Append a timestamped line to ``logs/run.log``."""

@@ -2,7 +2,7 @@
 
 It replaces the LLM only at its network boundary. Replies come from a script of *faults* consumed
 in order (malformed JSON arguments, unknown units, empty replies, refusals, endless tool calls,
-slow replies, HTTP 429/500, dropped connections), and otherwise from a well-behaved policy: our
+slow replies, HTTP 429/500 or any status with a chosen body, dropped connections), and otherwise from a well-behaved policy: our
 builtin policy run on the conversation the client sent, serialised back as OpenAI tool calls.
 In chaos mode (``chaos=random.Random(seed)``) every request is, with probability ``chaos_rate``,
 answered by a fault drawn at random from :data:`CHAOS`; ``injected`` counts them by kind.
@@ -97,7 +97,8 @@ class FakeOpenAI:
 
     def _respond(self, h: BaseHTTPRequestHandler, body: dict[str, Any], action: Any) -> None:
         if isinstance(action, dict) and "status" in action:
-            payload = json.dumps({"error": {"message": "injected fault", "type": "server_error"}}).encode()
+            body = action.get("body", {"error": {"message": "injected fault", "type": "server_error"}})
+            payload = json.dumps(body).encode()
             h.send_response(action["status"])
             h.send_header("Content-Type", "application/json")
             h.send_header("Content-Length", str(len(payload)))

@@ -308,3 +308,26 @@ def test_memory_url_uses_a_chroma_server(tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_key_from_custom_env_var_is_scrubbed_from_console_and_transcript(tmp_path, make_config, cli, monkeypatch):
+    # agent.api_key_env may name a variable that does not look like a credential (no KEY/TOKEN in
+    # its name), and a server may echo the key it got in its 401 reply, which the CLI then prints.
+    secret = "cred-0123456789abcdefXYZ"  # no sk- prefix: only the variable's value can catch it
+    other = "sk-proj-abcdefghijklmnop"  # another key the server quotes: the sk- pattern must catch it
+    monkeypatch.setenv("TDC_TEST_LLM_CRED", secret)
+    cfg = make_config(agent={**AGENT, "api_key_env": "TDC_TEST_LLM_CRED"})
+    body = {"error": {"message": f"Incorrect API key provided: {secret}. You sent 'Authorization: Bearer "
+                                 f"{secret}'; did you mean {other}?", "type": "invalid_request_error",
+                      "code": "invalid_api_key"}}
+    with FakeOpenAI([{"status": 401, "body": body}], repeat_last_fault=True) as srv:
+        code, out, err = cli("prune", "--method", "agent", "--preset", "tiny", "--macs-fraction", "0.6",
+                             "--config", cfg, "--llm", "openai:fake-model", "--llm-base-url", srv.url,
+                             "--out", tmp_path / "r")
+        sent = [h.get("Authorization") or h.get("authorization") for h in srv.headers]
+    assert sent and all(a == f"Bearer {secret}" for a in sent), "the key from the custom variable must be used"
+    assert code == 2 and "401" in err and "Traceback" not in err
+    assert secret not in out + err and other not in out + err and "Bearer cred" not in out + err
+    transcript = (tmp_path / "r" / "transcript.jsonl").read_text()
+    assert "401" in transcript  # the failure is recorded...
+    assert secret not in transcript and other not in transcript  # ...without the keys

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -64,3 +66,24 @@ def test_tensors_roundtrip_and_garbage(tmp_path):
     (tmp_path / "g.safetensors").write_bytes(b"\x80\x04garbage-pickle-like")
     with pytest.raises(CheckpointError):
         load_tensors(tmp_path / "g.safetensors")
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
+    # mkstemp alone makes 0600 files: a run directory shared with a group would be unreadable to it
+    from tdc_agent.checkpoint import atomic_write_json, atomic_write_text, new_file_mode
+
+    old = os.umask(umask)
+    try:
+        assert new_file_mode() == mode
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        atomic_write_text(tmp_path / "b.txt", "hi\n")
+        save_tensors(tmp_path / "c.safetensors", {"w": torch.zeros(2)})
+        save_model(tmp_path / "m", _model())
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")  # what open() gives, for comparison
+    finally:
+        os.umask(old)
+    files = [tmp_path / "a.json", tmp_path / "b.txt", tmp_path / "c.safetensors", *sorted((tmp_path / "m").iterdir())]
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: mode for f in files}
+    assert stat.S_IMODE(plain.stat().st_mode) == mode

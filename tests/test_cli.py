@@ -138,3 +138,17 @@ def test_prompts_init_refuses_to_overwrite_without_force(cli, tmp_path):
     assert (d / "round.md").read_text() != "mine" and cli("prompts", "validate", "--prompt-dir", d)[0] == 0
     (tmp_path / "f").write_text("x")
     assert cli("prompts", "init", tmp_path / "f")[0] == 2
+
+
+def test_run_with_nonexistent_group_fails_before_writing(cli, make_config, tmp_path):
+    # the groups used to be checked inside the pipeline, after config.yaml and logs/ were written
+    code, _, err = cli("run", "--config", make_config(), "--run-dir", tmp_path / "run", "--groups", "99", "-q")
+    assert code == 2
+    assert "99" in err and "0..2" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_error_message_brackets_are_printed_as_text(cli):
+    # the message is printed through rich: "[low, high]" used to be swallowed as a markup tag
+    code, _, err = cli("plan", "plan.snr_clip=[20,-20]")
+    assert code == 2 and "[low, high]" in err and "plan.snr_clip" in err

@@ -22,3 +22,29 @@ def test_prepare_refuses_changed_settings_but_tolerates_new_ones(make_config, tm
         run.prepare(cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": 7})}))
     # presentation-only settings may change
     run.prepare(cfg.model_copy(update={"sample": cfg.sample.model_copy(update={"num": 3})}))
+
+
+def test_credentials_in_urls_are_not_stored_and_transport_changes_do_not_block_resume(make_config, tmp_path):
+    url = "https://bob:hunter2-pass@llm.example.com/v1?api_key=SECRET-VALUE-123&api-version=2024-06-01"
+    cfg = load_config(make_config(), [f"agent.base_url={url}", "agent.memory_url=http://chroma-tok-999@mem:8000"])
+    assert cfg.agent.base_url == url  # the run itself still uses the real URL
+    run = RunDir(tmp_path / "r")
+    sections = ("data", "model", "schedule", "plan", "stage1", "stage2", "agent")
+    run.prepare(cfg, sections)
+    text = run.config_path.read_text()
+    for leak in ("SECRET-VALUE-123", "hunter2-pass", "bob", "chroma-tok-999"):
+        assert leak not in text
+    stored = yaml.safe_load(text)["agent"]
+    assert stored["base_url"] == "https://***@llm.example.com/v1?api_key=***&api-version=2024-06-01"
+    assert stored["memory_url"] == "http://***@mem:8000"
+    run.prepare(cfg, sections)  # the stored, masked URL does not count as a change
+    assert not (run.path / "logs" / "run.log").exists()
+    # transport settings may change on resume, with a note in the log
+    moved = cfg.model_copy(update={"agent": cfg.agent.model_copy(update={
+        "base_url": "http://localhost:8000/v1", "timeout_s": 120.0, "max_retries": 9})})
+    run.prepare(moved, sections)
+    log = (run.path / "logs" / "run.log").read_text()
+    assert "agent.base_url" in log and "agent.timeout_s" in log and "agent.max_retries" in log
+    # what the agent decides with still has to match
+    with pytest.raises(ConfigError, match="agent.rounds"):
+        run.prepare(moved.model_copy(update={"agent": moved.agent.model_copy(update={"rounds": 9})}), sections)

@@ -105,3 +105,36 @@ def test_torchrun_two_processes_keep_identical_parameters(make_config, tmp_path)
     sync = [r["ddp_param_max_diff"] for r in recs if "ddp_param_max_diff" in r]
     assert sync == [0.0]
     assert (tmp_path / "ddp" / "stage1" / "model" / "model.safetensors").is_file()
+
+
+def test_metrics_not_duplicated_when_killed_before_the_first_checkpoint(tmp_path):
+    # A kill before the first checkpoint leaves metrics.jsonl but no checkpoint/: each rerun starts
+    # at step 0 and used to append the same steps again (steps logged four times after three kills).
+    import shutil
+
+    from tdc_agent.config import DataConfig, ScheduleConfig, TrainConfig
+    from tdc_agent.data import load_dataset
+    from tdc_agent.diffusion import ForwardProcess
+    from tdc_agent.models import build_unet, unet_config
+    from tdc_agent.training import train
+
+    data = load_dataset(DataConfig(name="digits", split="train"))
+    process = ForwardProcess(ScheduleConfig(timesteps=100))
+    cfg = TrainConfig(steps=6, batch_size=8, lr=1e-3, warmup=0, ckpt_every=10**6, log_every=1, amp=False)
+    out = tmp_path / "train"
+
+    def attempt() -> list[dict]:
+        torch.manual_seed(0)
+        res = train(build_unet(unet_config("tiny", sample_size=8, channels=1)), data, process, cfg, out,
+                    progress=False)
+        return [json.loads(line) for line in res.metrics_path.read_text().splitlines()]
+
+    first = attempt()
+    for _ in range(2):
+        # what a kill just before the (only, final) checkpoint leaves behind: the log, nothing else
+        shutil.rmtree(out / "checkpoint")
+        shutil.rmtree(out / "model")
+        assert (out / "metrics.jsonl").is_file()
+        again = attempt()
+    assert [r["step"] for r in again] == list(range(1, 7))
+    assert [r["loss"] for r in again] == [r["loss"] for r in first]  # the rerun is the same run

@@ -21,6 +21,7 @@ from langchain_core.language_models.chat_models import BaseChatModel
 
 from ..config import AgentConfig
 from ..errors import ConfigError, TDCError
+from ..redaction import redact_url, register_secret_env
 
 PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "google_genai": "GOOGLE_API_KEY",
                  "mistralai": "MISTRAL_API_KEY", "groq": "GROQ_API_KEY"}
@@ -30,14 +31,15 @@ def check_reachable(url: str, timeout: float = 3.0) -> None:
     """Open (and close) a TCP connection to the server of ``url``; a clear error if that fails."""
     u = urlparse(url)
     if u.scheme not in ("http", "https") or not u.hostname:
-        raise ConfigError(f"LLM base URL {url!r} is not an http(s) URL (e.g. http://localhost:8000/v1).")
+        raise ConfigError(f"LLM base URL {redact_url(url)!r} is not an http(s) URL "
+                          "(e.g. http://localhost:8000/v1).")
     port = u.port or (443 if u.scheme == "https" else 80)
     try:
         with socket.create_connection((u.hostname, port), timeout=timeout):
             pass
     except OSError as e:
         raise TDCError(
-            f"The LLM server at {url} is unreachable ({e}). Start it, fix --llm-base-url, or use --llm builtin."
+            f"The LLM server at {redact_url(url)} is unreachable ({e}). Start it, fix --llm-base-url, or use --llm builtin."
         ) from None
 
 
@@ -59,6 +61,7 @@ def resolve_llm(spec: str | BaseChatModel, cfg: AgentConfig, check: bool = True)
                           "or <provider>:<model>.")
     provider, model = spec.split(":", 1)
     key_env = cfg.api_key_env or PROVIDER_KEYS.get(provider)
+    register_secret_env(key_env)  # whatever the variable is called, its value is now kept out of every sink
     key = os.environ.get(key_env) if key_env else None
     if provider == "openai":
         from langchain_openai import ChatOpenAI

@@ -79,7 +79,8 @@ class AgentPruning:
         self.run_id = run_id_for(self.out_dir)
         self.memory = MemoryBank(self.pruner.graph.names, self.arch_hash,
                                  path=a.memory_dir or str(self.out_dir / "memory"), url=a.memory_url)
-        self.transcript = Transcript(self.out_dir / "transcript.jsonl")
+        self.transcript = Transcript(self.out_dir / "transcript.jsonl",
+                                     secret_env=[a.api_key_env] if a.api_key_env else [])
         self.loop = RoundLoop(self.chat, self.llm_spec, self.prompts, self.transcript, a, self.show)
 
     def prune_group(self, task: GroupTask, model_dir: Path | None = None) -> tuple[GroupOutcome, Any]:

@@ -1,55 +1,26 @@
 """The transcript: a JSONL record of every LLM request and reply, tool call and result, per run.
 
 It is what makes LLM decisions reproducible (``replay:`` reads the replies back) and auditable.
-Secrets never reach it: every string is scrubbed of API keys found in the environment, of
-``sk-...`` style keys and of ``Bearer`` tokens before it is written.
+Secrets never reach it: every string is scrubbed (:mod:`tdc_agent.redaction`) of API keys found in
+the environment (including the variable ``agent.api_key_env`` names), of ``sk-...`` style keys, of
+``Bearer`` tokens and of credentials in URLs before it is written.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
-_KEY_PATTERNS = [
-    re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-]{8,}"),
-    re.compile(r"(?i)(api[_-]?key|authorization|x-api-key)(['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+"),
-]
-SECRET_ENV_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
-
-
-def secret_values() -> list[str]:
-    """Values of environment variables that look like credentials (long enough to be real)."""
-    return [v for k, v in os.environ.items()
-            if any(h in k.upper() for h in SECRET_ENV_HINTS) and v and len(v) >= 8]
-
-
-def redact(obj: Any, secrets: list[str] | None = None) -> Any:
-    """A copy of ``obj`` with credentials replaced by ``[REDACTED]`` in every string."""
-    secrets = secret_values() if secrets is None else secrets
-    if isinstance(obj, str):
-        for s in secrets:
-            obj = obj.replace(s, "[REDACTED]")
-        for pat in _KEY_PATTERNS:
-            obj = pat.sub(lambda m: (m.group(1) + m.group(2) + "[REDACTED]") if m.lastindex and m.lastindex >= 2
-                          else "[REDACTED]", obj)
-        return obj
-    if isinstance(obj, dict):
-        return {k: ("[REDACTED]" if isinstance(k, str) and k.lower() in ("api_key", "openai_api_key", "authorization")
-                    else redact(v, secrets)) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact(v, secrets) for v in obj]
-    return obj
+# the scrubbers live in a module without LangChain, so that the CLI can use them cheaply too
+from ..redaction import redact, secret_values
 
 
 def message_to_dict(m: BaseMessage) -> dict[str, Any]:
@@ -66,11 +37,13 @@ class Transcript(BaseCallbackHandler):
 
     raise_error = True
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, secret_env: Iterable[str] = ()):
+        """``secret_env``: names of further environment variables whose values are secrets
+        (``agent.api_key_env`` may name one that does not look like a credential)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._secrets = secret_values()
+        self._secrets = secret_values(secret_env)
         self.context: dict[str, Any] = {}
 
     def event(self, kind: str, **fields: Any) -> None:

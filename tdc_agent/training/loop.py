@@ -121,9 +121,11 @@ def train(
     ckpt_dir = resolve_dir(out_dir / CHECKPOINT)
     if (ckpt_dir / "state.json").is_file():
         start = _load_checkpoint(ckpt_dir, model, ema, opt)
-        _truncate_metrics(metrics_path, start, env.is_main)
     elif init_optimizer is not None:
         load_optimizer_state(opt, init_optimizer, "initial optimizer state")
+    # Lines past the step we start from belong to a killed attempt; with no checkpoint yet (a kill
+    # before the first one) that is every line, or each rerun would log those steps once more.
+    _truncate_metrics(metrics_path, start, env.is_main)
     ema.to(device)
     net: torch.nn.Module = DDP(model) if env.distributed else model
     per_rank_batch = max(1, cfg.batch_size // env.world_size)
