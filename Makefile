@@ -48,7 +48,7 @@ bench-paper: $(STAMP)
 
 # The same code paths at toy size (also part of `make test`).
 bench-smoke: $(STAMP)
-	$(PY) -m pytest -q tests/test_bench.py
+	$(PY) -m pytest -q -m "slow or not slow" tests/test_bench.py tests/test_bench_table1.py
 
 bench-pruning: $(STAMP)
 	$(PY) tools/bench_pruning.py --preset ddpm-cifar10 --repeats 3

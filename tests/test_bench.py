@@ -4,6 +4,8 @@ import importlib.util
 import json
 import math
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -14,6 +16,7 @@ def _bench_module():
     return mod
 
 
+@pytest.mark.slow  # make test-slow: the paper-tables benchmark (make bench-paper)
 def test_bench_smoke_runs_every_item_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
     bench = _bench_module()

@@ -77,7 +77,7 @@ SCALES: dict[str, dict[str, Any]] = {
              "floor_splits": 100},
     "smoke": {"seeds": [0, 1], "tune_seeds": [100], "timesteps": 100, "groups": 3, "k": 0.5,
               "budget_rule": "mean", "stage1": 16, "batch": 16, "stage2_fraction": 0.5, "samples": 48,
-              "sample_steps": 4, "rounds": 1, "candidates": 2, "lrs": [1e-3], "rules": ["equal", "proportional"],
+              "sample_steps": 4, "rounds": 1, "candidates": 2, "lrs": [1e-3], "rules": ["equal"],
               "distill": 1.0,
               "stage2_ema": 0.9, "stage1_ema": 0.9, "stage1_ema_warmup": 4, "bootstrap": 20, "floor_splits": 4},
 }
@@ -316,6 +316,10 @@ class Bench:
 
     def row_worker(self, seed: int, name: str, timeout: float) -> None:
         """One TDC row of a reported seed (stage 2 from the seed's pruned models, then its score)."""
+        allowed = self.work / "rows.json"
+        if allowed.is_file() and name not in read_json(allowed, "benchmark rows")["rows"]:
+            self.log(f"seed {seed}: row {name} is not in {allowed}; skipped")
+            return
         src_name = next(k for k in self.SOURCES if name.startswith(k))
         src = RunDir(self.seed_dir(seed) / f"{src_name}-pruned")
         self.wait_for(src.path / "done.json", f"seed {seed}'s pruned models", timeout)
@@ -491,6 +495,15 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_job(b: Bench, a: argparse.Namespace, timeout: float) -> None:
+    if a.role == "tune":
+        b.tune_worker(a.seed, a.lr, a.rule, bool(a.distill))
+    elif a.role == "base":
+        b.base_worker(a.seed, timeout)
+    else:
+        b.row_worker(a.seed, a.row, timeout)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["run", "worker", "choose", "aggregate"])
@@ -507,19 +520,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--distill", type=int)
     ap.add_argument("--rule", choices=["equal", "proportional"])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--rows", choices=["all", "headline"], default="all",
+                    help="headline: only the tuned recipe's rows (no with/without-distillation variants)")
     a = ap.parse_args(argv)
     work = a.work or ROOT / "benchmarks" / "work" / f"table1-{a.scale}"
     if a.threads:
         torch.set_num_threads(a.threads)
     b = Bench(a.scale, work, a.device)
     if a.what == "worker":
-        timeout = a.deadline_s or 10**9
-        if a.role == "tune":
-            b.tune_worker(a.seed, a.lr, a.rule, bool(a.distill))
-        elif a.role == "base":
-            b.base_worker(a.seed, timeout)
-        else:
-            b.row_worker(a.seed, a.row, timeout)
+        run_job(b, a, a.deadline_s or 10**9)
         return
     if a.what == "choose":
         print(json.dumps(b.choose(), indent=1))
@@ -534,9 +543,21 @@ def main(argv: list[str] | None = None) -> None:
     jobs += [["--role", "base", "--seed", str(sd)] for sd in b.s["seeds"]]
     # row names do not depend on the choice's values, only on which distillation setting is headline:
     # name both settings explicitly so jobs can start before the choice exists
-    jobs += [["--role", "row", "--seed", str(sd), "--row", r] for sd in b.s["seeds"] for r in ROW_NAMES]
+    names = ROW_NAMES if a.rows == "all" else [r for r in ROW_NAMES if not r.endswith("-other")]
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work / "rows.json", {"rows": names})
+    jobs += [["--role", "row", "--seed", str(sd), "--row", r] for sd in b.s["seeds"] for r in names]
     # tuning jobs come first, so with fewer slots than jobs no report worker waits on a queued grid point
     n_par = len(jobs) if a.jobs <= 0 else a.jobs
+    if n_par == 1:  # one job at a time: in this process, in order (no start-up cost per job)
+        for j in jobs:
+            if j[1] != "tune" and not (work / "tune" / "choice.json").is_file():
+                c = b.choose()
+                b.log(f"tuning choice: lr {c['lr']:g}, steps rule {c['steps_rule']}, distill {c['distill']}")
+            run_job(b, ap.parse_args(["worker", *j]), 10**9)
+        res = b.aggregate(a.out, time.time() - t0)
+        print(markdown(res))
+        return
     deadline = t0 + a.deadline_s if a.deadline_s else None
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if a.jobs <= 0 or n_par > 1:
