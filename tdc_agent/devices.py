@@ -76,3 +76,13 @@ def init_distributed(device: torch.device) -> DistEnv:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def rank0_says(flag: bool) -> bool:
+    """Rank 0's value of ``flag`` on every rank (the flag itself when not distributed), so that a
+    decision only rank 0 may take (e.g. "another job already did this step") is shared by all."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])

@@ -14,7 +14,7 @@ import torch
 
 from .checkpoint import atomic_write_json, load_model, read_json
 from .config import Config
-from .devices import barrier, dist_env
+from .devices import barrier, dist_env, rank0_says
 from .latent import training_data
 from .errors import ConfigError
 from .planning import build_plan, write_plan
@@ -51,7 +51,8 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
     eval_data = held_out(cfg)
     run.log("run: stage 1")
     t1 = time.time()
-    stage1 = train_base(cfg, run, device, data, progress=show)
+    with run.lock("stage1"):  # another job on this run directory may be training it: wait, then reuse
+        stage1 = train_base(cfg, run, device, data, progress=show)
     timings = {"stage1": time.time() - t1}
     base, meta = load_model(stage1.model_dir, device)
     env = dist_env()
@@ -65,14 +66,18 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
                 continue
             if (group_dir(run, g.index, variant) / "finetune.json").is_file():
                 continue
-            if env.is_main:
-                run.log(f"run: group {g.index}{f' ({variant})' if variant else ''}")
-            tg = time.time()
-            # Under torchrun, rank 0 alone prunes (one agent, one memory writer); every rank fine-tunes.
-            if env.is_main:
-                prepare_group_model(vcfg, run, plan, g, base, meta, device, cache, show, variant)
-            barrier()
-            res = finetune_group(vcfg, run, plan, g, data, eval_data, device, show and env.is_main, variant)
+            with run.lock(f"group{g.index}{'-' + variant if variant else ''}"):
+                # another job may have finished this group while we waited for its lock
+                if rank0_says((group_dir(run, g.index, variant) / "finetune.json").is_file()):
+                    continue
+                if env.is_main:
+                    run.log(f"run: group {g.index}{f' ({variant})' if variant else ''}")
+                tg = time.time()
+                # Under torchrun, rank 0 alone prunes (one agent, one memory writer); every rank fine-tunes.
+                if env.is_main:
+                    prepare_group_model(vcfg, run, plan, g, base, meta, device, cache, show, variant)
+                barrier()
+                res = finetune_group(vcfg, run, plan, g, data, eval_data, device, show and env.is_main, variant)
             timings[f"group_{g.index}{'_' + variant if variant else ''}"] = time.time() - tg
             if show:
                 console.print(f"group {g.index}{f' ({variant})' if variant else ''} (t {g.t_start}-{g.t_end}): quick "
@@ -90,7 +95,8 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
         steps = equal_compute_total_steps(cfg, run, plan, count(base).thop)
         run.log(f"run: base continued to {steps} steps (equal compute)")
         t2 = time.time()
-        continue_base(cfg, run, steps, run.equal_compute, device, data, progress=show)
+        with run.lock("equal-compute"):
+            continue_base(cfg, run, steps, run.equal_compute, device, data, progress=show)
         timings["base_equal_compute"] = time.time() - t2
     out["seconds"] = time.time() - t0
     return out
@@ -119,6 +125,11 @@ def progressive_dir(run: RunDir, variant: str = "") -> Path:
 
 def assemble(cfg: Config, run: RunDir, device: torch.device, variant: str = "") -> Path:
     """Build ``RUN/progressive`` (or ``progressive-<variant>``) from the finished groups (idempotent)."""
+    with run.lock("assemble" + (f"-{variant}" if variant else "")):
+        return _assemble(cfg, run, device, variant)
+
+
+def _assemble(cfg: Config, run: RunDir, device: torch.device, variant: str) -> Path:
     plan = build_plan(cfg)
     target = progressive_dir(run, variant)
     if (target / "manifest.json").is_file():
@@ -143,6 +154,11 @@ def assemble(cfg: Config, run: RunDir, device: torch.device, variant: str = "") 
 
 def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = True) -> dict[str, Any]:
     """Sample base and progressive models with the same seeds, measure FD, MACs, speed; write the report."""
+    with run.lock("evaluate"):  # two jobs finishing together evaluate one after the other
+        return _evaluate_run(cfg, run, device, show)
+
+
+def _evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool) -> dict[str, Any]:
     from .models import denoise
     from .sampling import generate, write_samples
 

@@ -8,7 +8,10 @@ settings that only affect presentation (sample count, device) may change.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -51,6 +54,11 @@ class RunDir:
 
     def prepare(self, cfg: Config, sections: tuple[str, ...] = RESULT_SECTIONS) -> None:
         """Create the directory and store the config, or check it against the stored one."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self.lock("config"):
+            self._prepare(cfg, sections)
+
+    def _prepare(self, cfg: Config, sections: tuple[str, ...]) -> None:
         moved: list[str] = []  # transport settings that differ from the stored config
         if self.config_path.is_file():
             try:
@@ -85,6 +93,34 @@ class RunDir:
         atomic_write_text(self.config_path, dump_config(cfg))
         if moved:
             self.log(f"note: transport settings changed since the run started ({', '.join(moved)}); resuming")
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold ``RUN/locks/<name>.lock`` exclusively (an OS file lock: released when the process
+        ends, SIGKILL included). Jobs on one run directory (``--groups`` spread over processes) take
+        the lock of a step before doing it and re-check whether it is done once they hold it, so
+        stage 1, each group and the assembly are done once. Under torchrun only rank 0 locks (the
+        other ranks follow it through the collectives)."""
+        from .devices import dist_env
+
+        if not dist_env().is_main:
+            yield
+            return
+        d = self.path / "locks"
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / f"{name}.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                from .progress import console
+
+                console.print(f"[yellow]waiting for another job on {self.path} ({name})[/]")
+                self.log(f"waiting for the lock {name} (another job holds it)")
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def log(self, message: str) -> None:
         """Append a timestamped line to ``logs/run.log``."""

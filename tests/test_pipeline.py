@@ -104,6 +104,33 @@ def test_groups_subset_then_assemble(make_config, tmp_path, cli, cache_env):
     assert code == 2 and "do not exist" in err
 
 
+def test_two_group_jobs_on_one_run_dir_run_concurrently(make_config, tmp_path, cache_env):
+    """The README's scale-out pattern, as two real processes at once: stage 1 is trained once (the
+    other job waits on the run directory's lock), each group once, and the result is bit for bit
+    the sequential run's."""
+    cfg = make_config(**{**E2E, "evaluation": {"compare_equal_compute": False}})
+    shared, ref = tmp_path / "shared", tmp_path / "ref"
+    env = {**python_env(), "TDC_AGENT_CACHE": str(tmp_path / "cache")}
+    jobs = [subprocess.Popen([PYTHON, "-m", "tdc_agent.cli", "run", "--config", str(cfg), "--run-dir", str(shared),
+                              "--groups", g, "--no-eval", "-q"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for g in ("0", "1,2")]
+    outs = [j.communicate(timeout=600)[0] for j in jobs]
+    assert all(j.returncode == 0 for j in jobs), outs
+    p = subprocess.run([PYTHON, "-m", "tdc_agent.cli", "run", "--config", str(cfg), "--run-dir", str(ref), "--no-eval",
+                        "-q"], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    steps = [json.loads(x)["step"] for x in (shared / "stage1" / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in x]
+    assert len(steps) == len(set(steps)), "stage 1 was trained by both jobs"
+    log = (shared / "logs" / "run.log").read_text()
+    assert log.count("run: group 0") == 1 and log.count("run: group 1") == 1 and log.count("run: group 2") == 1
+    files = ["stage1/model/model.safetensors"] + [f"stage2/g{i}/finetune/model/model.safetensors" for i in range(3)]
+    files += [str(m.relative_to(ref)) for m in (ref / "progressive").rglob("*.safetensors")]
+    assert len(files) > 4
+    for f in files:
+        assert (shared / f).read_bytes() == (ref / f).read_bytes(), f
+
+
 def _tiny(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     return build_unet(unet_config("tiny")).eval()
