@@ -74,7 +74,7 @@ def plan(
 ) -> None:
     """Group the timesteps by SNR and give every group a MACs budget (paper Eq. 2-5)."""
     from .planning import build_plan, plan_table, write_plan
-    from .runs import RunDir
+    from .runs import PIPELINE_SECTIONS, RunDir
 
     extra = list(overrides or [])
     for key, val in (("schedule.timesteps", timesteps), ("plan.groups", groups), ("plan.k", k),
@@ -122,7 +122,7 @@ def train_base(
     """Stage 1: train the base denoiser on all timesteps, then draw a sample grid."""
     from .devices import dist_env, resolve_device
     from .latent import decoder, training_data
-    from .runs import RunDir
+    from .runs import PIPELINE_SECTIONS, RunDir
     from .sampling import generate, write_samples
     from .stage1 import train_base as _train
 
@@ -194,7 +194,7 @@ def run_cmd(
     from .devices import dist_env, resolve_device
     from .pipeline import check_groups, evaluate_run, run_pipeline
     from .planning import build_plan
-    from .runs import RunDir
+    from .runs import PIPELINE_SECTIONS, RunDir
 
     cfg = _config(config, overrides, device)
     dev = resolve_device(cfg.run.device)
@@ -207,7 +207,7 @@ def run_cmd(
         resolve_llm(cfg.agent.llm, cfg.agent)  # a missing key or dead server fails before compute
     run = RunDir.for_config(cfg, run_dir)
     if dist_env().is_main:
-        run.prepare(cfg, sections=("data", "model", "schedule", "plan", "stage1", "stage2", "agent"))
+        run.prepare(cfg, sections=PIPELINE_SECTIONS)
         run.log(f"run start device={dev} groups={groups or 'all'}")
     t0 = time.time()
     out = run_pipeline(cfg, run, dev, group_list, show=not quiet)
@@ -249,12 +249,13 @@ def assemble(
     """Build the progressive model from finished groups (after `run --groups ...` jobs)."""
     from .devices import resolve_device
     from .pipeline import assemble as _assemble
-    from .runs import RunDir
+    from .runs import PIPELINE_SECTIONS, RunDir
 
     from .pipeline import variants
 
     cfg = _config(config, overrides, device)
     run = RunDir.for_config(cfg, run_dir)
+    run.prepare(cfg, sections=PIPELINE_SECTIONS)  # the stored config must be this config
     for variant, vcfg in variants(cfg):
         console.print(f"progressive model: {_assemble(vcfg, run, resolve_device(cfg.run.device), variant)}")
 
@@ -270,10 +271,11 @@ def evaluate(
     """Sample the base and progressive models of a run, measure FD/MACs/speed, write report.md."""
     from .devices import resolve_device
     from .pipeline import evaluate_run
-    from .runs import RunDir
+    from .runs import PIPELINE_SECTIONS, RunDir
 
     cfg = _config(config, overrides, device)
     run = RunDir.for_config(cfg, run_dir)
+    run.prepare(cfg, sections=PIPELINE_SECTIONS)  # e.g. another schedule would overwrite the results with garbage
     res = evaluate_run(cfg, run, resolve_device(cfg.run.device), show=not quiet)
     console.print_json(json.dumps(res))
 

@@ -16,13 +16,18 @@ from typing import Iterator
 import yaml
 
 from .checkpoint import atomic_write_text
-from .config import Config, dump_config, load_yaml, stored_config
+from .config import Config, load_yaml, stored_config
 from .errors import CheckpointError, ConfigError
 
-RESULT_SECTIONS = ("data", "model", "schedule", "plan", "stage1")
+# What decides a stage-1 result, and what decides the whole pipeline's results.
+RESULT_SECTIONS = ("data", "model", "latent", "schedule", "plan", "stage1")
+PIPELINE_SECTIONS = RESULT_SECTIONS + ("stage2", "agent")
 # How the run reaches its services, not what it computes: these may change on resume (a new server
 # address, a longer timeout), which is noted in the run log.
 TRANSPORT_KEYS = {"agent": ("base_url", "memory_url", "timeout_s", "max_retries")}
+# Knobs a user turns to recover a run that failed (e.g. "the loss became nan: lower the learning
+# rate"): they may change on resume, with a note in the log, since the advice must be followable.
+RECOVERY_KEYS = {"stage1": ("lr", "grad_clip"), "stage2": ("lr", "grad_clip")}
 
 
 class RunDir:
@@ -53,13 +58,20 @@ class RunDir:
         return self.path / "base-equal-compute"
 
     def prepare(self, cfg: Config, sections: tuple[str, ...] = RESULT_SECTIONS) -> None:
-        """Create the directory and store the config, or check it against the stored one."""
+        """Create the directory and store the config, or check it against the stored one.
+
+        ``sections`` are the ones the calling verb depends on: they must match the stored config
+        (transport and recovery settings may change, with a note in the log), and only they are
+        updated in ``config.yaml``; sections the verb does not own keep their stored values.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
         with self.lock("config"):
             self._prepare(cfg, sections)
 
     def _prepare(self, cfg: Config, sections: tuple[str, ...]) -> None:
-        moved: list[str] = []  # transport settings that differ from the stored config
+        moved: list[str] = []  # transport or recovery settings that differ from the stored config
+        new = stored_config(cfg)
+        merged = new
         if self.config_path.is_file():
             try:
                 old = load_yaml(self.config_path.read_text())
@@ -71,14 +83,14 @@ class RunDir:
                     "cannot be checked before resuming. Restore it from your config (cp CONFIG.yaml "
                     f"{self.config_path}) or start a new run directory.")
             # compared as stored: the stored URLs have their credentials masked, so must the new ones
-            new = stored_config(cfg)
             # Keys only one side has (a setting added or removed by a newer tdc-agent) do not block
             # a resume; values both sides have must agree.
             differ = [
                 f"{s}.{k}" for s in sections for k in set(old.get(s, {})) & set(new.get(s, {}))
                 if old.get(s, {}).get(k) != new.get(s, {}).get(k)
             ]
-            transport = {f"{s}.{k}" for s, keys in TRANSPORT_KEYS.items() for k in keys}
+            transport = {f"{s}.{k}" for table in (TRANSPORT_KEYS, RECOVERY_KEYS) for s, keys in table.items()
+                         for k in keys}
             changed = [d for d in differ if d not in transport]
             moved = sorted(set(differ) & transport)
             if old.get("run", {}).get("seed") != new["run"]["seed"]:
@@ -89,10 +101,14 @@ class RunDir:
                     "differ). Rerun with the same config to resume, or choose a new run directory "
                     "(run.name=... or --run-dir)."
                 )
+            # the verb's own sections (and any section the stored config lacks) are updated; the rest
+            # stays as the verbs that own it wrote it
+            merged = {**old, **{k: v for k, v in new.items() if k in sections or k not in old}}
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.config_path, dump_config(cfg))
+        atomic_write_text(self.config_path, yaml.safe_dump(merged, sort_keys=False))
         if moved:
-            self.log(f"note: transport settings changed since the run started ({', '.join(moved)}); resuming")
+            self.log(f"note: settings changed since the run started ({', '.join(moved)}); resuming with the new "
+                     "values")
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:

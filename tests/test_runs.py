@@ -48,3 +48,37 @@ def test_credentials_in_urls_are_not_stored_and_transport_changes_do_not_block_r
     # what the agent decides with still has to match
     with pytest.raises(ConfigError, match="agent.rounds"):
         run.prepare(moved.model_copy(update={"agent": moved.agent.model_copy(update={"rounds": 9})}), sections)
+
+
+def test_verbs_update_only_their_sections_and_recovery_knobs_may_change(make_config, tmp_path):
+    from tdc_agent.runs import PIPELINE_SECTIONS
+
+    cfg = load_config(make_config())
+    run = RunDir(tmp_path / "r")
+    run.prepare(cfg, PIPELINE_SECTIONS)  # `run` stored stage 2 with its steps
+    # `train-base` with other stage-2 values (defaults, say) neither checks nor rewrites stage 2 ...
+    other = cfg.model_copy(update={"stage2": cfg.stage2.model_copy(update={"steps": 99, "lr": 0.1})})
+    run.prepare(other)
+    assert yaml.safe_load(run.config_path.read_text())["stage2"]["steps"] == cfg.stage2.steps
+    # ... so a later `run` with them is refused instead of reporting steps it never trained
+    with pytest.raises(ConfigError, match="stage2.steps"):
+        run.prepare(other, PIPELINE_SECTIONS)
+    # the latent section decides results too
+    with pytest.raises(ConfigError, match="latent.batch_size"):
+        run.prepare(cfg.model_copy(update={"latent": cfg.latent.model_copy(update={"batch_size": 7})}))
+    # "lower the learning rate" after a NaN must be followable: lr may change, with a note
+    lower = cfg.model_copy(update={"stage1": cfg.stage1.model_copy(update={"lr": cfg.stage1.lr / 10})})
+    run.prepare(lower, PIPELINE_SECTIONS)
+    assert "stage1.lr" in (run.path / "logs" / "run.log").read_text()
+
+
+def test_evaluate_and_assemble_refuse_another_config(make_config, tmp_path, cli):
+    cfg = make_config()
+    run = tmp_path / "r"
+    code, _, err = cli("train-base", "--config", cfg, "--run-dir", run, "-q")
+    assert code == 0, err
+    before = (run / "config.yaml").read_text()
+    for verb in ("evaluate", "assemble"):
+        code, _, err = cli(verb, "--config", cfg, "--run-dir", run, "schedule.timesteps=50")
+        assert code == 2 and "schedule.timesteps" in err, (verb, err)
+    assert (run / "config.yaml").read_text() == before
