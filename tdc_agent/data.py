@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,19 +152,33 @@ def _npz(cfg: DataConfig) -> ImageDataset:
             if key is None:
                 raise DataError(f"{cfg.root} holds arrays {z.files}; name the images array 'images'.")
             arr = z[key]
-    except (OSError, ValueError) as e:
-        raise DataError(f"Cannot read {cfg.root} as .npz ({e}).") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"Cannot read {cfg.root} as .npz ({type(e).__name__}: {e}): the file is truncated or "
+                        "corrupt. Write it again (np.savez with an 'images' array).") from None
     return ImageDataset(images_from_array(arr, str(cfg.root)), f"npz[{cfg.root}]")
 
 
 def images_from_array(arr: np.ndarray, source: str = "array") -> torch.Tensor:
     """Convert an image array (NHWC or NCHW; uint8, or float in [0,1] or [-1,1]) to NCHW in [-1,1]."""
+    if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"{source}: images have dtype {arr.dtype}; use uint8 (0..255) or float (in [0,1] or [-1,1]).")
     if arr.ndim == 3:
         arr = arr[:, None]
     if arr.ndim != 4:
         raise DataError(f"{source}: images must be a 4-d array (N,H,W,C or N,C,H,W), got {arr.shape}.")
+    if len(arr) == 0:
+        raise DataError(f"{source}: the images array is empty (shape {arr.shape}); it needs at least one image.")
     if arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
         arr = arr.transpose(0, 3, 1, 2)
+    if arr.shape[1] not in (1, 3, 4):
+        raise DataError(f"{source}: images have {arr.shape[1]} channels (shape {arr.shape}); use 1 (grey), 3 (RGB) "
+                        "or 4 (RGBA, or latents), as N,H,W,C or N,C,H,W.")
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            first = int(np.argwhere(bad.reshape(len(arr), -1).any(1))[0, 0])
+            raise DataError(f"{source}: {int(bad.sum())} pixel values are NaN or infinite (first in image {first}). "
+                            "Fix or drop those images: training on them only ends in a NaN loss.")
     x = torch.from_numpy(np.ascontiguousarray(arr))
     if x.dtype == torch.uint8:
         return x.float() / 127.5 - 1

@@ -76,3 +76,36 @@ def test_npz_layouts(tmp_path):
 def test_channel_and_size_conversion():
     ds = load_dataset(DataConfig(name="digits", channels=3, image_size=16))
     assert ds.images.shape == (1797, 3, 16, 16)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("nan", "NaN or infinite"), ("inf", "NaN or infinite"), ("empty", "empty"), ("five_channels", "5 channels"),
+    ("strings", "dtype"), ("truncated", "truncated or corrupt"), ("corrupt_member", "truncated or corrupt"),
+])
+def test_bad_npz_data_is_refused_up_front(tmp_path, case, match):
+    path = tmp_path / "d.npz"
+    good = np.random.default_rng(0).random((6, 8, 8, 1)).astype(np.float32)
+    if case == "nan":
+        good[3, 2, 2, 0] = np.nan
+        np.savez(path, images=good)
+    elif case == "inf":
+        good[0, 0, 0, 0] = np.inf
+        np.savez(path, images=good)
+    elif case == "empty":
+        np.savez(path, images=good[:0])
+    elif case == "five_channels":
+        np.savez(path, images=np.zeros((6, 5, 8, 8), np.float32))
+    elif case == "strings":
+        np.savez(path, images=np.array([["a"] * 8] * 8))
+    else:
+        np.savez_compressed(path, images=good)
+        raw = bytearray(path.read_bytes())
+        if case == "truncated":
+            raw = raw[: len(raw) // 2]
+        else:  # flip bytes inside the compressed member
+            for i in range(60, 90):
+                raw[i] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=match) as e:
+        load_dataset(DataConfig(name="npz", root=str(path)))
+    assert str(path) in str(e.value)
