@@ -205,6 +205,10 @@ def run_cmd(
         from .agent.llm import resolve_llm
 
         resolve_llm(cfg.agent.llm, cfg.agent)  # a missing key or dead server fails before compute
+        if cfg.agent.memory_url:
+            from .agent.memory import MemoryBank
+
+            MemoryBank.check_server(cfg.agent.memory_url)
     run = RunDir.for_config(cfg, run_dir)
     if dist_env().is_main:
         run.prepare(cfg, sections=PIPELINE_SECTIONS)

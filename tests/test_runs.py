@@ -82,3 +82,15 @@ def test_evaluate_and_assemble_refuse_another_config(make_config, tmp_path, cli)
         code, _, err = cli(verb, "--config", cfg, "--run-dir", run, "schedule.timesteps=50")
         assert code == 2 and "schedule.timesteps" in err, (verb, err)
     assert (run / "config.yaml").read_text() == before
+
+
+def test_dead_memory_url_fails_before_anything_is_written(make_config, tmp_path, cli):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "r"
+    code, _, err = cli("run", "--config", make_config(), "--run-dir", run, f"agent.memory_url=http://127.0.0.1:{port}")
+    assert code == 2 and "does not answer" in err and "agent.memory_url" in err
+    assert not run.exists()

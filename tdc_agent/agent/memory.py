@@ -17,6 +17,7 @@ import numpy as np
 from chromadb import Documents, EmbeddingFunction, Embeddings
 from pydantic import BaseModel, Field
 
+from ..redaction import redact_url
 from ..errors import TDCError
 from ..faults import failpoint
 
@@ -91,6 +92,25 @@ class MemoryRecord(BaseModel):
 
 class MemoryBank:
     """Persistent store of (scheme, result) pairs for one architecture."""
+
+    @staticmethod
+    def check_server(url: str) -> None:
+        """Fail now, with one paragraph, if the Chroma server at ``url`` does not answer (a preflight:
+        a dead URL used to surface only after stage 1 had trained)."""
+        import chromadb
+        from chromadb.config import Settings
+
+        u = urlparse(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise MemoryBankError(f"--memory-url {redact_url(url)!r} must look like http://host:port.")
+        try:
+            chromadb.HttpClient(host=u.hostname, port=u.port or (443 if u.scheme == "https" else 8000),
+                                ssl=u.scheme == "https", settings=Settings(anonymized_telemetry=False)).heartbeat()
+        except Exception as e:  # noqa: BLE001 - connection refused, DNS, TLS, HTTP errors alike
+            raise MemoryBankError(
+                f"The memory bank server at {redact_url(url)} does not answer ({type(e).__name__}: {e}). Start it "
+                "(chroma run --path DIR --port PORT), fix agent.memory_url, or leave it unset for a local memory."
+            ) from None
 
     def __init__(self, unit_names: list[str], arch_hash: str, path: str | None = None, url: str | None = None):
         import chromadb
