@@ -331,6 +331,23 @@ def sample(
                   f"{res.grid_path}, {res.npz_path}")
 
 
+def _check_fits_data(model: "object", cfg: Config, what: str) -> None:
+    """The model must take the data's images: refuse a mismatch before any pruning or LLM call."""
+    from .data import load_dataset
+    from .errors import ConfigError
+
+    if cfg.latent.vae:  # latents: their shape is only known after encoding
+        return
+    c, h, w = load_dataset(cfg.data).shape
+    mc, ms = model.config.in_channels, model.config.sample_size
+    ms = ms if isinstance(ms, int) else ms[0]
+    if (mc, ms) != (c, h):
+        raise ConfigError(
+            f"{what} takes {mc}-channel {ms}x{ms} images, but the config's data ({cfg.data.name}) are {c}x{h}x{w}: "
+            f"the model and the data disagree. Use a config whose data match the model (e.g. data.name=cifar10 for "
+            f"the CIFAR-10 presets), or size a preset to the data with data.image_size={h} data.channels={c}.")
+
+
 def _load_base(model: Optional[Path], preset: Optional[str], cfg: Config, device: "object" = "cpu"):
     """The model to prune or inspect: a saved model directory, or a preset sized by the config."""
     import torch
@@ -436,6 +453,7 @@ def prune(
         raise ConfigError(f"--macs-fraction must be in (0, 1], got {macs_fraction}.")
     dev = resolve_device(cfg.run.device)
     model, meta = _load_base(base, preset, cfg, dev)
+    _check_fits_data(model, cfg, f"--preset {preset}" if preset else f"the model in {base}")
     schedule = schedule_of(meta, str(base)) if base is not None else cfg.schedule
     cfg = cfg.model_copy(update={"schedule": schedule})
     timesteps = None
@@ -514,6 +532,7 @@ def _prune_agent(cfg: Config, macs_fraction, group, base, preset, out: Path, as_
 
     dev = resolve_device(cfg.run.device)
     model, meta = _load_base(base, preset, cfg, dev)
+    _check_fits_data(model, cfg, f"--preset {preset}" if preset else f"the model in {base}")
     if base is not None:
         cfg = cfg.model_copy(update={"schedule": schedule_of(meta, str(base))})
     task = _group_task(cfg, macs_fraction, group, thop_macs(model))

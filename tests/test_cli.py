@@ -152,3 +152,11 @@ def test_error_message_brackets_are_printed_as_text(cli):
     # the message is printed through rich: "[low, high]" used to be swallowed as a markup tag
     code, _, err = cli("plan", "plan.snr_clip=[20,-20]")
     assert code == 2 and "[low, high]" in err and "plan.snr_clip" in err
+
+
+@pytest.mark.parametrize("method", ["magnitude", "agent"])
+def test_prune_preset_that_does_not_fit_the_data_is_refused_before_work(cli, tmp_path, method):
+    out = tmp_path / "out"
+    code, _, err = cli("prune", "--preset", "ddpm-cifar10", "--macs-fraction", "0.8", "--method", method, "--out", out)
+    assert code == 2 and "disagree" in err and "data.image_size=8 data.channels=1" in err
+    assert "Traceback" not in err and not out.exists()
