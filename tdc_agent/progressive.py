@@ -120,9 +120,28 @@ class ProgressiveModel(torch.nn.Module):
             members = []
             for e in man["members"]:
                 member_dir = _inside(directory, e["dir"])
-                model, _ = load_model(member_dir, device)
-                members.append(Member(int(e["group"]), int(e["t_start"]), int(e["t_end"]), model.eval(),
-                                      int(e["macs_thop"]), e.get("limit_fraction")))
+                model, meta = load_model(member_dir, device)
+                t0, t1 = int(e["t_start"]), int(e["t_end"])
+                if not 0 <= t0 <= t1 < schedule.timesteps:
+                    raise ValueError(f"member {e['dir']} covers t {t0}-{t1}, outside 0-{schedule.timesteps - 1}")
+                own = meta.get("schedule")
+                if isinstance(own, dict) and ScheduleConfig.model_validate(own) != schedule:
+                    raise ValueError(f"member {e['dir']} was trained with another noise schedule ({own}) than the "
+                                     f"manifest's ({schedule.model_dump()}), so its timesteps mean something else")
+                channels = model.config.in_channels
+                if channels != shape[0]:
+                    raise ValueError(f"member {e['dir']} takes {channels}-channel inputs, the manifest says "
+                                     f"image_shape {shape}")
+                macs = thop_macs(model)  # what the member costs, not what the manifest claims
+                if int(e["macs_thop"]) != macs:
+                    raise ValueError(f"member {e['dir']} costs {macs:,} MACs per image, the manifest claims "
+                                     f"{int(e['macs_thop']):,}")
+                members.append(Member(int(e["group"]), t0, t1, model.eval(), macs, e.get("limit_fraction")))
+            ranges = sorted((m.t_start, m.t_end) for m in members)
+            for (a0, a1), (b0, b1) in zip(ranges, ranges[1:]):
+                if b0 <= a1:
+                    raise ValueError(f"members overlap at t {b0}-{min(a1, b1)} (t {a0}-{a1} and t {b0}-{b1}): "
+                                     "one of them would never be used")
             latent = man.get("latent")
             if latent is not None and not (isinstance(latent, dict) and isinstance(latent.get("vae"), str)
                                            and isinstance(latent.get("scaling_factor"), (int, float))):

@@ -159,6 +159,41 @@ def test_progressive_routes_mixed_batches(tmp_path):
         ProgressiveModel(members[:2], sched, (1, 8, 8))
 
 
+@pytest.mark.parametrize("case,match", [
+    ("overlap", "overlap"), ("beyond_T", "outside 0-99"), ("other_schedule", "another noise schedule"),
+    ("macs", "claims 1"), ("channels", "3-channel|takes 1-channel"), ("huge_T", "2..100000"),
+])
+def test_progressive_manifest_is_checked_against_its_members(tmp_path, case, match):
+    """A manifest must not be trusted beyond what its members are (issue #15, item 5)."""
+    from tdc_agent.errors import CheckpointError
+
+    sched = ScheduleConfig(timesteps=100)
+    nets = [_tiny(i) for i in range(2)]
+    members = [Member(0, 0, 49, nets[0], thop_macs(nets[0])), Member(1, 50, 99, nets[1], thop_macs(nets[1]))]
+    dirs = [save_model(tmp_path / f"m{i}", n, {"schedule": sched.model_dump()}) for i, n in enumerate(nets)]
+    ProgressiveModel(members, sched, (1, 8, 8)).save(tmp_path / "pm", dirs)
+    path = tmp_path / "pm" / "manifest.json"
+    man = json.loads(path.read_text())
+    if case == "overlap":
+        man["members"][1]["t_start"] = 40
+    elif case == "beyond_T":
+        man["members"][1]["t_end"] = 150
+    elif case == "other_schedule":  # members trained at T=100, the manifest says T=50
+        man["schedule"]["timesteps"] = 50
+        man["members"][1]["t_end"] = 49
+        man["members"][1]["t_start"] = 25
+        man["members"][0]["t_end"] = 24
+    elif case == "macs":
+        man["members"][0]["macs_thop"] = 1
+    elif case == "channels":
+        man["image_shape"] = [3, 8, 8]
+    else:
+        man["schedule"]["timesteps"] = 10**10
+    path.write_text(json.dumps(man))
+    with pytest.raises(CheckpointError, match=match):
+        ProgressiveModel.load(tmp_path / "pm")
+
+
 def _wait(cond, p, timeout=240):
     deadline = time.time() + timeout
     while time.time() < deadline and p.poll() is None:
