@@ -24,6 +24,11 @@ from .torchfile import read_torch_state_dict
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                    "pt_inception-2015-12-05-6726825d.pth")
 CACHED_NAME = "pt_inception-2015-12-05-6726825d.safetensors"
+# sha256 of the published file (95,628,359 bytes). Its first 8 digits are the ``6726825d`` in the
+# name (torch.hub's naming convention); the full value is the one independently pinned for this
+# file by other projects. Not re-verified by a download here (no internet): a mismatch on download
+# is refused, so a wrong pin would fail loudly rather than pass silently.
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 
 
 class _FIDInceptionA(tv.InceptionA):
@@ -119,15 +124,30 @@ def resolve_weights(weights: str | None) -> Path:
     if out.is_file():
         return out
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / (CACHED_NAME + ".download")
+    tmp = download_verified(FID_WEIGHTS_URL, cache / (CACHED_NAME + ".download"), INCEPTION_SHA256)
     try:
-        torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(tmp), progress=True)
-    except OSError as exc:
-        raise CheckpointError(f"could not download the FID Inception weights from {FID_WEIGHTS_URL} ({exc}). "
-                              "Download the file elsewhere and set evaluation.inception_weights=PATH.") from exc
-    save_tensors(out, read_torch_state_dict(tmp))
-    tmp.unlink()
+        save_tensors(out, read_torch_state_dict(tmp))
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
+
+
+def download_verified(url: str, dest: Path, expected_sha256: str) -> Path:
+    """Download ``url`` to ``dest`` and check its sha256; a failed download or a file with another
+    hash raises :class:`CheckpointError` and leaves nothing at ``dest``."""
+    try:
+        torch.hub.download_url_to_file(url, str(dest), progress=True)
+    except OSError as exc:
+        dest.unlink(missing_ok=True)
+        raise CheckpointError(f"could not download the FID Inception weights from {url} ({exc}). "
+                              "Download the file elsewhere and set evaluation.inception_weights=PATH.") from exc
+    got = sha256(dest)
+    if got != expected_sha256:
+        dest.unlink(missing_ok=True)
+        raise CheckpointError(f"the FID Inception weights downloaded from {url} have sha256 {got}, not the "
+                              f"published {expected_sha256}; refused and deleted (a corrupted or replaced "
+                              "download). Retry, or give a verified copy as evaluation.inception_weights=PATH.")
+    return dest
 
 
 def load_fid_inception(weights: str | None, device: torch.device) -> tuple[FIDInception, str]:
