@@ -178,6 +178,14 @@ def resolve_dir(directory: str | Path) -> Path:
 def load_model_meta(directory: str | Path) -> dict[str, Any]:
     directory = resolve_dir(directory)
     meta = read_json(directory / MODEL_META, "model metadata")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{directory / MODEL_META} must hold a JSON object, not {type(meta).__name__}. "
+                              "Re-export the model with tdc-agent.")
+    shape = meta.get("image_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3
+                                  and all(type(x) is int and 0 < x <= 65536 for x in shape)):
+        raise CheckpointError(f"{directory / MODEL_META}: image_shape {shape!r} is not [channels, height, width]. "
+                              "Fix it or re-export the model with tdc-agent.")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{directory / MODEL_META} has format_version {meta.get('format_version')!r}; this "
@@ -193,7 +201,12 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"Model directory {directory} does not exist.")
     meta = load_model_meta(directory)
     config = read_json(directory / "config.json", "model config")
-    model = build_unet(config)
+    _check_unet_config(config, directory / "config.json")
+    try:
+        model = build_unet(config)
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"{directory / 'config.json'} does not describe a buildable UNet2DModel "
+                              f"({type(e).__name__}: {e}). Fix it or re-export the model.") from None
     if (directory / PRUNING_FILE).is_file():
         from .pruning.serialize import restore_structure
 
@@ -201,6 +214,24 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     state = load_tensors(directory / "model.safetensors", "model weights")
     load_state_strict(model, state, directory / "model.safetensors")
     return model.to(device), meta
+
+
+# Far above any real diffusion UNet (Stable Diffusion's widest block has 1280 channels): a larger
+# number is a corrupt or hostile file that would allocate gigabytes before the weights are checked.
+MAX_CHANNELS = 8192
+
+
+def _check_unet_config(config: Any, path: Path) -> None:
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object (a diffusers UNet2DModel config), not "
+                              f"{type(config).__name__}. Re-export the model.")
+    widths = config.get("block_out_channels", [])
+    groups = config.get("norm_num_groups", 32)
+    if not (isinstance(widths, list) and all(type(w) is int and 0 < w <= MAX_CHANNELS for w in widths)):
+        raise CheckpointError(f"{path}: block_out_channels {widths!r} must be positive integers up to {MAX_CHANNELS}.")
+    if groups is not None and not (type(groups) is int and groups > 0 and all(w % groups == 0 for w in widths)):
+        raise CheckpointError(f"{path}: norm_num_groups {groups!r} must be a positive integer dividing every "
+                              f"block width {widths}.")
 
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:

@@ -87,3 +87,36 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
     files = [tmp_path / "a.json", tmp_path / "b.txt", tmp_path / "c.safetensors", *sorted((tmp_path / "m").iterdir())]
     assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: mode for f in files}
     assert stat.S_IMODE(plain.stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("case,match", [
+    ("config_list", "JSON object"), ("groups_zero", "norm_num_groups"), ("huge_widths", "block_out_channels"),
+    ("meta_list", "JSON object"), ("shape_text", "image_shape"), ("pruning_list", "JSON object"),
+    ("pruning_text", "JSON object"), ("history_bomb", "pruning steps"),
+])
+def test_hostile_model_directories_are_refused_by_name(tmp_path, case, match):
+    """Issue #15 items 4 and 9: each bad model folder is one clear error naming the file, fast."""
+    from tdc_agent.pruning.pruner import Pruner
+    from tdc_agent.pruning.serialize import save_pruned
+
+    d = tmp_path / "m"
+    if case.startswith(("pruning", "history")):
+        pruner = Pruner(_model())
+        save_pruned(d, pruner.prune(None, pruner.limit(0.6), "magnitude"), {"image_shape": [1, 8, 8]})
+    else:
+        save_model(d, _model(), {"image_shape": [1, 8, 8]})
+    edit = {
+        "config_list": ("config.json", lambda j: []),
+        "groups_zero": ("config.json", lambda j: {**j, "norm_num_groups": 0}),
+        "huge_widths": ("config.json", lambda j: {**j, "block_out_channels": [65536, 65536]}),
+        "meta_list": ("tdc_model.json", lambda j: [1]),
+        "shape_text": ("tdc_model.json", lambda j: {**j, "image_shape": "abc"}),
+        "pruning_list": ("pruning.json", lambda j: []),
+        "pruning_text": ("pruning.json", lambda j: "hello"),
+        "history_bomb": ("pruning.json", lambda j: {**j, "history": j["history"] * (5000 // len(j["history"]) + 1)}),
+    }[case]
+    f = d / edit[0]
+    f.write_text(json.dumps(edit[1](json.loads(f.read_text()))))
+    with pytest.raises(CheckpointError, match=match) as e:
+        load_model(d)
+    assert edit[0] in str(e.value)

@@ -20,6 +20,9 @@ from .apply import FIXUP_VERSION, PruneResult, fix_up
 from .units import build_graph
 
 
+MAX_HISTORY = 2000
+
+
 def save_pruned(directory: str | Path, result: PruneResult, meta: dict[str, Any] | None = None) -> Path:
     """Save a :class:`PruneResult`'s model with its pruning record."""
     record = {
@@ -37,6 +40,9 @@ def save_pruned(directory: str | Path, result: PruneResult, meta: dict[str, Any]
 def restore_structure(model: torch.nn.Module, directory: Path) -> dict[str, Any]:
     """Replay a saved pruning record on a freshly built dense model (in place); returns the record."""
     record = read_json(directory / PRUNING_FILE, "pruning record")
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{directory / PRUNING_FILE} must hold a JSON object (a pruning record), not "
+                              f"{type(record).__name__}. Re-export the model with tdc-agent.")
     if record.get("fixup_version") != FIXUP_VERSION:
         raise CheckpointError(
             f"{directory / PRUNING_FILE} was written with fix-up version {record.get('fixup_version')}; "
@@ -45,6 +51,10 @@ def restore_structure(model: torch.nn.Module, directory: Path) -> dict[str, Any]
     history = record.get("history")
     if not isinstance(history, list):
         raise CheckpointError(f"{directory / PRUNING_FILE} has no valid 'history' list.")
+    if len(history) > MAX_HISTORY:
+        # replaying costs ~4 ms an entry: a crafted 200,000-entry file would load for minutes
+        raise CheckpointError(f"{directory / PRUNING_FILE} has {len(history):,} pruning steps; a real record has a "
+                              f"few per prunable unit (at most {MAX_HISTORY:,} are accepted). The file is corrupt.")
     dg = build_graph(model)
     try:
         dg.load_pruning_history([[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in history])
