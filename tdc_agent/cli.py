@@ -129,6 +129,9 @@ def train_base(
     cfg = _config(config, overrides, device)
     dev = resolve_device(cfg.run.device)
     data = training_data(cfg, device=dev)  # fails on missing data before anything is written
+    from .stage1 import check_model_takes
+
+    check_model_takes(cfg, data.shape)
     run = RunDir.for_config(cfg, run_dir)
     env = dist_env()
     if env.is_main:
@@ -200,7 +203,11 @@ def run_cmd(
     dev = resolve_device(cfg.run.device)
     group_list = _parse_groups(groups)
     check_groups(build_plan(cfg), group_list)  # before run.prepare writes config.yaml and logs/
-    load_dataset(cfg.data)  # fails on missing data before anything is written
+    shape = load_dataset(cfg.data).shape  # fails on missing data before anything is written
+    if not cfg.latent.vae:  # (latents get their shape from the autoencoder)
+        from .stage1 import check_model_takes
+
+        check_model_takes(cfg, shape)
     if cfg.stage2.mode == "tdc":
         from .agent.llm import resolve_llm
 
@@ -305,6 +312,8 @@ def sample(
 
     if sampler not in ("ddim", "ddpm"):
         raise ConfigError(f"--sampler must be ddim or ddpm, got {sampler!r}.")
+    if not 0 <= seed < 2**63:
+        raise ConfigError(f"--seed {seed} is out of range: use 0 <= seed < 2**63.")
     dev = resolve_device(device or "auto")
     cfg = SampleConfig(sampler=sampler, steps=steps, num=num, eta=eta, batch_size=batch_size)
     out = out or Path(model).parent / "samples"

@@ -38,6 +38,23 @@ def build_model(cfg: Config, image_shape: tuple[int, int, int]) -> torch.nn.Modu
     return build_unet(unet_config(cfg.model.preset or "tiny", sample_size=h, channels=c))
 
 
+def check_model_takes(cfg: Config, image_shape: tuple[int, int, int]) -> None:
+    """Build the configured base and run it once on one blank image of ``image_shape``, so a data
+    shape the UNet cannot take (e.g. 9x9 through two 2x downsamplings) fails before anything is
+    written, with advice, instead of deep inside stage 1 or evaluation."""
+    model = build_model(cfg, image_shape)
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *image_shape), torch.zeros(1, dtype=torch.long))
+    except (RuntimeError, ValueError) as e:
+        levels = len(model.config.block_out_channels)
+        raise ConfigError(
+            f"The {cfg.stage1.init or cfg.model.preset} UNet cannot take the data's {'x'.join(map(str, image_shape))} "
+            f"images ({type(e).__name__}: {str(e).splitlines()[0][:160]}). Its {levels} resolution levels need a "
+            f"height and width divisible by {2 ** (levels - 1)}: resize the data (data.image_size=...) or pick "
+            "another preset.") from None
+
+
 def model_meta(cfg: Config, data: ImageDataset, **extra: object) -> dict:
     """What a saved model needs to be sampled on its own: schedule, input shape, latent decoder."""
     from .latent import latent_meta

@@ -160,3 +160,20 @@ def test_prune_preset_that_does_not_fit_the_data_is_refused_before_work(cli, tmp
     code, _, err = cli("prune", "--preset", "ddpm-cifar10", "--macs-fraction", "0.8", "--method", method, "--out", out)
     assert code == 2 and "disagree" in err and "data.image_size=8 data.channels=1" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_images_the_unet_cannot_take_fail_before_the_run_dir_is_written(cli, make_config, tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", images=np.random.default_rng(0).random((8, 9, 9, 1)).astype(np.float32))
+    run = tmp_path / "r"
+    for verb in ("run", "train-base"):
+        code, _, err = cli(verb, "--config", make_config(data={"name": "npz", "root": str(tmp_path / "d.npz")}),
+                           "--run-dir", run)
+        assert code == 2 and "1x9x9" in err and "divisible by 2" in err, err
+        assert not run.exists()
+
+
+def test_sample_seed_out_of_range_is_a_usage_error(cli, tmp_path):
+    code, out, err = cli("sample", "--model", tmp_path, "--seed", "99999999999999999999")
+    assert code == 2 and "out of range" in err and "Traceback" not in out + err
