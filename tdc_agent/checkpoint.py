@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save as st_save
+from safetensors.torch import load_file
 
 from .errors import CheckpointError
 from .faults import failpoint
@@ -107,21 +108,13 @@ def read_json(path: str | Path, what: str = "file") -> Any:
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Atomically save a flat dict of tensors as safetensors (contiguous CPU copies)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, new_file_mode())  # as in atomic_write_bytes: not mkstemp's 0600
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        failpoint("write.file")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomically save a flat dict of tensors as safetensors (contiguous CPU copies).
+
+    Serialised in memory, then written by :func:`atomic_write_bytes`: one write path, and a full
+    disk is an ``OSError`` (ENOSPC) the CLI can explain, not safetensors' own error type.
+    """
+    data = st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
 
 
 def load_tensors(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:

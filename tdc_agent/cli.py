@@ -6,6 +6,8 @@ turns user errors into one paragraph and exit code 2.
 
 from __future__ import annotations
 
+import errno
+
 import json
 import sys
 import time
@@ -724,6 +726,20 @@ def run(argv: list[str] | None = None) -> int:
     except click.exceptions.ClickException as e:
         e.show()
         return e.exit_code
+    except OSError as e:
+        # A full disk or a read-only / forbidden output folder is the user's to fix, not a bug.
+        advice = {errno.ENOSPC: "Free some space (or choose another --run-dir / --out)",
+                  errno.EDQUOT: "Free some of your quota (or choose another --run-dir / --out)",
+                  errno.EROFS: "Choose a writable --run-dir / --out (the file system is read-only)",
+                  errno.EACCES: "Choose a --run-dir / --out you may write to, or fix its permissions",
+                  errno.EPERM: "Choose a --run-dir / --out you may write to, or fix its permissions"}.get(e.errno)
+        if advice is None:
+            raise
+        what = redact(f"Cannot write {e.filename or 'a file'}: {e.strerror}.")
+        console.print(f"[bold red]error:[/] {escape(what)} "
+                      f"{advice}, then rerun the same command: finished steps and the last checkpoint are kept.",
+                      highlight=False, soft_wrap=True)
+        return 2
 
 
 def main() -> None:

@@ -115,6 +115,10 @@ def _cifar10(cfg: DataConfig) -> ImageDataset:
     return ImageDataset(images, f"cifar10[{cfg.split}]")
 
 
+# 8192 x 8192: far above any diffusion training image, far below what exhausts memory when decoded
+MAX_PIXELS = 8192 * 8192
+
+
 def _imagefolder(cfg: DataConfig) -> ImageDataset:
     from PIL import Image
 
@@ -129,7 +133,14 @@ def _imagefolder(cfg: DataConfig) -> ImageDataset:
     arrays = []
     for p in paths:
         try:
-            img = Image.open(p).convert(mode)
+            img = Image.open(p)
+            w, h = img.size  # read from the header: refuse a decompression bomb before decoding it
+            if w * h > MAX_PIXELS:
+                raise DataError(f"Image {p} declares {w}x{h} pixels (more than {MAX_PIXELS:,}); it would take "
+                                "gigabytes to decode. Remove it, or resize it before training.")
+            img = img.convert(mode)
+        except Image.DecompressionBombError as e:
+            raise DataError(f"Image {p} is a decompression bomb ({e}). Remove the file.") from None
         except OSError as e:
             raise DataError(f"Cannot read image {p}: {e}. Remove or replace the file.") from None
         w, h = img.size

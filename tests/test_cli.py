@@ -177,3 +177,26 @@ def test_images_the_unet_cannot_take_fail_before_the_run_dir_is_written(cli, mak
 def test_sample_seed_out_of_range_is_a_usage_error(cli, tmp_path):
     code, out, err = cli("sample", "--model", tmp_path, "--seed", "99999999999999999999")
     assert code == 2 and "out of range" in err and "Traceback" not in out + err
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 512 KiB tmpfs (root only; skipped where mounting is not allowed)."""
+    import subprocess
+
+    d = tmp_path / "fs"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root): disk-full and read-only cases not exercised")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_disk_full_and_read_only_are_one_paragraph(cli, make_config, small_tmpfs):
+    import subprocess
+
+    code, _, err = cli("train-base", "--config", make_config(), "--run-dir", small_tmpfs / "r", "-q")
+    assert code == 2 and "No space left on device" in err and "rerun the same command" in err, err
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    code, _, err = cli("train-base", "--config", make_config(), "--run-dir", small_tmpfs / "r2", "-q")
+    assert code == 2 and "read-only" in err.lower() and "Traceback" not in err, err

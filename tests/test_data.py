@@ -109,3 +109,20 @@ def test_bad_npz_data_is_refused_up_front(tmp_path, case, match):
     with pytest.raises(DataError, match=match) as e:
         load_dataset(DataConfig(name="npz", root=str(path)))
     assert str(path) in str(e.value)
+
+
+def test_png_decompression_bomb_is_refused_from_its_header(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "ok.png")
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)  # 30000 x 30000 RGB, declared only
+    (tmp_path / "imgs" / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                                 + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    with pytest.raises(DataError, match="bomb|30000x30000") as e:
+        load_dataset(DataConfig(name="imagefolder", root=str(tmp_path / "imgs")))
+    assert "bomb.png" in str(e.value)
