@@ -4,6 +4,8 @@ import importlib.util
 import json
 import math
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -14,6 +16,7 @@ def _bench_module():
     return mod
 
 
+@pytest.mark.slow  # ~2 min alone: make bench-smoke / make test-slow
 def test_table1_smoke_runs_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
     bench = _bench_module()
