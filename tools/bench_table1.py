@@ -27,7 +27,6 @@ so an interrupted benchmark resumes. Writes ``benchmarks/results/table1{,-smoke}
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import platform
@@ -35,9 +34,8 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,17 +144,10 @@ class Bench:
     def seed_dir(self, seed: int) -> Path:
         return self.work / f"s{seed}"
 
-    @contextmanager
-    def seed_lock(self, seed: int) -> Iterator[None]:
+    def seed_lock(self, seed: int):
         """One writer of a seed's shared parts (base, pruned models) across worker processes."""
-        d = self.seed_dir(seed)
-        d.mkdir(parents=True, exist_ok=True)
-        with open(d / ".lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        self.seed_dir(seed).mkdir(parents=True, exist_ok=True)
+        return RunDir(self.seed_dir(seed)).lock("seed")
 
     # --- shared parts -----------------------------------------------------------------------------
     def base(self, seed: int) -> RunDir:
