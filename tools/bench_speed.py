@@ -85,6 +85,7 @@ class Timed:
 
 def sampling(name: str, spec: dict[str, Any], device: torch.device, repeats: int, groups: int, k: float,
              rule: str) -> dict[str, Any]:
+    torch.set_grad_enabled(True)  # pruning traces with autograd (an earlier model's sampling turned it off)
     schedule = ScheduleConfig()
     shape = (spec["channels"], spec["size"], spec["size"])
     torch.manual_seed(0)
@@ -194,7 +195,7 @@ def training_overhead(device: torch.device, steps: int, repeats: int) -> dict[st
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            float(loss)
+            float(loss.detach())
         return (time.perf_counter() - t0) / steps
 
     def ours() -> float:

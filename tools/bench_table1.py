@@ -478,7 +478,8 @@ def markdown(r: dict[str, Any]) -> str:
     c = r.get("convergence") or {}
     if c:
         lines += [f"Convergence: FD(base +20 % steps) / FD(base) = {c['fd_ratio_1.2x_vs_base']:.3f} "
-                  f"[{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] → {'no improvement beyond noise' if c['converged'] else 'still improving'}."]
+                  f"[{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] → "
+                  f"{'no improvement resolved at this power (the CI includes 1)' if c['converged'] else 'still improving'}."]
     for k, t in r.get("targets", {}).items():
         lines.append(f"Target {k}: {t['goal']}: **{'met' if t['met'] else 'not met'}**.")
     lines += ["", f"Machine: {r['machine']['gpu'] or r['machine']['platform']}, torch {r['machine']['torch']}; "
