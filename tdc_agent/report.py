@@ -16,6 +16,7 @@ from .config import Config  # noqa: E402
 from .planning import build_plan  # noqa: E402
 from .plots import _save  # noqa: E402
 from .runs import RunDir  # noqa: E402
+from .stage1 import STEP_COST  # noqa: E402
 from .stage2 import group_dir  # noqa: E402
 
 
@@ -51,9 +52,9 @@ def _fmt_macs(x: float) -> str:
 def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
     plan = build_plan(cfg)
     lines = [f"# TDC run `{run.path.name}`", "",
-             "Training MACs = forward MACs per image × images seen, teacher (distillation) and agent (quick "
-             "evaluation) forwards included; a backward costs about 2 more forwards, so the equal-compute base "
-             "trains on for (3 × stage 2 + teacher + agent) / (3 × base MACs × batch) steps.", "",
+             "Training compute = 3 × forward MACs × images for every trained model (a backward costs about two "
+             "forwards) + 1 × the teacher's (distillation) and the agent's (quick evaluation) forward MACs. The "
+             "equal-compute base trains on from stage 1's checkpoint until its training compute matches TDC's.", "",
              f"Data `{cfg.data.name}`, model `{cfg.stage1.init or cfg.model.preset}`{' (latent: ' + cfg.latent.vae + ')' if cfg.latent.vae else ''}, {cfg.schedule.name} schedule "
              f"(T={cfg.schedule.timesteps}), N={len(plan.groups)} groups, k={cfg.plan.k}, shape `{cfg.plan.shape}`, "
              f"stage 2 mode `{cfg.stage2.mode}`, LLM `{cfg.agent.llm}`.", "",
@@ -68,18 +69,23 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
     elif b.get("metric") == "fid-inception":
         fd_note = (f"FD: FID with the FID Inception-v3 (weights sha256 {b['weights_sha256'][:12]}…) against "
                    f"{b['reference_images']} real images, after 8-bit quantisation; KID in the same features.")
-    lines += ["| model | FD | real floor | KID | MACs / step | params | training steps | training MACs | s / image |",
+    lines += ["| model | FD | real floor | KID | MACs / step | params | training steps | training compute (MACs) | s / image |",
               "|---|---|---|---|---|---|---|---|---|"]
     steps = results["training_steps"]
     tm = results.get("training_macs", {})
     eq_steps = results.get("equal_compute_steps", 0)
-    rows = [("base", "base (stage 1 only)", steps["stage1"], tm.get("stage1", 0.0)),
+    s1 = tm.get("stage1", 0.0)
+
+    def tdc_compute(suffix: str) -> float:
+        # a trained forward costs a backward too (STEP_COST forwards); teacher and agent forwards do not
+        return STEP_COST * (s1 + tm.get("stage2" + suffix, 0.0)) + tm.get("teacher" + suffix, 0.0) + tm.get(
+            "proxy" + suffix, 0.0)
+
+    rows = [("base", "base (stage 1 only)", steps["stage1"], STEP_COST * s1),
             ("base_equal_compute", "base, equal compute (trained on for TDC's stage-2 compute)", eq_steps,
-             tm.get("stage1", 0.0) * eq_steps / max(1, steps["stage1"])),
-            ("tdc_no_prune", "TDC without pruning", steps["stage1"] + steps["stage2"],
-             tm.get("stage1", 0.0) + tm.get("stage2_noprune", 0.0)),
-            ("tdc", f"TDC ({cfg.stage2.mode})", steps["stage1"] + steps["stage2"],
-             tm.get("stage1", 0.0) + tm.get("stage2", 0.0) + tm.get("teacher", 0.0) + tm.get("proxy", 0.0))]
+             STEP_COST * s1 * eq_steps / max(1, steps["stage1"])),
+            ("tdc_no_prune", "TDC without pruning", steps["stage1"] + steps["stage2"], tdc_compute("_noprune")),
+            ("tdc", f"TDC ({cfg.stage2.mode})", steps["stage1"] + steps["stage2"], tdc_compute(""))]
     for name, label, st, macs in rows:
         if name not in results:
             continue
