@@ -481,6 +481,9 @@ def prune(
         from .checkpoint import read_json
 
         raw = read_json(scheme_file, "scheme")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--scheme {scheme_file} must hold a JSON object mapping unit names to keep levels "
+                              f"(e.g. {{\"conv_in\": 0.5}}), not a {type(raw).__name__}.")
         scheme = PruningScheme.model_validate({"levels": raw.get("levels", raw), "source": "file"})
     data = training_data(cfg) if method in GRADIENT_CRITERIA else None
     process = ForwardProcess(schedule, dev) if method in GRADIENT_CRITERIA else None
@@ -573,33 +576,48 @@ app.add_typer(prompts_app, name="prompts")
 
 
 def _open_memory(run_dir: Optional[Path], memory_dir: Optional[Path], memory_url: Optional[str]):
+    """A Chroma client on the memory bank, opened like MemoryBank opens it: the local engine pinned
+    (so CHROMA_* variables or a .env file cannot send it to a server), a server checked first."""
     import chromadb
     from chromadb.config import Settings
 
+    from .agent.memory import MemoryBank, MemoryBankError
     from .errors import ConfigError
 
     if memory_url:
         from urllib.parse import urlparse
 
+        MemoryBank.check_server(memory_url)
         u = urlparse(memory_url)
-        client = chromadb.HttpClient(host=u.hostname, port=u.port or 8000, settings=Settings(anonymized_telemetry=False))
-    else:
-        path = memory_dir or (run_dir / "memory" if run_dir else None)
-        if path is None or not Path(path).is_dir():
-            raise ConfigError(f"No memory bank at {path}. Pass --run-dir RUN (holding memory/) or --memory-dir DIR.")
-        client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
-    return client
+        return chromadb.HttpClient(host=u.hostname, port=u.port or 8000, ssl=u.scheme == "https",
+                                   settings=Settings(anonymized_telemetry=False))
+    path = memory_dir or (run_dir / "memory" if run_dir else None)
+    if path is None or not Path(path).is_dir():
+        raise ConfigError(f"No memory bank at {path}. Pass --run-dir RUN (holding memory/) or --memory-dir DIR.")
+    try:
+        return chromadb.PersistentClient(path=str(path), settings=Settings(
+            anonymized_telemetry=False, chroma_api_impl="chromadb.api.rust.RustBindingsAPI"))
+    except Exception as e:  # noqa: BLE001 - chromadb raises many types for a broken database
+        raise MemoryBankError(f"Cannot open the memory bank at {path} ({type(e).__name__}: {e}). It may be "
+                              "corrupt: move it away to start a fresh memory.") from None
 
 
 def _memory_records(run_dir, memory_dir, memory_url, group):
     from .agent.memory import MemoryRecord
 
+    from .agent.memory import MemoryBankError
+
     client = _open_memory(run_dir, memory_dir, memory_url)
     recs = []
-    for col in client.list_collections():
-        c = client.get_collection(col.name if hasattr(col, "name") else col)
-        res = c.get(include=["documents", "metadatas"])
-        recs += [MemoryRecord.from_chroma(i, d, m) for i, d, m in zip(res["ids"], res["documents"], res["metadatas"])]
+    try:
+        for col in client.list_collections():
+            c = client.get_collection(col.name if hasattr(col, "name") else col)
+            res = c.get(include=["documents", "metadatas"])
+            recs += [MemoryRecord.from_chroma(i, d, m) for i, d, m in zip(res["ids"], res["documents"],
+                                                                         res["metadatas"])]
+    except Exception as e:  # noqa: BLE001 - a corrupt database fails on first read, not on open
+        raise MemoryBankError(f"Cannot read the memory bank ({type(e).__name__}: {e}). It may be corrupt: move "
+                              "it away to start a fresh memory.") from None
     if group is not None:
         recs = [r for r in recs if r.group == group]
     return recs

@@ -48,8 +48,10 @@ class FakeOpenAI:
     """Start with ``with FakeOpenAI(script) as srv:``; ``srv.url`` is the base URL (``.../v1``)."""
 
     def __init__(self, script: list[Any] | None = None, repeat_last_fault: bool = False,
-                 chaos: random.Random | None = None, chaos_rate: float = 0.3):
+                 chaos: random.Random | None = None, chaos_rate: float = 0.3, valid_keys: set[str] | None = None):
         self.script = list(script or [])
+        self.valid_keys = valid_keys  # GET /v1/models answers 401 to any other key (None: any key)
+        self.model_lookups: list[str] = []
         self.repeat_last_fault = repeat_last_fault
         self.chaos, self.chaos_rate = chaos, chaos_rate
         self.injected: dict[str, int] = {}
@@ -62,6 +64,22 @@ class FakeOpenAI:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *a: Any) -> None:
                 pass
+
+            def do_GET(self) -> None:  # noqa: N802 - /v1/models, what clients use to check a key
+                key = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+                outer.model_lookups.append(self.path)
+                if not self.path.rstrip("/").endswith("/models"):
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                ok = outer.valid_keys is None or key in outer.valid_keys
+                data = (json.dumps({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}) if ok else
+                        json.dumps({"error": {"message": "Incorrect API key provided.", "code": "invalid_api_key"}}))
+                self.send_response(200 if ok else 401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data.encode())
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))

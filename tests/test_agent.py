@@ -327,6 +327,8 @@ def test_key_from_custom_env_var_is_scrubbed_from_console_and_transcript(tmp_pat
         sent = [h.get("Authorization") or h.get("authorization") for h in srv.headers]
     assert sent and all(a == f"Bearer {secret}" for a in sent), "the key from the custom variable must be used"
     assert code == 2 and "401" in err and "Traceback" not in err
+    assert "refused the credentials" in err and "retries" not in err  # 401s are not retried: don't say so
+    assert len(sent) == 1
     assert secret not in out + err and other not in out + err and "Bearer cred" not in out + err
     transcript = (tmp_path / "r" / "transcript.jsonl").read_text()
     assert "401" in transcript  # the failure is recorded...

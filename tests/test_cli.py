@@ -200,3 +200,38 @@ def test_disk_full_and_read_only_are_one_paragraph(cli, make_config, small_tmpfs
     subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
     code, _, err = cli("train-base", "--config", make_config(), "--run-dir", small_tmpfs / "r2", "-q")
     assert code == 2 and "read-only" in err.lower() and "Traceback" not in err, err
+
+
+def test_prune_scheme_file_must_be_an_object(cli, tmp_path):
+    (tmp_path / "s.json").write_text("[0.5, 0.5]")
+    code, _, err = cli("prune", "--preset", "tiny", "--macs-fraction", "0.6", "--scheme", tmp_path / "s.json",
+                       "--out", tmp_path / "out")
+    assert code == 2 and "JSON object" in err and "Traceback" not in err
+
+
+def test_memory_list_on_a_corrupt_bank_or_dead_url_is_one_message(cli, tmp_path):
+    import socket
+
+    bank = tmp_path / "memory"
+    bank.mkdir()
+    (bank / "chroma.sqlite3").write_bytes(b"this is not a sqlite database" * 100)
+    code, _, err = cli("memory", "list", "--memory-dir", bank)
+    assert code == 2 and "memory bank" in err and "Traceback" not in err, err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, _, err = cli("memory", "list", "--memory-url", f"http://127.0.0.1:{port}")
+    assert code == 2 and "does not answer" in err and "Traceback" not in err, err
+
+
+def test_agent_prune_with_a_dead_memory_leaves_nothing_behind(cli, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    code, _, err = cli("prune", "--method", "agent", "--preset", "tiny", "--macs-fraction", "0.6", "--memory-url",
+                       f"http://127.0.0.1:{port}", "--out", out)
+    assert code == 2 and "memory bank" in err and "Traceback" not in err, err
+    assert not out.exists()

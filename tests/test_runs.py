@@ -94,3 +94,17 @@ def test_dead_memory_url_fails_before_anything_is_written(make_config, tmp_path,
     code, _, err = cli("run", "--config", make_config(), "--run-dir", run, f"agent.memory_url=http://127.0.0.1:{port}")
     assert code == 2 and "does not answer" in err and "agent.memory_url" in err
     assert not run.exists()
+
+
+def test_a_refused_api_key_fails_before_stage_1(make_config, tmp_path, cli, monkeypatch):
+    from openai_server import FakeOpenAI
+
+    bad = "sk-bad-key-0123456789abcdef"
+    monkeypatch.setenv("OPENAI_API_KEY", bad)
+    with FakeOpenAI(valid_keys={"sk-good-key-000000000000"}) as srv:
+        run = tmp_path / "r"
+        code, out, err = cli("run", "--config", make_config(), "--run-dir", run, "agent.llm=openai:fake-model",
+                             f"agent.base_url={srv.url}")
+        assert srv.model_lookups, "the key was not checked"
+    assert code == 2 and "refused the API key" in err and "OPENAI_API_KEY" in err, err
+    assert bad not in out + err and not run.exists() and not srv.requests

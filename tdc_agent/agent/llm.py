@@ -43,6 +43,27 @@ def check_reachable(url: str, timeout: float = 3.0) -> None:
         ) from None
 
 
+def check_key(url: str, key: str, key_env: str | None, timeout: float = 5.0) -> None:
+    """Ask an OpenAI-compatible server's ``GET /models`` whether it accepts ``key``: a refused key
+    fails now, before stage 1 trains, instead of at the first agent round. Any other outcome (a
+    server without that route, a timeout) proves nothing and is let through."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url.rstrip("/") + "/models", headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout):  # noqa: S310 - an http(s) URL checked above
+            return
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise ConfigError(
+                f"The LLM server at {redact_url(url)} refused the API key (HTTP {e.code}) from "
+                f"${key_env or 'the configured variable'}. Export a valid key (or set agent.api_key_env to the "
+                "variable that holds it), or use --llm builtin.") from None
+    except (OSError, ValueError):
+        return
+
+
 def resolve_llm(spec: str | BaseChatModel, cfg: AgentConfig, check: bool = True) -> tuple[BaseChatModel, str]:
     """The chat model for ``spec`` and a printable spec string (never containing a key)."""
     if isinstance(spec, BaseChatModel):
@@ -71,6 +92,8 @@ def resolve_llm(spec: str | BaseChatModel, cfg: AgentConfig, check: bool = True)
                               "local OpenAI-compatible server, or use --llm builtin.")
         if check:
             check_reachable(cfg.base_url or "https://api.openai.com/v1")
+            if key:
+                check_key(cfg.base_url or "https://api.openai.com/v1", key, key_env, timeout=min(cfg.timeout_s, 10.0))
         kwargs: dict[str, Any] = dict(model=model, temperature=cfg.temperature, max_retries=cfg.max_retries,
                                       timeout=cfg.timeout_s, api_key=key or "not-needed")
         if cfg.base_url:

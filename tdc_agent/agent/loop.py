@@ -238,6 +238,14 @@ class RoundLoop:
                     elif _is_transport_error(e):
                         self._save(state_path, rounds, meter)
                         self.transcript.event("llm_failure", error=f"{type(e).__name__}: {e}")
+                        status = getattr(e, "status_code", None)
+                        if status in (401, 403):  # clients do not retry these: saying "after N retries" misleads
+                            raise TDCError(
+                                f"The LLM endpoint refused the credentials (HTTP {status}: {e}) in group "
+                                f"{session.task.index}, round {r + 1}. Check the API key (agent.api_key_env or the "
+                                "provider's variable) and agent.base_url, then rerun the same command: finished "
+                                "rounds are saved."
+                            ) from None
                         raise TDCError(
                             f"The LLM endpoint failed ({type(e).__name__}: {e}) after {self.cfg.max_retries} retries "
                             f"with backoff, in group {session.task.index}, round {r + 1}. Finished rounds are saved; "

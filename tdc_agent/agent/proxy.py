@@ -75,10 +75,11 @@ class AgentPruning:
         self.pruner = Pruner(self.base, train_data, self.process, self.cfg.run.seed)
         config = {k: v for k, v in dict(self.base.config).items() if not k.startswith("_")}
         self.arch_hash = architecture_hash(self.pruner.graph.names, config)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.run_id = run_id_for(self.out_dir)
+        # the memory bank first: a bad --memory-dir/--memory-url must fail before anything is written here
         self.memory = MemoryBank(self.pruner.graph.names, self.arch_hash,
                                  path=a.memory_dir or str(self.out_dir / "memory"), url=a.memory_url)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = run_id_for(self.out_dir)
         self.transcript = Transcript(self.out_dir / "transcript.jsonl",
                                      secret_env=[a.api_key_env] if a.api_key_env else [])
         self.loop = RoundLoop(self.chat, self.llm_spec, self.prompts, self.transcript, a, self.show)
