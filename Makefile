@@ -36,7 +36,7 @@ test-faults: $(STAMP)
 # paired FD ratios vs the equal-compute base with 95 % CIs (~1 h on 2 cores; resumable). Not in CI.
 # On a GPU: `$(PY) tools/bench_table1.py run --scale full --device cuda --jobs 0`.
 bench: $(STAMP)
-	$(PY) tools/bench_table1.py run --jobs 2 --threads 1
+	$(PY) tools/bench_table1.py run --jobs 2 --threads 1 --rows headline
 
 # The sampling-speed benchmark (ddpm-cifar10 at 32x32 and the tiny demo model); run it alone.
 bench-speed: $(STAMP)
