@@ -217,7 +217,7 @@ def run_cmd(
         if cfg.agent.memory_url:
             from .agent.memory import MemoryBank
 
-            MemoryBank.check_server(cfg.agent.memory_url)
+            MemoryBank.open_client(url=cfg.agent.memory_url)  # a dead server fails before anything is written
     run = RunDir.for_config(cfg, run_dir)
     if dist_env().is_main:
         run.prepare(cfg, sections=PIPELINE_SECTIONS)
@@ -576,30 +576,14 @@ app.add_typer(prompts_app, name="prompts")
 
 
 def _open_memory(run_dir: Optional[Path], memory_dir: Optional[Path], memory_url: Optional[str]):
-    """A Chroma client on the memory bank, opened like MemoryBank opens it: the local engine pinned
-    (so CHROMA_* variables or a .env file cannot send it to a server), a server checked first."""
-    import chromadb
-    from chromadb.config import Settings
-
-    from .agent.memory import MemoryBank, MemoryBankError
+    """The memory bank's Chroma client, opened exactly as the agent opens it."""
+    from .agent.memory import MemoryBank
     from .errors import ConfigError
 
-    if memory_url:
-        from urllib.parse import urlparse
-
-        MemoryBank.check_server(memory_url)
-        u = urlparse(memory_url)
-        return chromadb.HttpClient(host=u.hostname, port=u.port or 8000, ssl=u.scheme == "https",
-                                   settings=Settings(anonymized_telemetry=False))
     path = memory_dir or (run_dir / "memory" if run_dir else None)
-    if path is None or not Path(path).is_dir():
+    if not memory_url and (path is None or not Path(path).is_dir()):
         raise ConfigError(f"No memory bank at {path}. Pass --run-dir RUN (holding memory/) or --memory-dir DIR.")
-    try:
-        return chromadb.PersistentClient(path=str(path), settings=Settings(
-            anonymized_telemetry=False, chroma_api_impl="chromadb.api.rust.RustBindingsAPI"))
-    except Exception as e:  # noqa: BLE001 - chromadb raises many types for a broken database
-        raise MemoryBankError(f"Cannot open the memory bank at {path} ({type(e).__name__}: {e}). It may be "
-                              "corrupt: move it away to start a fresh memory.") from None
+    return MemoryBank.open_client(path, memory_url)
 
 
 def _memory_records(run_dir, memory_dir, memory_url, group):

@@ -366,8 +366,3 @@ def stored_config(cfg: Config) -> dict:
     for key in ("base_url", "memory_url"):
         data["agent"][key] = redact_url(data["agent"][key])
     return data
-
-
-def dump_config(cfg: Config) -> str:
-    """The config as YAML (what a run directory stores as ``config.yaml``), see :func:`stored_config`."""
-    return yaml.safe_dump(stored_config(cfg), sort_keys=False)

@@ -82,17 +82,17 @@ class RunDir:
                     f"The stored config {self.config_path} is corrupt ({str(old)[:80]}), so this run directory "
                     "cannot be checked before resuming. Restore it from your config (cp CONFIG.yaml "
                     f"{self.config_path}) or start a new run directory.")
-            # compared as stored: the stored URLs have their credentials masked, so must the new ones
+            # Compared as stored (the stored URLs have their credentials masked, so are the new ones).
             # Keys only one side has (a setting added or removed by a newer tdc-agent) do not block
             # a resume; values both sides have must agree.
             differ = [
                 f"{s}.{k}" for s in sections for k in set(old.get(s, {})) & set(new.get(s, {}))
                 if old.get(s, {}).get(k) != new.get(s, {}).get(k)
             ]
-            transport = {f"{s}.{k}" for table in (TRANSPORT_KEYS, RECOVERY_KEYS) for s, keys in table.items()
-                         for k in keys}
-            changed = [d for d in differ if d not in transport]
-            moved = sorted(set(differ) & transport)
+            may_change = {f"{s}.{k}" for table in (TRANSPORT_KEYS, RECOVERY_KEYS) for s, keys in table.items()
+                          for k in keys}
+            changed = [d for d in differ if d not in may_change]
+            moved = sorted(set(differ) & may_change)
             if old.get("run", {}).get("seed") != new["run"]["seed"]:
                 changed.append("run.seed")
             if changed:
@@ -104,7 +104,6 @@ class RunDir:
             # the verb's own sections (and any section the stored config lacks) are updated; the rest
             # stays as the verbs that own it wrote it
             merged = {**old, **{k: v for k, v in new.items() if k in sections or k not in old}}
-        self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, yaml.safe_dump(merged, sort_keys=False))
         if moved:
             self.log(f"note: settings changed since the run started ({', '.join(moved)}); resuming with the new "

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import resolve_dir
+from .checkpoint import resolve_dir, save_model
 from .config import Config
-from .checkpoint import save_model
 from .data import ImageDataset
 from .devices import barrier, dist_env
 from .diffusion import ForwardProcess

@@ -44,7 +44,7 @@ from tdc_agent.pruning.importance import CRITERIA
 from tdc_agent.pruning.macs import count
 from tdc_agent.runs import RunDir
 from tdc_agent.sampling import generate
-from tdc_agent.stage1 import train_base
+from tdc_agent.stage1 import continue_base, train_base
 from tdc_agent.stage2 import group_dir
 from tdc_agent.training import train
 
@@ -110,13 +110,11 @@ class Bench:
         steps = steps or self.s["stage1"]
         run = RunDir(self.work / f"s{seed}" / ("base" if steps == self.s["stage1"] else f"base-{steps}"))
         if not (run.base_model / "model.safetensors").is_file():
-            if steps != self.s["stage1"]:
-                src = self.base_run(seed)
-                shutil.rmtree(run.stage1, ignore_errors=True)
-                shutil.copytree(src.stage1 / "checkpoint", run.stage1 / "checkpoint")
-                shutil.copy(src.stage1 / "metrics.jsonl", run.stage1 / "metrics.jsonl")
             self.log(f"seed {seed}: stage 1, {steps} steps")
-            train_base(self.cfg(seed, {"stage1.steps": steps}), run, self.device, progress=False)
+            if steps != self.s["stage1"]:  # trained on from the default base's checkpoint
+                continue_base(self.cfg(seed), self.base_run(seed), steps, run.stage1, self.device, progress=False)
+            else:
+                train_base(self.cfg(seed), run, self.device, progress=False)
         return run
 
     def pipeline(self, seed: int, name: str, overrides: dict[str, Any], pruned_from: str | None = None

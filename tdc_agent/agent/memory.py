@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
@@ -94,54 +95,50 @@ class MemoryBank:
     """Persistent store of (scheme, result) pairs for one architecture."""
 
     @staticmethod
-    def check_server(url: str) -> None:
-        """Fail now, with one paragraph, if the Chroma server at ``url`` does not answer (a preflight:
-        a dead URL used to surface only after stage 1 had trained)."""
+    def open_client(path: str | Path | None = None, url: str | None = None) -> Any:
+        """The Chroma client of a memory bank: a server at ``url`` (checked to answer), else the local
+        database at ``path``. The one way to open one: the agent, the preflight and ``tdc-agent
+        memory`` all come here, so all pin the local engine and all fail with one paragraph."""
         import chromadb
         from chromadb.config import Settings
 
-        u = urlparse(url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise MemoryBankError(f"--memory-url {redact_url(url)!r} must look like http://host:port.")
+        if url:
+            u = urlparse(url)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise MemoryBankError(f"--memory-url {redact_url(url)!r} must look like http://host:port.")
+            try:
+                client = chromadb.HttpClient(host=u.hostname, port=u.port or (443 if u.scheme == "https" else 8000),
+                                             ssl=u.scheme == "https", settings=Settings(anonymized_telemetry=False))
+                client.heartbeat()
+                return client
+            except Exception as e:  # noqa: BLE001 - connection refused, DNS, TLS, HTTP errors alike
+                raise MemoryBankError(
+                    f"The memory bank server at {redact_url(url)} does not answer ({type(e).__name__}: {e}). Start "
+                    "it (chroma run --path DIR --port PORT), fix agent.memory_url, or leave it unset for a local "
+                    "memory.") from None
+        if path is None:
+            raise MemoryBankError("The memory bank needs a directory or a server URL.")
         try:
-            chromadb.HttpClient(host=u.hostname, port=u.port or (443 if u.scheme == "https" else 8000),
-                                ssl=u.scheme == "https", settings=Settings(anonymized_telemetry=False)).heartbeat()
-        except Exception as e:  # noqa: BLE001 - connection refused, DNS, TLS, HTTP errors alike
-            raise MemoryBankError(
-                f"The memory bank server at {redact_url(url)} does not answer ({type(e).__name__}: {e}). Start it "
-                "(chroma run --path DIR --port PORT), fix agent.memory_url, or leave it unset for a local memory."
-            ) from None
+            # chromadb's Settings also read CHROMA_* variables and a .env file, which could send a local
+            # memory to a server; the local engine is named explicitly so only --memory-url can.
+            return chromadb.PersistentClient(path=str(path), settings=Settings(
+                anonymized_telemetry=False, chroma_api_impl="chromadb.api.rust.RustBindingsAPI"))
+        except Exception as e:  # noqa: BLE001 - chromadb raises many types for a broken database
+            raise MemoryBankError(f"Cannot open the memory bank at {path} ({type(e).__name__}: {e}). It may be "
+                                  "corrupt: move it away to start a fresh memory.") from None
 
     def __init__(self, unit_names: list[str], arch_hash: str, path: str | None = None, url: str | None = None):
-        import chromadb
-        from chromadb.config import Settings
-
-        settings = Settings(anonymized_telemetry=False)
+        self.client = self.open_client(path, url)
         try:
-            if url:
-                u = urlparse(url)
-                if u.scheme not in ("http", "https") or not u.hostname:
-                    raise MemoryBankError(f"--memory-url {url!r} must look like http://host:port.")
-                self.client = chromadb.HttpClient(host=u.hostname, port=u.port or (443 if u.scheme == "https" else 8000),
-                                                  ssl=u.scheme == "https", settings=settings)
-            else:
-                if path is None:
-                    raise MemoryBankError("The memory bank needs a directory or a server URL.")
-                # chromadb's Settings also read CHROMA_* variables and a .env file, which could send a
-                # local memory to a server; the local engine is named explicitly so only --memory-url can.
-                local = Settings(anonymized_telemetry=False, chroma_api_impl="chromadb.api.rust.RustBindingsAPI")
-                self.client = chromadb.PersistentClient(path=str(path), settings=local)
             self.collection = self.client.get_or_create_collection(
                 f"schemes-{arch_hash}", embedding_function=KeepLevelEmbedding(unit_names),
                 metadata={"hnsw:space": "l2"},
             )
-        except MemoryBankError:
-            raise
-        except Exception as e:  # chromadb raises many types for a broken directory or an unreachable server
-            where = url or path
+        except Exception as e:  # a corrupt database often opens, then fails on first use
             raise MemoryBankError(
-                f"Cannot open the memory bank at {where} ({type(e).__name__}: {e}). If it is a directory, "
-                "it may be corrupt: move it away to start a fresh memory; if it is a server, check the URL."
+                f"Cannot open the memory bank at {redact_url(url) if url else path} ({type(e).__name__}: {e}). If it "
+                "is a directory, it may be corrupt: move it away to start a fresh memory; if it is a server, check "
+                "the URL."
             ) from None
         self.unit_names = unit_names
         self.arch_hash = arch_hash
