@@ -98,7 +98,9 @@ class Bench:
                 "plan.groups": s["groups"], "stage1.steps": s["stage1"], "stage1.ckpt_every": 10**9,
                 "stage2.steps": s["stage2"], "stage2.ckpt_every": 10**9, "sample.steps": s["sample_steps"],
                 "evaluation.samples": s["samples"], "agent.rounds": s["rounds"],
-                "agent.candidates": s["candidates"]}
+                "agent.candidates": s["candidates"],
+                # this benchmark's protocol: equal steps per group, its own equal-compute rows
+                "stage2.steps_rule": "equal", "evaluation.compare_equal_compute": False}
         if self.scale == "smoke":
             base.update({"stage1.batch_size": 16, "stage1.warmup": 2, "stage2.batch_size": 16, "stage2.warmup": 1,
                          "agent.eval_timesteps": 2, "agent.eval_batch_size": 16})
