@@ -98,7 +98,9 @@ class DataConfig(_Section):
     download: bool = False
     image_size: Optional[int] = Field(default=None, ge=4)
     channels: Optional[int] = Field(default=None, ge=1, le=4)
-    split: Literal["train", "test", "all"] = "all"
+    # train: what stages 1 and 2 learn from; val: the agent's quick evaluation; test: benchmarks'
+    # scoring of chosen schemes; heldout = val + test; all = everything (see data.split_indices)
+    split: Literal["train", "val", "test", "heldout", "all"] = "train"
 
 
 class ModelConfig(_Section):
@@ -244,6 +246,7 @@ class AgentConfig(_Section):
     eval_timesteps: int = Field(default=8, ge=1)
     eval_batch_size: int = Field(default=128, ge=1)
     recovery_steps: int = Field(default=0, ge=0)
+    sensitivity_images: int = Field(default=32, ge=1)  # images per unit_sensitivity measurement
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # model -> $/1M tokens (in, out)
 
 

@@ -58,6 +58,30 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
     return ds
 
 
+HELD_OUT_FRACTION = 6  # 1/6 of a dataset without an official test set is held out
+
+
+def split_indices(n: int, split: str, source: str = "dataset") -> torch.Tensor | slice:
+    """The images of ``split`` among ``n``, for datasets without an official test set.
+
+    A fixed permutation (seed 0) holds out ``n // 6`` images; ``val`` is the first half of them (the
+    agent's quick evaluation), ``test`` the second half (benchmarks score chosen schemes there),
+    ``heldout`` both, ``train`` the rest (what stage 1 and stage 2 train on), ``all`` everything.
+    """
+    if split == "all":
+        return slice(None)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    n_held = n // HELD_OUT_FRACTION
+    held = perm[:n_held]
+    idx = {"train": perm[n_held:], "heldout": held, "val": held[: n_held // 2], "test": held[n_held // 2:]}[split]
+    idx = torch.sort(idx).values  # a split keeps the dataset's order
+    if len(idx) == 0:
+        raise DataError(f"{source} has {n} images, too few for a {split!r} split (1/{HELD_OUT_FRACTION} of the "
+                        f"images are held out, half for val and half for test). Add images, or set data.split=all "
+                        "(then the agent's validation images are also training images).")
+    return idx
+
+
 def _convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     if x.shape[1] == 3 and channels == 1:
         w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
@@ -73,14 +97,7 @@ def _digits(cfg: DataConfig) -> ImageDataset:
 
     d = load_digits()
     images = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0 * 2 - 1
-    if cfg.split != "all":
-        # A fixed split so the train/test classifier and FD reference are reproducible.
-        g = torch.Generator().manual_seed(0)
-        perm = torch.randperm(len(images), generator=g)
-        n_test = len(images) // 6
-        idx = perm[n_test:] if cfg.split == "train" else perm[:n_test]
-        images = images[idx]
-    return ImageDataset(images, f"digits[{cfg.split}]")
+    return ImageDataset(images[split_indices(len(images), cfg.split, "digits")], f"digits[{cfg.split}]")
 
 
 def _cifar10(cfg: DataConfig) -> ImageDataset:
@@ -96,11 +113,8 @@ def _cifar10(cfg: DataConfig) -> ImageDataset:
         from torchvision.datasets.utils import download_and_extract_archive
 
         download_and_extract_archive(CIFAR10_BINARY_URL, str(root), md5=CIFAR10_BINARY_MD5)
-    names = {
-        "train": [f"data_batch_{i}.bin" for i in range(1, 6)],
-        "test": ["test_batch.bin"],
-    }
-    wanted = names["train"] + names["test"] if cfg.split == "all" else names[cfg.split]
+    train, held = [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"]
+    wanted = {"train": train, "all": train + held}.get(cfg.split, held)
     files = [folder / n for n in wanted if (folder / n).is_file()]
     if not files:
         raise DataError(f"No CIFAR-10 batch files ({', '.join(wanted)}) in {folder}.")
@@ -112,6 +126,9 @@ def _cifar10(cfg: DataConfig) -> ImageDataset:
                             "not a multiple of 3073 bytes). Delete it and download again.")
         chunks.append(raw.reshape(-1, 3073)[:, 1:].reshape(-1, 3, 32, 32))
     images = torch.from_numpy(np.concatenate(chunks)).float() / 127.5 - 1
+    if cfg.split in ("val", "test"):  # the official test batch halved: val first, test second
+        half = len(images) // 2
+        images = images[:half] if cfg.split == "val" else images[half:]
     return ImageDataset(images, f"cifar10[{cfg.split}]")
 
 
@@ -150,7 +167,8 @@ def _imagefolder(cfg: DataConfig) -> ImageDataset:
         a = np.asarray(img, dtype=np.uint8)
         arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     images = torch.from_numpy(np.stack(arrays)).float() / 127.5 - 1
-    return ImageDataset(images, f"imagefolder[{cfg.root}]")
+    return ImageDataset(images[split_indices(len(images), cfg.split, str(cfg.root))],
+                        f"imagefolder[{cfg.root}][{cfg.split}]")
 
 
 def _npz(cfg: DataConfig) -> ImageDataset:
@@ -166,7 +184,8 @@ def _npz(cfg: DataConfig) -> ImageDataset:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"Cannot read {cfg.root} as .npz ({type(e).__name__}: {e}): the file is truncated or "
                         "corrupt. Write it again (np.savez with an 'images' array).") from None
-    return ImageDataset(images_from_array(arr, str(cfg.root)), f"npz[{cfg.root}]")
+    images = images_from_array(arr, str(cfg.root))
+    return ImageDataset(images[split_indices(len(images), cfg.split, str(cfg.root))], f"npz[{cfg.root}][{cfg.split}]")
 
 
 def images_from_array(arr: np.ndarray, source: str = "array") -> torch.Tensor:

@@ -24,7 +24,7 @@ from .pruning.macs import count
 from .runs import RunDir
 from .schedule import Plan, ddim_timesteps
 from .stage1 import continue_base, equal_compute_steps, train_base
-from .stage2 import finetune_group, group_dir, group_steps, prepare_group_model
+from .stage2 import finetune_group, group_dir, group_steps, prepare_in_order
 
 
 def check_groups(plan: Plan, groups: Sequence[int] | None) -> None:
@@ -75,7 +75,7 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
                 tg = time.time()
                 # Under torchrun, rank 0 alone prunes (one agent, one memory writer); every rank fine-tunes.
                 if env.is_main:
-                    prepare_group_model(vcfg, run, plan, g, base, meta, device, cache, show, variant)
+                    prepare_in_order(vcfg, run, plan, g, base, meta, device, cache, show, variant)
                 barrier()
                 res = finetune_group(vcfg, run, plan, g, data, eval_data, device, show and env.is_main, variant)
             timings[f"group_{g.index}{'_' + variant if variant else ''}"] = time.time() - tg

@@ -53,6 +53,11 @@ class RunDir:
         return self.stage1 / "model"
 
     @property
+    def memory(self) -> Path:
+        """The agent's memory bank (Chroma), one per run, shared by all groups."""
+        return self.path / "memory"
+
+    @property
     def equal_compute(self) -> Path:
         """The base trained on for stage 2's compute (``evaluation.compare_equal_compute``)."""
         return self.path / "base-equal-compute"

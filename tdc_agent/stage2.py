@@ -1,8 +1,8 @@
 """Stage 2 (paper Eq. 7-8): for every group, a model within its MACs limit, fine-tuned on the
 group's timesteps only, with the same training loop as stage 1.
 
-Per group ``i`` the run directory holds ``stage2/g<i>/``: ``agent/`` (the agent's memory,
-transcript and round state, mode ``tdc``), ``pruned/`` (the group's starting model) and
+Per group ``i`` the run directory holds ``stage2/g<i>/``: ``agent/`` (the agent's transcript and
+round state, mode ``tdc``; the memory bank is the run's ``memory/``, shared by all groups), ``pruned/`` (the group's starting model) and
 ``finetune/`` (checkpoints, metrics and the final ``model/``). Each step is skipped when its
 output exists, so a rerun continues where a kill stopped it.
 """
@@ -74,8 +74,10 @@ def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: to
     elif mode == "tdc":
         from .agent.proxy import AgentPruning
 
-        ap = AgentPruning(cfg, base, gmeta, group_dir(run, g.index, variant) / "agent", cfg.agent.llm, device,
-                          show=show)
+        agent_dir = group_dir(run, g.index, variant) / "agent"
+        # runs from before the shared memory kept one bank per group: resume those where they are
+        memory = agent_dir / "memory" if (agent_dir / "memory").is_dir() else run.memory
+        ap = AgentPruning(cfg, base, gmeta, agent_dir, cfg.agent.llm, device, show=show, memory_path=memory)
         outcome, result = ap.prune_group(_task(plan, g, ap.pruner.base_count.thop), model_dir=out)
         info = {"mode": mode, **outcome.extra["summary"]}
     else:
@@ -92,6 +94,22 @@ def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: to
         save_pruned(out, result, gmeta)
         info = {"mode": mode, **result.summary()}
     atomic_write_json(info_path, json.loads(json.dumps(info, default=str)))
+    return info
+
+
+def prepare_in_order(cfg: Config, run: RunDir, plan: Plan, g: Group, base: torch.nn.Module, meta: dict,
+                     device: torch.device, pruner_cache: dict, show: bool = True, variant: str = "") -> dict[str, Any]:
+    """:func:`prepare_group_model` for ``g``, after groups ``0..g-1`` when the agent prunes.
+
+    The agent of group ``g`` reads the run's memory, where earlier groups' schemes are its neighbour
+    hints; so that a run split over jobs (``--groups``) makes the choices one job makes, groups are
+    pruned in index order, each under its own lock: a job pruning group 2 first prunes groups 0 and 1
+    itself if no other job has (pruning is cheap next to fine-tuning, which stays parallel)."""
+    order = plan.groups[: g.index + 1] if cfg.stage2.mode == "tdc" else [g]
+    info: dict[str, Any] = {}
+    for gj in order:
+        with run.lock(f"prune{gj.index}{'-' + variant if variant else ''}"):
+            info = prepare_group_model(cfg, run, plan, gj, base, meta, device, pruner_cache, show, variant)
     return info
 
 

@@ -44,11 +44,17 @@ CHAOS: dict[str, Any] = {
 }
 
 
+def estimate_tokens(body: dict[str, Any]) -> int:
+    """Input tokens of a chat request, estimated as bytes / 4 of its messages and tool schemas."""
+    return max(1, (len(json.dumps(body.get("messages", []))) + len(json.dumps(body.get("tools", [])))) // 4)
+
+
 class FakeOpenAI:
     """Start with ``with FakeOpenAI(script) as srv:``; ``srv.url`` is the base URL (``.../v1``)."""
 
     def __init__(self, script: list[Any] | None = None, repeat_last_fault: bool = False,
-                 chaos: random.Random | None = None, chaos_rate: float = 0.3, valid_keys: set[str] | None = None):
+                 chaos: random.Random | None = None, chaos_rate: float = 0.3, valid_keys: set[str] | None = None,
+                 policy: Any = None):
         self.script = list(script or [])
         self.valid_keys = valid_keys  # GET /v1/models answers 401 to any other key (None: any key)
         self.model_lookups: list[str] = []
@@ -57,7 +63,9 @@ class FakeOpenAI:
         self.injected: dict[str, int] = {}
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        self.policy = BuiltinPolicy(seed=0)
+        # who answers well-behaved requests: anything with ``_decide(messages) -> AIMessage``
+        self.policy = policy if policy is not None else BuiltinPolicy(seed=0)
+        self.input_bytes = 0  # the conversation bytes clients sent (messages + tool schemas)
         self._lock = threading.Lock()
         outer = self
 
@@ -85,6 +93,7 @@ class FakeOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 with outer._lock:
                     outer.requests.append(body)
+                    outer.input_bytes += len(json.dumps(body.get("messages", []))) + len(json.dumps(body.get("tools", [])))
                     outer.headers.append(dict(self.headers))
                     action = outer._next()
                 outer._respond(self, body, action)
@@ -143,7 +152,9 @@ class FakeOpenAI:
             "model": body.get("model", "fake"),
             "choices": [{"index": 0, "message": message,
                          "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+            # a tokenizer-free estimate (4 bytes per token), so token caps and reports see real sizes
+            "usage": {"prompt_tokens": (n_in := estimate_tokens(body)), "completion_tokens": (n_out := max(
+                1, len(json.dumps(message)) // 4)), "total_tokens": n_in + n_out},
         }
         payload = json.dumps(resp).encode()
         try:

@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from conftest import PYTHON, python_env, tiny_config_dict
-from openai_server import FakeOpenAI, tool_call
+from openai_server import FakeOpenAI, estimate_tokens, tool_call
+from prompt_reader import PromptReader
 from tdc_agent.agent.proxy import AgentPruning
 from tdc_agent.agent.tools import GroupTask
 from tdc_agent.agent.transcript import read_transcript
 from tdc_agent.config import config_from_dict
-from tdc_agent.errors import TDCError
+from tdc_agent.errors import ConfigError, TDCError
 from tdc_agent.models import build_unet, unet_config
 from tdc_agent.pruning.macs import thop_macs
 
@@ -78,7 +79,8 @@ def test_openai_protocol_good_replies(tmp_path, monkeypatch):
     _check_valid(outcome, result, ap)
     assert srv.requests and srv.requests[0]["model"] == "fake-model"
     assert any("tools" in r for r in srv.requests)
-    assert outcome.usage["input_tokens"] == 100 * outcome.usage["llm_calls"]
+    # the fake server reports a bytes/4 estimate of what it was sent; the meter adds those up
+    assert outcome.usage["input_tokens"] == sum(estimate_tokens(r) for r in srv.requests) > 0
     assert _events(ap, "llm_request") and _events(ap, "tool_result")
 
 
@@ -182,7 +184,7 @@ def test_memory_persists_across_processes(tmp_path, make_config):
     # the second run's first prompt already shows the first run's schemes
     first_request = next(json.loads(x) for x in (tmp_path / "r2" / "transcript.jsonl").read_text().splitlines()
                          if '"llm_request"' in x)
-    assert f"(run {run1})" in json.dumps(first_request)
+    assert f"(run {run1}, limit 0.600)" in json.dumps(first_request)
     total = json.loads(p2.stdout)["memory_records"]
     listing = _cli(["memory", "list", "--memory-dir", mem])
     assert listing.returncode == 0 and f"{total} records" in listing.stdout + listing.stderr
@@ -230,8 +232,12 @@ def test_custom_prompt_dir_is_used_and_validated(tmp_path, cli):
     assert code == 0 and (d / "system.md").is_file()
     (d / "system.md").write_text("CUSTOM SYSTEM PROMPT. Evaluate {candidates} schemes, then submit.")
     assert cli("prompts", "validate", "--prompt-dir", d)[0] == 0
-    outcome, result, ap = run_agent(tmp_path, "builtin", prompt_dir=str(d), rounds=1)
+    with pytest.raises(ConfigError, match="no effect with --llm builtin"):
+        run_agent(tmp_path, "builtin", prompt_dir=str(d), rounds=1)
+    with FakeOpenAI(policy=PromptReader()) as srv:
+        outcome, result, ap = run_agent(tmp_path, "openai:m", prompt_dir=str(d), rounds=1, base_url=srv.url)
     assert "CUSTOM SYSTEM PROMPT" in ap.transcript.path.read_text()
+    assert srv.requests[0]["messages"][0]["content"].startswith("CUSTOM SYSTEM PROMPT")
     (d / "round.md").write_text("Round {round}: {bogus} {candidates} {limit_macs}")
     code, _, err = cli("prompts", "validate", "--prompt-dir", d)
     assert code == 2 and "bogus" in err
@@ -333,3 +339,98 @@ def test_key_from_custom_env_var_is_scrubbed_from_console_and_transcript(tmp_pat
     transcript = (tmp_path / "r" / "transcript.jsonl").read_text()
     assert "401" in transcript  # the failure is recorded...
     assert secret not in transcript and other not in transcript  # ...without the keys
+
+
+# --- what the agent sees and remembers ---------------------------------------------------------------
+
+def _round_prompts(ap: AgentPruning) -> list[str]:
+    out = []
+    for e in _events(ap, "llm_request"):
+        for m in e.get("messages", []):
+            if m.get("type") == "human":
+                out.append(m["content"])
+    return out
+
+
+def test_a_template_change_changes_what_a_prompt_reading_llm_proposes(tmp_path, monkeypatch):
+    """The scripted LLM reads the unit table and instructions from the prompt text, as a real one
+    does: a line added to the round template steers the schemes it evaluates."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeOpenAI(policy=PromptReader()) as srv:
+        plain, _, ap1 = run_agent(tmp_path, "openai:m", out="plain", rounds=1, base_url=srv.url)
+    d = tmp_path / "prompts"
+    d.mkdir()
+    from tdc_agent.agent.prompts import DEFAULT_PROMPT_DIR
+
+    (d / "round.md").write_text((DEFAULT_PROMPT_DIR / "round.md").read_text() + "\nPrune the units of role attention first.\n")
+    with FakeOpenAI(policy=PromptReader()) as srv2:
+        steered, _, ap2 = run_agent(tmp_path, "openai:m", out="steered", rounds=1, base_url=srv2.url, prompt_dir=str(d))
+    roles = {u.name: u.role for u in ap2.pruner.graph.units}
+    first_plain = [r.levels for r in ap1.memory.all()]
+    first_steered = [r.levels for r in ap2.memory.all()]
+    assert first_plain != first_steered
+    # the fit scales one shape, so the units the instruction named stay the most pruned
+    for lv in first_steered:
+        att = [v for n, v in lv.items() if roles[n] == "attention"]
+        others = [v for n, v in lv.items() if roles[n] != "attention"]
+        assert att and (not others or max(att) < min(others)), lv
+    assert not any(roles[n] == "attention" for lv in first_plain for n in lv)
+    # lean: one reply proposes the round, one submits it; no confirmation call after the submit
+    assert plain.usage["llm_calls"] == 2
+    prompt = _round_prompts(ap1)[0]
+    assert prompt.count("conv_in |") == 1, "the unit table is sent once"
+
+
+def test_memory_compares_like_with_like(tmp_path):
+    """Runs sharing one memory bank: records of the same base, eval set, timesteps and budget band
+    are ranked together; another base's records are offered as shapes only; a run's final scheme is
+    always one it evaluated itself."""
+    shared = tmp_path / "bank"
+    cfg, base, task = _setup(tmp_path, memory_dir=str(shared), rounds=1)
+    meta = {"schedule": cfg.schedule.model_dump()}
+    a = AgentPruning(cfg, base, meta, tmp_path / "a", "builtin", torch.device("cpu"), show=False)
+    out_a, _ = a.prune_group(task)
+    # the same base again, at a budget outside the band: nothing comparable, nothing transferable
+    far = GroupTask(1, 30, 60, -2.0, 10.0, 0.8 * task.limit_macs / 0.6, 0.8, [0, 2])
+    b = AgentPruning(cfg, base, meta, tmp_path / "b", "builtin", torch.device("cpu"), show=False)
+    out_b, _ = b.prune_group(far)
+    assert out_b.best.run_id == b.run_id
+    prompt_b = _round_prompts(b)[0]
+    assert "limit 0.600" not in prompt_b and "(none yet)" in prompt_b
+    # another base of the same architecture, same budget: a's schemes are shapes to try, not rankings
+    torch.manual_seed(1)
+    other = build_unet(unet_config("tiny")).eval()
+    c = AgentPruning(cfg, other, meta, tmp_path / "c", "builtin", torch.device("cpu"), show=False)
+    out_c, _ = c.prune_group(task)
+    assert c.base_hash != a.base_hash
+    from tdc_agent.agent.tools import PruningSession
+
+    s = PruningSession(c.pruner, task, c.memory, c.eval_data, c.process, cfg.agent, c.run_id, "builtin",
+                       tmp_path / "c" / "x", 0, base_hash=c.base_hash, eval_key=c.eval_key)
+    offered = s.remembered(5)
+    assert {r.run_id for r in offered["this_group"]} == {c.run_id}
+    assert offered["other_bases"] and {r.run_id for r in offered["other_bases"]} == {a.run_id}
+    assert out_c.best.run_id == c.run_id
+    # round 1 of c tried a's best shape (memory transfer), and the prompt says the limit and base loss
+    rationales = [r.rationale for r in c.memory.all({"run_id": c.run_id})]
+    assert any("memory transfer" in x for x in rationales), rationales
+    prompt_c = _round_prompts(c)[0]
+    assert "The unpruned base model's loss here is" in prompt_c and "limit 0.600" in prompt_c
+    assert f"{out_c.best.loss:.5f}" not in prompt_c  # c's own results came after its first prompt
+    summary = json.loads((tmp_path / "c" / "group_1" / "agent.json").read_text())
+    assert summary["base_loss"] == s.base_loss and summary["base_hash"] == c.base_hash
+
+
+def test_builtin_searches_with_sensitivity(tmp_path):
+    """Round 1 allocates pruning by measured per-unit sensitivity (not the uniform shape), the
+    measurement is made once per group, and later rounds breed from the best records."""
+    outcome, result, ap = run_agent(tmp_path, "builtin", rounds=2, candidates=2)
+    recs = sorted(ap.memory.all(), key=lambda r: (r.round, r.candidate))
+    assert "MACs saved per loss" in recs[0].rationale
+    levels = set(recs[0].levels.values())
+    assert len(levels) > 1, "a sensitivity shape prunes units by different amounts"
+    assert any(("mutation" in r.rationale or "crossover" in r.rationale) for r in recs if r.round == 1)
+    sens = json.loads((ap.out_dir / "group_1" / "sensitivity-0.5.json").read_text())
+    rates = [u["rise_per_macs"] for u in sens["cheapest_first"]]
+    assert rates == sorted(rates) and len(rates) > 5
+    assert sum(1 for e in _events(ap, "tool_call") if e["tool"] == "unit_sensitivity") == 2  # asked each round, measured once

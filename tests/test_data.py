@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tdc_agent.config import DataConfig
@@ -8,12 +9,22 @@ from tdc_agent.errors import DataError
 
 
 def test_digits_all_and_splits():
-    ds = load_dataset(DataConfig(name="digits"))
+    ds = load_dataset(DataConfig(name="digits", split="all"))
     assert ds.images.shape == (1797, 1, 8, 8)
     assert ds.images.min() >= -1 and ds.images.max() <= 1
-    train = load_dataset(DataConfig(name="digits", split="train"))
-    test = load_dataset(DataConfig(name="digits", split="test"))
-    assert len(train) + len(test) == 1797
+    parts = {s: load_dataset(DataConfig(name="digits", split=s)).images for s in ("train", "val", "test", "heldout")}
+    assert len(parts["train"]) + len(parts["val"]) + len(parts["test"]) == 1797
+    assert len(parts["heldout"]) == len(parts["val"]) + len(parts["test"]) == 1797 // 6
+    # disjoint: no image of val or test is a training image (rows compared as bytes)
+    rows = {s: {bytes(x.numpy().tobytes()) for x in v} for s, v in parts.items()}
+    assert not rows["train"] & rows["val"] and not rows["train"] & rows["test"] and not rows["val"] & rows["test"]
+
+
+def test_small_datasets_say_why_a_split_is_empty(tmp_path):
+    np.savez(tmp_path / "x.npz", images=np.zeros((4, 8, 8, 3), np.uint8))
+    assert len(load_dataset(DataConfig(name="npz", root=str(tmp_path / "x.npz")))) == 4  # train: all 4
+    with pytest.raises(DataError, match="too few for a 'val' split"):
+        load_dataset(DataConfig(name="npz", root=str(tmp_path / "x.npz"), split="val"))
 
 
 def _write_cifar_batch(path, n, seed):
@@ -35,6 +46,11 @@ def test_cifar10_binary_fixture(tmp_path):
     back = to_uint8(ds.images).transpose(0, 3, 1, 2).reshape(5, -1)
     assert np.array_equal(back, px)
     assert len(load_dataset(DataConfig(name="cifar10", root=str(tmp_path), split="all"))) == 8
+    # the official test batch is the held-out part: val its first half, test its second
+    held = load_dataset(DataConfig(name="cifar10", root=str(tmp_path), split="heldout")).images
+    val = load_dataset(DataConfig(name="cifar10", root=str(tmp_path), split="val")).images
+    test = load_dataset(DataConfig(name="cifar10", root=str(tmp_path), split="test")).images
+    assert len(held) == 3 and torch.equal(torch.cat([val, test]), held)
 
 
 def test_cifar10_missing_without_download(tmp_path):
@@ -74,7 +90,7 @@ def test_npz_layouts(tmp_path):
 
 
 def test_channel_and_size_conversion():
-    ds = load_dataset(DataConfig(name="digits", channels=3, image_size=16))
+    ds = load_dataset(DataConfig(name="digits", split="all", channels=3, image_size=16))
     assert ds.images.shape == (1797, 3, 16, 16)
 
 

@@ -27,7 +27,7 @@ def test_digits_fd_separates_real_from_noise():
     assert acc > 0.9
     _, acc2 = digits_classifier()  # cached
     assert acc2 == acc
-    real = load_dataset(DataConfig(name="digits")).images
+    real = load_dataset(DataConfig(name="digits", split="all")).images
     idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(1))[:500]
     fd_real = digits_fd(real[idx])
     fd_noise = digits_fd(torch.rand(500, 1, 8, 8) * 2 - 1)

@@ -114,7 +114,7 @@ def test_select_pruned_removes_equally_per_block():
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_every_criterion_prunes(criterion):
     torch.manual_seed(0)
-    data = ImageDataset(load_dataset(DataConfig(name="digits")).images[:64], "digits")
+    data = ImageDataset(load_dataset(DataConfig(name="digits", split="all")).images[:64], "digits")
     p = Pruner(build_unet(unet_config("tiny")), data, ForwardProcess(SCHED), seed=0)
     ts = list(range(10, 40)) if criterion == "group-taylor" else None
     a = p.prune(None, p.limit(0.6), criterion, ts)

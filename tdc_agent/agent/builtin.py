@@ -1,15 +1,20 @@
 """``builtin``: the offline default "LLM". It is **not** a language model.
 
 It is a LangChain chat model that reads the tool results in the conversation and replies with the
-same tool calls an LLM would make, chosen by a memory-guided local search:
+same tool calls an LLM would make. Its policy is a search in two steps:
 
-- first it calls ``inspect_architecture``, ``group_context`` and ``query_memory``;
-- with no memory for the group, it tries distinct shapes (prune all alike; prune resnet inner and
-  attention channels first; prune block outputs first; a neighbouring group's best scheme);
-- with memory, it mutates the best remembered schemes of the group: crossover of the two best,
-  then moves of one quantum from one unit to another, weighted by MACs share, so budget drifts
-  from sensitive units to insensitive ones as the losses say;
-- then it evaluates the candidates and submits them.
+1. **Sensitivity.** ``unit_sensitivity`` measures, per unit, the loss rise when that unit alone is
+   pruned, against the MACs it saves. The first candidates allocate pruning by it: a unit's pruning
+   amount goes with (MACs saved per loss)^alpha for a few alphas, so cheap units are pruned hard and
+   costly ones spared (a shape no uniform classical criterion gives). The best shapes of the
+   neighbouring groups of this run and of earlier runs on other base weights (memory transfer) are
+   tried next to them.
+2. **Evolution.** Later rounds breed from the best comparable records of the memory (same base, eval
+   set, timesteps and budget band): tournament-picked parents, crossover of the two best, and
+   mutations that move quanta from units that cost loss to units that cost little (sampled by the
+   sensitivity), with smaller steps in later rounds.
+
+The uniform shape (what the classical criteria prune) is only a fallback candidate.
 
 Everything is seeded by (seed, group, round, attempt), and each round's proposals are computed from
 the memory as it was when the round began (this round's own records are set aside, those already
@@ -29,6 +34,9 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 
+# How sharply the first shapes follow the sensitivity. alpha 1 is what a quadratic loss-vs-pruning
+# model per unit would choose; measured losses rise faster than that (interactions), so flatter first.
+ALPHAS = (0.5, 0.25, 1.0)
 MAX_SET_ASIDE = 8  # records of the current round the memory query over-fetches by
 
 
@@ -40,14 +48,40 @@ def _key(levels: dict[str, float]) -> str:
     return json.dumps({k: round(v, 6) for k, v in sorted(levels.items()) if v < 1 - 1e-9})
 
 
-def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int,
-            exclude: set[str], rng: np.random.Generator) -> list[tuple[dict[str, float], str]]:
+def sensitivity_weights(units: list[dict[str, Any]], sensitivity: dict[str, Any] | None) -> dict[str, float]:
+    """Per unit, MACs saved per unit of loss rise (higher: cheaper to prune), in (0, 1]; units that
+    were not measured (cannot be pruned further) get 0. Falls back to MACs share without a measurement."""
+    if not sensitivity or not sensitivity.get("cheapest_first"):
+        share = {u["name"]: max(float(u["macs_share"]), 1e-4) for u in units}
+        top = max(share.values())
+        return {n: v / top for n, v in share.items()}
+    rates = {x["name"]: float(x["rise_per_macs"]) for x in sensitivity["cheapest_first"]}
+    positive = sorted(r for r in rates.values() if r > 0)
+    floor = 0.05 * positive[len(positive) // 2] if positive else 1.0  # a rise below noise is not "free"
+    inv = {n: 1.0 / max(r, floor) for n, r in rates.items()}
+    top = max(inv.values())
+    return {u["name"]: inv.get(u["name"], 0.0) / top for u in units}
+
+
+def shape_from(weights: dict[str, float], alpha: float, depth: float = 0.6) -> dict[str, float]:
+    """Keep levels whose pruning amounts go with ``weights ** alpha`` (the fit scales them to the limit)."""
+    return {n: 1.0 - depth * w ** alpha for n, w in weights.items() if w > 0}
+
+
+def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int, exclude: set[str],
+            rng: np.random.Generator, sensitivity: dict[str, Any] | None = None,
+            round_: int = 0) -> list[tuple[dict[str, float], str]]:
     """``n`` new schemes (levels, rationale) that are not in ``exclude``."""
     steps = {u["name"]: max(1, u["channels"] // u["quantum"]) for u in units}
-    share = np.array([max(u["macs_share"], 1e-4) for u in units])
     names = [u["name"] for u in units]
+    cheap = sensitivity_weights(units, sensitivity)
+    p_prune = np.array([cheap[n_] + 1e-3 for n_ in names])  # prune more where loss per MACs is low
+    p_keep = np.array([1.0 - cheap[n_] + 1e-3 for n_ in names])  # give back where it is high
     best = [r for r in memory.get("best_this_group", []) if r.get("loss") is not None]
-    neigh = [r for r in memory.get("best_neighbours", []) if r.get("loss") is not None]
+    seeds = [(r["levels"], f"best shape of neighbouring group {r['group']} (this run)")
+             for r in memory.get("best_neighbours", [])[:1]]
+    seeds += [(r["levels"], f"best shape on another base (run {r['run']}, group {r['group']}): memory transfer")
+              for r in memory.get("other_bases", [])[:2]]
     out: list[tuple[dict[str, float], str]] = []
 
     def add(levels: dict[str, float], why: str) -> bool:
@@ -61,8 +95,8 @@ def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int,
     def mutate(levels: dict[str, float], moves: int) -> dict[str, float]:
         lv = {n_: levels.get(n_, 1.0) for n_ in names}
         for _ in range(moves):
-            a = names[rng.choice(len(names), p=share / share.sum())]  # prune more where MACs are
-            b = names[rng.integers(len(names))]
+            a = names[rng.choice(len(names), p=p_prune / p_prune.sum())]
+            b = names[rng.choice(len(names), p=p_keep / p_keep.sum())]
             if a == b:
                 continue
             lv[a] = max(1 / steps[a], lv[a] - 1 / steps[a])
@@ -70,26 +104,21 @@ def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int,
         return lv
 
     if not best:
-        role = {u["name"]: u["role"] for u in units}
-        seeds = []
-        seeds += [(r["levels"], f"best scheme of neighbouring group {r['group']}") for r in neigh[:1]]
-        seeds += [
-            ({}, "prune every unit alike"),
-            ({n_: 0.25 for n_ in names if role[n_] in ("resnet inner", "attention")},
-             "prune resnet inner and attention channels first; keep the skip-coupled block outputs"),
-            ({n_: 0.5 for n_ in names if role[n_] == "block output"},
-             "prune the skip-coupled block outputs first; keep resnet inner channels"),
-            ({n_: 0.5 for n_ in names if role[n_] != "time embedding"}, "keep the time embedding whole"),
-        ]
-        for levels, why in seeds:
+        first = [(shape_from(cheap, ALPHAS[0]), f"pruning amount ~ (MACs saved per loss)^{ALPHAS[0]:g}")]
+        first += seeds
+        first += [(shape_from(cheap, a), f"pruning amount ~ (MACs saved per loss)^{a:g}") for a in ALPHAS[1:]]
+        first += [({}, "prune every unit alike (the classical criteria's shape)")]
+        for levels, why in first:
             if len(out) >= n:
                 break
             add(levels, why)
         tries = 0
         while len(out) < n and tries < 200:
             tries += 1
-            add(mutate({}, 1 + tries // 10), "random shape (all seeds already tried)")
+            add(mutate(shape_from(cheap, 1.0), 1 + tries // 10), "sensitivity shape, perturbed")
         return out
+    # later rounds: evolution over the comparable records (the seeds had their chance in round 1)
+    scale = max(1, 3 - round_ // 2)  # smaller steps as the search narrows
     tries = 0
     while len(out) < n and tries < 500:
         tries += 1
@@ -100,7 +129,7 @@ def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int,
             other = best[1] if parent is best[0] else best[0]
             lv = {n_: (parent["levels"] if rng.random() < 0.5 else other["levels"]).get(n_, 1.0) for n_ in names}
             why = f"crossover of {parent['id']} and {other['id']}"
-        add(mutate(lv, int(rng.integers(1, 4)) + tries // 50), why)
+        add(mutate(lv, int(rng.integers(1, scale + 1)) + tries // 50), why)
     return out
 
 
@@ -130,6 +159,7 @@ class BuiltinPolicy(BaseChatModel):
         evaluated: list[str] = []
         fitted: list[dict[str, float]] = []  # this turn's evaluated schemes, as fitted to the limit
         rejected = 0
+        tried: set[str] = set()  # proposals the tool rejected this turn: not proposed again
         attempts = 0
         submitted = False
         calls = {}
@@ -150,18 +180,21 @@ class BuiltinPolicy(BaseChatModel):
                         fitted.append(dict(data.get("fitted_levels") or {}))
                     else:
                         rejected += 1
+                        tried.add(_key(calls.get(m.tool_call_id, {}).get("args", {}).get("levels") or {}))
                 elif name == "submit_candidates" and isinstance(data, dict) and data.get("round_done"):
                     submitted = True
                 else:
                     results[name] = data
         if submitted:
             return AIMessage(content="Round submitted.")
-        need = {"inspect_architecture", "group_context", "query_memory"} - set(results)
+        need = {"inspect_architecture", "group_context", "query_memory", "unit_sensitivity"} - set(results)
         if need:
             # a few more than the 5 used, so that setting this round's own records aside still leaves 5
-            args = {"inspect_architecture": {}, "group_context": {}, "query_memory": {"k": 5 + MAX_SET_ASIDE}}
+            args = {"inspect_architecture": {}, "group_context": {}, "query_memory": {"k": 5 + MAX_SET_ASIDE},
+                    "unit_sensitivity": {}}
             return AIMessage(content="", tool_calls=[_call(n, args[n]) for n in sorted(need)])
         ctx, arch, memory = results["group_context"], results["inspect_architecture"], results["query_memory"]
+        sens = results["unit_sensitivity"] if "error" not in results["unit_sensitivity"] else None
         k = int(ctx["candidates_per_round"])
         done = list(dict.fromkeys(ctx.get("evaluated_this_round", []) + evaluated))
         if len(done) >= k:
@@ -170,7 +203,7 @@ class BuiltinPolicy(BaseChatModel):
         this_round = (ctx.get("run"), ctx["group"], ctx["round"])
         before = {**memory, "best_this_group": [r for r in memory.get("best_this_group", [])
                                                 if (r.get("run"), r.get("group"), r.get("round")) != this_round][:5]}
-        exclude = {_key(r["levels"]) for r in before["best_this_group"]}
+        exclude = {_key(r["levels"]) for r in before["best_this_group"]} | tried
         # On a round's first turn: the whole round's proposals, minus those evaluated before a resume
         # (proposals are a prefix-stable sequence, so this equals what an uninterrupted run evaluates).
         skip = len(done) if attempts == 0 else 0
@@ -180,9 +213,10 @@ class BuiltinPolicy(BaseChatModel):
             exclude |= {_key(f) for f in fitted}
             here = {"best_this_group": [{"levels": f, "loss": 0.0, "id": f"this round #{i}"}
                                         for i, f in enumerate(fitted)]}
-            props = propose(arch["units"], here, k - len(done), exclude, rng)
+            props = propose(arch["units"], here, k - len(done), exclude, rng, sens, int(ctx["round"]))
         else:
-            props = propose(arch["units"], before, k - len(done) + skip, exclude, rng)[skip:]
+            props = propose(arch["units"], before, k - len(done) + skip, exclude, rng, sens,
+                            int(ctx["round"]))[skip:]
         return AIMessage(content="", tool_calls=[
             _call("evaluate_scheme", {"levels": lv, "rationale": why}) for lv, why in props])
 

@@ -37,6 +37,11 @@ from .tools import PruningSession
 from .transcript import Transcript
 
 
+def compact_levels(levels: dict[str, float]) -> str:
+    """A scheme's levels as compact JSON for prompts (3 decimals: the quanta are coarser)."""
+    return json.dumps({k: round(v, 3) for k, v in sorted(levels.items())}, separators=(",", ":"))
+
+
 class UsageMeter(BaseCallbackHandler):
     """Counts LLM calls and tokens (and cost, where ``agent.prices`` has the model) and enforces the
     per-group caps before a call is made."""
@@ -179,19 +184,25 @@ class RoundLoop:
             units_table="\n".join(f"{u.name} | {u.role} | {u.channels} | {u.quantum} | {u.macs_share:.3f} | {u.params}"
                                   for u in sorted(units, key=lambda u: (-u.macs_share, u.name))))
 
-        def lines(recs: list[MemoryRecord]) -> str:
-            return "\n".join(f"- {session.short_id(x)} (run {x.run_id}): loss {x.loss:.5f}, MACs {x.macs:,.0f}, levels "
-                             f"{json.dumps(x.levels)}" for x in recs) or "- (none yet)"
+        def lines(recs: list[MemoryRecord], with_loss: bool = True) -> str:
+            return "\n".join(
+                f"- {session.short_id(x)} (run {x.run_id}, limit {session.limit_fraction(x):.3f}): "
+                + (f"loss {x.loss:.5f}, " if with_loss else "") + f"MACs {x.macs:,.0f}, levels {compact_levels(x.levels)}"
+                for x in recs) or "- (none yet)"
 
+        mem = session.remembered(5)
+        shown = {x.id for x in mem["this_group"]}
         last = [x for x in session.memory.all({"$and": [{"run_id": session.run_id}, {"group": t.index},
-                                                        {"round": r - 1}]}) if x.loss is not None]
+                                                        {"round": r - 1}]}) if x.loss is not None and x.id not in shown]
         memory = self.prompts.render(
-            "memory", n_records=session.memory.count(), best_this_group=lines(session.memory.best(t.index, 5)),
-            best_neighbours=lines([x for g in t.neighbours for x in session.memory.best(g, 2)]), last_round=lines(last))
+            "memory", n_records=session.memory.count(), best_this_group=lines(mem["this_group"]),
+            best_neighbours=lines(mem["neighbours"]), last_round=lines(last),
+            other_bases=lines(mem["other_bases"], with_loss=False), base_loss=f"{session.base_loss:.5f}")
         text = self.prompts.render(
             "round", round=r + 1, rounds=self.cfg.rounds, group=t.index, t_start=t.t_start, t_end=t.t_end,
             snr_min=f"{t.snr_min:.1f}", snr_max=f"{t.snr_max:.1f}", limit_macs=f"{t.limit_macs:,.0f}",
-            limit_fraction=f"{t.limit_fraction:.3f}", candidates=self.cfg.candidates, architecture=arch, memory=memory)
+            limit_fraction=f"{t.limit_fraction:.3f}", candidates=self.cfg.candidates, architecture=arch, memory=memory,
+            base_loss=f"{session.base_loss:.5f}")
         done = [session.short_id(x) for x in session.ok_candidates()]
         if done:
             text += f"\n\nAlready evaluated in this round: {', '.join(done)}."

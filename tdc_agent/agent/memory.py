@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
 import numpy as np
+import torch
 from chromadb import Documents, EmbeddingFunction, Embeddings
 from pydantic import BaseModel, Field
 
@@ -25,6 +27,15 @@ from ..faults import failpoint
 
 class MemoryBankError(TDCError):
     """The memory bank cannot be opened or is corrupt."""
+
+
+def weights_hash(model: Any) -> str:
+    """A short stable id of a model's weights (what makes two runs' losses comparable)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def architecture_hash(unit_names: list[str], base_config: dict[str, Any]) -> str:
@@ -74,6 +85,11 @@ class MemoryRecord(BaseModel):
     candidate: int = 0
     llm: str = ""
     arch_hash: str = ""
+    # what makes two records' losses comparable (see ``Like``): the base weights, the budget, the
+    # images the loss was measured on; older records lack them and count as "another base"
+    base_hash: str = ""
+    limit_fraction: float = -1.0
+    split: str = ""
     status: str = "ok"  # ok | failed
     error: str = ""
     levels: dict[str, float] = Field(default_factory=dict)
@@ -89,6 +105,39 @@ class MemoryRecord(BaseModel):
         d = dict(meta)
         d["loss"] = None if d.get("loss", -1.0) < 0 else d["loss"]
         return cls(id=id_, levels=json.loads(doc), **d)
+
+
+BUDGET_BAND = 0.05  # two records' budgets are alike when their limit fractions differ by at most this
+
+
+@dataclass(frozen=True)
+class Like:
+    """What a group's records are compared with: the same base weights, split and timesteps, and a
+    budget within :data:`BUDGET_BAND`. Records of *another* base (same architecture) still carry
+    transferable shapes, but their losses are not comparable and are never used to pick a scheme."""
+
+    base_hash: str
+    split: str
+    t_start: int
+    t_end: int
+    limit_fraction: float
+
+    def budget_alike(self, meta: dict[str, Any]) -> bool:
+        return abs(float(meta.get("limit_fraction", -1.0)) - self.limit_fraction) <= BUDGET_BAND + 1e-9
+
+    def overlaps(self, meta: dict[str, Any]) -> bool:
+        lo, hi = max(self.t_start, int(meta.get("t_start", 0))), min(self.t_end, int(meta.get("t_end", -1)))
+        return hi - lo + 1 >= 0.5 * (self.t_end - self.t_start + 1)
+
+    def comparable(self, meta: dict[str, Any]) -> bool:
+        """Same base, same split, same timesteps, budget in band: the losses can be ranked together."""
+        return (meta.get("base_hash") == self.base_hash and meta.get("split") == self.split
+                and int(meta.get("t_start", -1)) == self.t_start and int(meta.get("t_end", -1)) == self.t_end
+                and self.budget_alike(meta))
+
+    def transferable(self, meta: dict[str, Any]) -> bool:
+        """Another base (or older record) of this architecture, overlapping timesteps, budget in band."""
+        return meta.get("base_hash") != self.base_hash and self.overlaps(meta) and self.budget_alike(meta)
 
 
 class MemoryBank:
@@ -175,11 +224,23 @@ class MemoryBank:
         res = self.collection.get(where=where, include=["documents", "metadatas"])
         return [MemoryRecord.from_chroma(i, d, m) for i, d, m in zip(res["ids"], res["documents"], res["metadatas"])]
 
-    def best(self, group: int | None = None, k: int = 5) -> list[MemoryRecord]:
-        """The ``k`` lowest-loss successful records (of one group, or all), from the metadata index."""
-        cands = [(m["loss"], i) for i, m in self._meta().items()
-                 if m.get("status") == "ok" and m.get("loss", -1.0) >= 0 and (group is None or m.get("group") == group)]
-        return self._fetch([i for _, i in sorted(cands)[:k]])
+    def best(self, group: int | None = None, k: int = 5, where: Callable[[dict[str, Any]], bool] | None = None,
+             per_run: int | None = None) -> list[MemoryRecord]:
+        """The ``k`` lowest-loss successful records (of one group, or all; passing ``where``), from the
+        metadata index; ``per_run`` caps how many come from one run (so one run cannot fill the list)."""
+        cands = sorted((m["loss"], i) for i, m in self._meta().items()
+                       if m.get("status") == "ok" and m.get("loss", -1.0) >= 0
+                       and (group is None or m.get("group") == group) and (where is None or where(m)))
+        picked, runs = [], {}
+        for _, i in cands:
+            r = (self._meta()[i].get("run_id"), self._meta()[i].get("group"))
+            if per_run is not None and runs.get(r, 0) >= per_run:
+                continue
+            runs[r] = runs.get(r, 0) + 1
+            picked.append(i)
+            if len(picked) >= k:
+                break
+        return self._fetch(picked)
 
     def similar(self, levels: dict[str, float], k: int = 5, group: int | None = None) -> list[tuple[MemoryRecord, float]]:
         """The ``k`` records whose keep levels are nearest (L2) to ``levels``, with distances."""

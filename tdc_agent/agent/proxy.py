@@ -26,19 +26,29 @@ from ..pruning.scheme import PruningScheme
 from ..pruning.serialize import save_pruned
 from .llm import resolve_llm
 from .loop import GroupOutcome, RoundLoop
-from .memory import MemoryBank, architecture_hash
+from .memory import MemoryBank, architecture_hash, weights_hash
 from .prompts import load_prompts
 from .tools import GroupTask, PruningSession
 from .transcript import Transcript
 
 
-def held_out(cfg: Config) -> ImageDataset:
-    """Images (or latents) for quick evaluation: the test split where there is one, else the last 10 %."""
-    if cfg.data.name in ("digits", "cifar10"):
-        return training_data(cfg, cfg.data.model_copy(update={"split": "test"}))
-    ds = training_data(cfg)
-    n = max(1, len(ds) // 10)
-    return ImageDataset(ds.images[-n:], ds.name + "[last 10%]")
+def held_out(cfg: Config, split: str = "val") -> ImageDataset:
+    """Images (or latents) the models never trained on: ``val`` for the agent's quick evaluation
+    (and stage 2's before/after losses), ``test`` for benchmarks that score the chosen schemes.
+
+    When stage 1 trains on ``data.split=all`` the validation images were trained on; that is said
+    once, loudly, since the agent's choices then rest on training loss.
+    """
+    if cfg.data.split != "train" and split in ("val", "test") and not _WARNED.get(cfg.data.split):
+        from ..progress import console
+
+        _WARNED[cfg.data.split] = True
+        console.print(f"[yellow]warning:[/] data.split={cfg.data.split} trains on the {split} images too, so the "
+                      "agent's quick losses are not held out. Set data.split=train (the default) for honest ones.")
+    return training_data(cfg, cfg.data.model_copy(update={"split": split}))
+
+
+_WARNED: dict[str, bool] = {}
 
 
 def run_id_for(out_dir: Path) -> str:
@@ -62,12 +72,21 @@ class AgentPruning:
     llm: str | BaseChatModel
     device: torch.device
     show: bool = True
+    # where the memory bank lives unless agent.memory_dir/memory_url say otherwise: a run passes its
+    # own ``memory/`` so that all its groups share one bank (neighbour hints, paper Eq. 11-12)
+    memory_path: Path | None = None
 
     def __post_init__(self) -> None:
         a = self.cfg.agent
         self.out_dir = Path(self.out_dir)
         # the LLM is resolved (key present, server reachable) before any compute is spent
         self.chat, self.llm_spec = resolve_llm(self.llm, a)
+        if a.prompt_dir and self.llm_spec == "builtin":
+            from ..errors import ConfigError
+
+            raise ConfigError(f"agent.prompt_dir={a.prompt_dir} has no effect with --llm builtin: the builtin policy "
+                              "is a search, not a language model, and reads tool results, never prompts. Drop "
+                              "--prompt-dir, or pick an LLM (openai:<model>, anthropic:<model>, ollama:<model>...).")
         self.prompts = load_prompts(a.prompt_dir)
         self.process = ForwardProcess(self.cfg.schedule, self.device)
         self.eval_data = held_out(self.cfg)
@@ -75,11 +94,17 @@ class AgentPruning:
         self.pruner = Pruner(self.base, train_data, self.process, self.cfg.run.seed)
         config = {k: v for k, v in dict(self.base.config).items() if not k.startswith("_")}
         self.arch_hash = architecture_hash(self.pruner.graph.names, config)
+        self.base_hash = weights_hash(self.base)
+        # what a quick loss was measured on: records of another eval set are not compared with ours
+        self.eval_key = (f"{self.eval_data.name}/t{a.eval_timesteps}/b{min(a.eval_batch_size, len(self.eval_data))}"
+                         f"/s{self.cfg.run.seed}")
         # the memory bank first: a bad --memory-dir/--memory-url must fail before anything is written here
         self.memory = MemoryBank(self.pruner.graph.names, self.arch_hash,
-                                 path=a.memory_dir or str(self.out_dir / "memory"), url=a.memory_url)
+                                 path=a.memory_dir or str(self.memory_path or self.out_dir / "memory"),
+                                 url=a.memory_url)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.run_id = run_id_for(self.out_dir)
+        # one id per memory owner: all groups of a pipeline run share it (their records are "this run")
+        self.run_id = run_id_for(self.memory_path.parent if self.memory_path else self.out_dir)
         self.transcript = Transcript(self.out_dir / "transcript.jsonl",
                                      secret_env=[a.api_key_env] if a.api_key_env else [])
         self.loop = RoundLoop(self.chat, self.llm_spec, self.prompts, self.transcript, a, self.show)
@@ -92,7 +117,8 @@ class AgentPruning:
             raise ConfigError(f"The MACs limit of group {task.index} ({task.limit_macs:,.0f}) is not below the base "
                               f"model's {self.pruner.base_count.thop:,}: there is nothing to prune.")
         session = PruningSession(self.pruner, task, self.memory, self.eval_data, self.process, self.cfg.agent,
-                                 self.run_id, self.llm_spec, self.out_dir / f"group_{task.index}", self.cfg.run.seed)
+                                 self.run_id, self.llm_spec, self.out_dir / f"group_{task.index}", self.cfg.run.seed,
+                                 base_hash=self.base_hash, eval_key=self.eval_key)
         t0 = time.time()
         outcome = self.loop.run_group(session, self.out_dir / f"group_{task.index}" / "rounds.json")
         best = outcome.best
@@ -115,7 +141,8 @@ class AgentPruning:
         proxy_images = n_evals * (per_eval + self.cfg.agent.recovery_steps * 32 * 3)
         summary = {
             "group": task.index, "llm": self.llm_spec, "run_id": self.run_id, "best_id": best.id,
-            "best_loss": best.loss, "best_levels": best.levels, "limit_macs": task.limit_macs,
+            "best_loss": best.loss, "base_loss": session.base_loss, "best_levels": best.levels,
+            "limit_macs": task.limit_macs, "base_hash": self.base_hash, "eval_set": self.eval_key,
             "macs_thop": result.macs.thop, "macs_op_level": result.macs.op_level, "params": result.macs.params,
             "rounds": [{"round": s.round + 1, "candidates": s.candidates, "losses": s.losses, "mean": s.mean,
                         "std": s.std, "attempts": s.attempts, "seconds": s.seconds} for s in outcome.rounds],

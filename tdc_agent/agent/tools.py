@@ -25,7 +25,7 @@ from ..evaluation.quick import quick_loss
 from ..pruning.apply import fit_levels
 from ..pruning.pruner import Pruner
 from ..pruning.scheme import PruningScheme, SchemeError
-from .memory import MemoryBank, MemoryRecord
+from .memory import Like, MemoryBank, MemoryRecord
 
 
 @dataclass
@@ -65,6 +65,10 @@ class SchemeArgs(BaseModel):
     rationale: Optional[str] = Field(default=None, description="One sentence: why this scheme.")
 
 
+class SensitivityArgs(BaseModel):
+    keep_level: float = Field(default=0.5, gt=0, lt=1, description="The keep level each unit is pruned to alone.")
+
+
 class SubmitArgs(BaseModel):
     candidate_ids: list[str] = Field(description="Ids returned by evaluate_scheme in this round.")
 
@@ -88,10 +92,15 @@ class PruningSession:
         llm_spec: str,
         out_dir: Path,
         seed: int = 0,
+        base_hash: str = "",
+        eval_key: str = "",
     ):
         self.pruner, self.task, self.memory = pruner, task, memory
         self.eval_data, self.process, self.cfg = eval_data, process, cfg
         self.run_id, self.llm_spec, self.out_dir, self.seed = run_id, llm_spec, Path(out_dir), seed
+        self.like = Like(base_hash, eval_key, task.t_start, task.t_end, task.limit_fraction)
+        self._base_loss: float | None = None
+        self._sensitivity: dict[str, Any] | None = None
         self.round = 0
         self.evaluated: list[MemoryRecord] = []
         self.submitted: list[str] | None = None
@@ -131,18 +140,48 @@ class PruningSession:
                 "snr_max_db": _fmt(t.snr_max), "limit_macs": int(t.limit_macs), "limit_fraction": _fmt(t.limit_fraction),
                 "base_macs": self.pruner.base_count.thop, "round": self.round, "rounds": self.cfg.rounds,
                 "candidates_per_round": self.cfg.candidates, "neighbours": t.neighbours, "run": self.run_id,
+                "base_loss": _fmt(self.base_loss),
                 "evaluated_this_round": [self.short_id(r) for r in self.ok_candidates()]}
 
     def _brief(self, rec: MemoryRecord) -> dict[str, Any]:
         return {"id": self.short_id(rec), "run": rec.run_id, "group": rec.group, "round": rec.round,
                 "loss": None if rec.loss is None else _fmt(rec.loss), "macs": int(rec.macs),
-                "limit_macs": int(rec.limit_macs), "levels": rec.levels}
+                "limit_fraction": _fmt(self.limit_fraction(rec)), "levels": rec.levels}
+
+    def limit_fraction(self, rec: MemoryRecord) -> float:
+        """A record's budget as a fraction of the base MACs (older records only stored the MACs)."""
+        return rec.limit_fraction if rec.limit_fraction >= 0 else rec.limit_macs / self.pruner.base_count.thop
+
+    @property
+    def base_loss(self) -> float:
+        """The unpruned base model's quick loss on this group: the reference every candidate is read
+        against (computed once per group)."""
+        if self._base_loss is None:
+            self._base_loss = quick_loss(self.pruner.base, self.eval_data, self.process, self.task.timesteps,
+                                         self.cfg.eval_timesteps, self.cfg.eval_batch_size, self.seed)
+        return self._base_loss
+
+    def remembered(self, k: int = 5) -> dict[str, list[MemoryRecord]]:
+        """What the memory offers this group, like with like (see :class:`~.memory.Like`):
+        ``this_group``: comparable records (same base, eval set, timesteps, budget band; any run);
+        ``neighbours``: this run's best of the neighbouring groups; ``other_bases``: the best shapes of
+        earlier runs on other base weights of this architecture (losses not comparable)."""
+        like = self.like
+        return {
+            "this_group": self.memory.best(None, k, where=like.comparable),
+            "neighbours": [r for g in self.task.neighbours for r in self.memory.best(
+                g, 2, where=lambda m: m.get("run_id") == self.run_id)],
+            "other_bases": self.memory.best(None, k, where=like.transferable, per_run=2),
+        }
 
     def query_memory(self, levels: Optional[dict[str, float]] = None, k: int = 5) -> dict[str, Any]:
+        mem = self.remembered(k)
         out: dict[str, Any] = {
             "records": self.memory.count(),
-            "best_this_group": [self._brief(r) for r in self.memory.best(self.task.index, k)],
-            "best_neighbours": [self._brief(r) for g in self.task.neighbours for r in self.memory.best(g, 2)],
+            "base_loss": _fmt(self.base_loss),
+            "best_this_group": [self._brief(r) for r in mem["this_group"]],
+            "best_neighbours": [self._brief(r) for r in mem["neighbours"]],
+            "other_bases": [self._brief(r) for r in mem["other_bases"]],
         }
         if levels:
             try:
@@ -152,6 +191,45 @@ class PruningSession:
             out["similar"] = [{**self._brief(r), "distance": _fmt(d)}
                               for r, d in self.memory.similar(scheme.full(self.pruner.graph), k)]
         return out
+
+    def unit_sensitivity(self, keep_level: float = 0.5) -> dict[str, Any]:
+        """How much the loss rises when one unit alone keeps ``keep_level`` of its channels, per unit,
+        against the MACs that saves: where pruning is cheap. Measured once per group (cached)."""
+        if not 0 < keep_level < 1:
+            return {"error": f"keep_level must be in (0, 1), got {keep_level}."}
+        if self._sensitivity is not None and self._sensitivity.get("keep_level") == keep_level:
+            return self._sensitivity
+        import time
+
+        from ..checkpoint import atomic_write_json, read_json
+        from ..pruning.apply import build_pruned
+
+        cache = self.out_dir / f"sensitivity-{keep_level:g}.json"
+        if cache.is_file():
+            self._sensitivity = read_json(cache, "unit sensitivity")
+            return self._sensitivity
+        t0 = time.time()
+        g, base_macs = self.pruner.graph, float(self.pruner.base_count.thop)
+        scores = self.pruner.scores(self.cfg.criterion, self.task.timesteps)
+        n = max(1, self.cfg.sensitivity_images)
+        sub = type(self.eval_data)(self.eval_data.images[:n], self.eval_data.name)
+        ref = quick_loss(self.pruner.base, sub, self.process, self.task.timesteps, self.cfg.eval_timesteps, n, self.seed)
+        units = []
+        for u in g.units:
+            level = u.floor(keep_level)
+            if level >= 1:
+                continue
+            model, _ = build_pruned(self.pruner.base, g, {u.name: level}, scores)
+            rise = quick_loss(model, sub, self.process, self.task.timesteps, self.cfg.eval_timesteps, n, self.seed) - ref
+            saved = (base_macs - g.predict_macs({u.name: level})) / base_macs
+            units.append({"name": u.name, "keep_level": _fmt(level), "loss_rise": _fmt(rise),
+                          "macs_saved": _fmt(saved), "rise_per_macs": _fmt(max(rise, 0.0) / max(saved, 1e-9))})
+        units.sort(key=lambda x: x["rise_per_macs"])
+        self.eval_seconds += time.time() - t0
+        self._sensitivity = {"keep_level": keep_level, "reference_loss": _fmt(ref), "images": n,
+                             "cheapest_first": units}
+        atomic_write_json(cache, self._sensitivity)
+        return self._sensitivity
 
     def count_macs(self, levels: dict[str, float]) -> dict[str, Any]:
         try:
@@ -185,7 +263,8 @@ class PruningSession:
             id=f"{self.run_id}:g{self.task.index}-r{self.round}-c{n}", run_id=self.run_id, group=self.task.index,
             t_start=self.task.t_start, t_end=self.task.t_end, limit_macs=self.task.limit_macs, macs=result.macs.thop,
             params=result.macs.params, round=self.round, candidate=n, llm=self.llm_spec,
-            arch_hash=self.memory.arch_hash, levels=fitted, rationale=rationale or "",
+            arch_hash=self.memory.arch_hash, base_hash=self.like.base_hash, limit_fraction=self.task.limit_fraction,
+            split=self.like.split, levels=fitted, rationale=rationale or "",
         )
         model = result.model
         try:
@@ -251,7 +330,11 @@ class PruningSession:
             ("group_context", self.group_context, NoArgs,
              "The timestep group being pruned: t range, SNR range, MACs limit, round number, what is evaluated."),
             ("query_memory", self.query_memory, QueryMemoryArgs,
-             "Best stored schemes for this and neighbouring groups; with `levels`, also the most similar ones."),
+             "Stored schemes: comparable ones of this group, this run's neighbouring groups, shapes from other "
+             "bases; with `levels`, also the most similar ones."),
+            ("unit_sensitivity", self.unit_sensitivity, SensitivityArgs,
+             "Per unit, the loss rise when it alone is pruned to keep_level, and the MACs that saves; "
+             "cheapest first. Measured once per group."),
             ("count_macs", self.count_macs, CountArgs,
              "Fit a scheme to the MACs limit and return its fitted levels and MACs, without evaluating it."),
             ("evaluate_scheme", self.evaluate_scheme, SchemeArgs,

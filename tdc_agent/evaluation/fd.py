@@ -134,7 +134,7 @@ class FDResult:
 def digits_fd(samples: torch.Tensor, seed: int = 0) -> FDResult:
     """FD of generated digits (N, 1, 8, 8 in [-1, 1]) against all real digits, with the floor."""
     clf, acc = digits_classifier()
-    real = load_dataset(DataConfig(name="digits")).images
+    real = load_dataset(DataConfig(name="digits", split="all")).images
     ref = features(real, clf)
     gen = features(samples, clf)
     rng = np.random.default_rng(seed)
