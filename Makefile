@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow test-faults bench bench-speed bench-paper bench-smoke bench-pruning bench-agent clean
+.PHONY: venv demo test test-slow test-faults bench bench-speed bench-paper bench-smoke bench-pruning bench-agent bench-agent-quality bench-agent-tokens clean
 
 venv: $(STAMP)
 
@@ -55,6 +55,15 @@ bench-pruning: $(STAMP)
 
 bench-agent: $(STAMP)
 	$(PY) tools/bench_agent.py --records 10000 --queries 200
+
+# The agent's schemes vs the classical criteria on the held-out test split, FD after fine-tuning,
+# memory transfer (3 seeds, ~1 h on 2 cores; resumable). Writes benchmarks/results/agent_quality.*
+bench-agent-quality: $(STAMP)
+	$(PY) tools/bench_agent_quality.py --threads 2
+
+# LLM input tokens per group for each preset (scripted LLM behind a local server; bytes/4 estimate).
+bench-agent-tokens: $(STAMP)
+	$(PY) tools/bench_agent_tokens.py
 
 clean:
 	rm -rf runs .pytest_cache

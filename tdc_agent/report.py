@@ -114,6 +114,17 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
             f"| {g.index} | {g.t_start}-{g.t_end} | {g.limit_fraction:.3f} | {_fmt_macs(macs) if macs else 'base'} | "
             f"{pr.get('params', 0) / 1e6:.3f} M | {len(levels)} | {ft.get('loss_before', float('nan')):.4f} | "
             f"{ft.get('loss_after', float('nan')):.4f} | {ft.get('steps', '-')} |")
+    usage = [(g.index, pr["usage"]) for g in plan.groups
+             if "usage" in (pr := read_json(group_dir(run, g.index) / "prune.json", "group pruning summary")
+                            if (group_dir(run, g.index) / "prune.json").is_file() else {})]
+    if usage:
+        lines += ["", "## Agent usage", "", f"LLM `{cfg.agent.llm}`. Tokens as the LLM endpoint reported them; cost "
+                  "from `agent.prices` (USD per million input/output tokens; `-` where the model has no price).", "",
+                  "| group | LLM calls | tool calls | input tokens | output tokens | cost |", "|---|---|---|---|---|---|"]
+        for i, u in usage:
+            cost = f"${u['cost_usd']:.4f}" if u.get("cost_usd") is not None else "-"
+            lines.append(f"| {i} | {u['llm_calls']} | {u['tool_calls']} | {u['input_tokens']:,} | "
+                         f"{u['output_tokens']:,} | {cost} |")
     rounds_png = _rounds_plot(cfg, run, len(plan.groups))
     if rounds_png is not None:
         lines += ["", "## Agent rounds", "", "Quick loss of each round's candidates (mean ± std), per group "

@@ -49,3 +49,47 @@ def test_table1_smoke_runs_and_resumes(tmp_path, monkeypatch):
     before = {p: p.stat().st_mtime_ns for p in scores}
     bench.main(args)
     assert before == {p: p.stat().st_mtime_ns for p in scores}
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow  # ~2 min alone: make bench-smoke / make test-slow
+def test_agent_quality_smoke_writes_pairs_fd_and_transfer(tmp_path, monkeypatch):
+    monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
+    bench = _module("bench_agent_quality")
+    bench.main(["--scale", "smoke", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    res = json.loads((tmp_path / "out" / "agent_quality.json").read_text())
+    groups = bench.SCALES["smoke"]["groups"]
+    assert len(res["pairs"]) == len(bench.SEEDS["smoke"]) * groups
+    for p in res["pairs"]:
+        assert {"seed", "group", "agent_test_loss", "best_classical_test_loss", "best_classical_name", "agent_macs",
+                "classical_macs"} <= set(p)
+        assert p["best_classical_name"] in bench.CLASSICAL
+        assert p["classical_macs"] <= p["agent_macs"] * (1 + 1e-9)  # pruned to the agent's achieved MACs
+        assert p["best_classical_test_loss"] == min(c["test_loss"] for c in p["classical"].values())
+    assert res["win_rate"] == sum(p["win"] for p in res["pairs"]) / len(res["pairs"])
+    ci = res["fd"]["paired_difference_agent_minus_classical"]["ci95"]
+    assert ci[0] <= res["fd"]["paired_difference_agent_minus_classical"]["mean"] <= ci[1]
+    transfer = [k for k in res if "transfer" in k]
+    assert transfer and len(res["memory_transfer"]["groups"]) == len(res["pairs"])
+    # the transfer run really had the other seed's records in its memory
+    warm = tmp_path / "work" / "s1" / "agent-memory-from-s0"
+    assert "memory transfer" in (warm / "stage2" / "g0" / "agent" / "transcript.jsonl").read_text()
+    assert "Win rate" in (tmp_path / "out" / "agent_quality.md").read_text()
+
+
+def test_agent_tokens_counts_what_the_server_was_sent(tmp_path):
+    bench = _module("bench_agent_tokens")
+    r = bench.measure("tiny", rounds=1, candidates=2)
+    assert r["units"] == 22 and len(r["groups"]) == 2
+    for g in r["groups"]:
+        assert g["llm_calls"] == 2  # one reply proposes, one submits
+        # the client's reported usage is the server's own estimate of the same bytes
+        assert abs(g["input_tokens_reported"] - g["input_bytes"] / 4) <= g["requests"]
+    # the second group's prompt carries its neighbour's records: it is the larger one
+    assert r["groups"][1]["input_bytes"] > r["groups"][0]["input_bytes"]

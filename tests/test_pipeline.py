@@ -52,6 +52,16 @@ def test_run_end_to_end_tiny(make_config, tmp_path, cli, cache_env):
     assert 0 < ev["base"]["classifier_test_accuracy"] <= 1 and ev["base"]["fd"] > 0 and ev["base"]["real_floor"] > 0
     report = (run / "report.md").read_text()
     assert "| base (stage 1 only)" in report and "| TDC (tdc)" in report
+    assert "## Agent usage" in report
+    # one memory bank for the run, shared by its groups: group 1's first prompt shows group 0's best
+    assert (run / "memory").is_dir() and not list(run.glob("stage2/g*/agent/memory"))
+    from tdc_agent.agent.transcript import read_transcript
+
+    first = next(e for e in read_transcript(run / "stage2" / "g1" / "agent" / "transcript.jsonl")
+                 if e["event"] == "llm_request")
+    text = json.dumps(first)
+    neighbours = text.split("neighbouring groups:")[1].split("Last round")[0]
+    assert "(none yet)" not in neighbours and "g0-r" in neighbours
     # the equal-compute base: trained on for stage 2's compute, teacher and agent forwards included
     tm = ev["training_macs"]
     assert tm["teacher"] == pytest.approx(ev["base"]["macs_per_step"] * 3 * 10 * 32)  # 3 groups x 10 steps x 32
