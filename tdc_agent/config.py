@@ -245,6 +245,11 @@ class AgentConfig(_Section):
     eval_batch_size: int = Field(default=128, ge=1)
     recovery_steps: int = Field(default=0, ge=0)
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # model -> $/1M tokens (in, out)
+    # tools: the LLM calls our tools (native tool calling); json: for models without tool calling, it
+    # answers with schemes as JSON text, which our code validates, evaluates and submits itself
+    protocol: Literal["tools", "json"] = "tools"
+    # passed to bind_tools where the model takes it: auto, any (= required), none, or a tool's name
+    tool_choice: Optional[str] = None
 
 
 class Config(_Section):
