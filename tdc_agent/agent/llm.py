@@ -72,6 +72,10 @@ def resolve_llm(spec: str | BaseChatModel, cfg: AgentConfig, check: bool = True)
     if spec == "builtin":
         from .builtin import BuiltinPolicy
 
+        if cfg.protocol == "json":
+            raise ConfigError("agent.protocol=json is for language models without tool calling; --llm builtin "
+                              "answers with tool calls only. Use agent.protocol=tools with it (the default).")
+
         return BuiltinPolicy(seed=0), "builtin"
     if spec.startswith("replay:"):
         from .replay import ReplayChatModel

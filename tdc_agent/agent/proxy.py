@@ -95,11 +95,6 @@ class AgentPruning:
         check_base_takes(self.base, self.eval_data)  # before the LLM is resolved or called
         # the LLM is resolved (key present, server reachable) before any compute is spent
         self.chat, self.llm_spec = resolve_llm(self.llm, a)
-        if a.protocol == "json" and self.llm_spec == "builtin":
-            from ..errors import ConfigError
-
-            raise ConfigError(f"agent.protocol=json is for language models without tool calling; --llm "
-                              f"{self.llm_spec} answers with tool calls only. Use agent.protocol=tools with it.")
         self.prompts = load_prompts(a.prompt_dir)
         self.process = ForwardProcess(self.cfg.schedule, self.device)
         train_data = training_data(self.cfg)
