@@ -432,6 +432,11 @@ def prune(
     prompt_dir: Optional[Path] = typer.Option(None, "--prompt-dir", help="agent: directory overriding prompt templates."),
     memory_dir: Optional[Path] = typer.Option(None, "--memory-dir", help="agent: Chroma directory shared across runs."),
     memory_url: Optional[str] = typer.Option(None, "--memory-url", help="agent: a Chroma server, http://host:port."),
+    llm_protocol: Optional[str] = typer.Option(None, "--llm-protocol",
+                                               help="agent: tools (tool calling) or json (schemes as JSON text, for "
+                                                    "models without tool calling)."),
+    tool_choice: Optional[str] = typer.Option(None, "--tool-choice",
+                                              help="agent: passed to bind_tools: auto, any/required, or a tool name."),
 ) -> None:
     """Prune a base model to a MACs budget (classical criteria or the agent) and save it (pickle-free)."""
     from .checkpoint import atomic_write_json
@@ -450,7 +455,8 @@ def prune(
     extra = list(overrides or [])
     for key, val in (("agent.llm", llm), ("agent.base_url", llm_base_url), ("agent.rounds", rounds),
                      ("agent.candidates", candidates), ("agent.prompt_dir", prompt_dir),
-                     ("agent.memory_dir", memory_dir), ("agent.memory_url", memory_url)):
+                     ("agent.memory_dir", memory_dir), ("agent.memory_url", memory_url),
+                     ("agent.protocol", llm_protocol), ("agent.tool_choice", tool_choice)):
         if val is not None:
             extra.append(f"{key}={val}")
     cfg = _config(config, extra, device)

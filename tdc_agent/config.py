@@ -248,6 +248,11 @@ class AgentConfig(_Section):
     recovery_steps: int = Field(default=0, ge=0)
     sensitivity_images: int = Field(default=32, ge=1)  # images per unit_sensitivity measurement
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # model -> $/1M tokens (in, out)
+    # tools: the LLM calls our tools (native tool calling); json: for models without tool calling, it
+    # answers with schemes as JSON text, which our code validates, evaluates and submits itself
+    protocol: Literal["tools", "json"] = "tools"
+    # passed to bind_tools where the model takes it: auto, any (= required), none, or a tool's name
+    tool_choice: Optional[str] = None
 
 
 class Config(_Section):

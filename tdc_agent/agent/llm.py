@@ -72,6 +72,14 @@ def resolve_llm(spec: str | BaseChatModel, cfg: AgentConfig, check: bool = True)
     if spec == "builtin":
         from .builtin import BuiltinPolicy
 
+        if cfg.protocol == "json":
+            raise ConfigError("agent.protocol=json is for language models without tool calling; --llm builtin "
+                              "answers with tool calls only. Use agent.protocol=tools with it (the default).")
+        if cfg.prompt_dir:
+            raise ConfigError(f"agent.prompt_dir={cfg.prompt_dir} has no effect with --llm builtin: the builtin "
+                              "policy is a search, not a language model, and reads tool results, never prompts. Drop "
+                              "--prompt-dir, or pick an LLM (openai:<model>, anthropic:<model>, ollama:<model>...).")
+
         return BuiltinPolicy(seed=0), "builtin"
     if spec.startswith("replay:"):
         from .replay import ReplayChatModel
@@ -101,17 +109,47 @@ def resolve_llm(spec: str | BaseChatModel, cfg: AgentConfig, check: bool = True)
         return ChatOpenAI(**kwargs), spec
     if key_env and not key and not cfg.base_url and provider in PROVIDER_KEYS:
         raise ConfigError(f"--llm {spec} needs an API key in ${key_env}. Export it or use --llm builtin.")
+    return _init_provider(spec, provider, model, cfg, key, check), spec
+
+
+def _one_paragraph(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _init_provider(spec: str, provider: str, model: str, cfg: AgentConfig, key: str | None,
+                   check: bool) -> BaseChatModel:
+    """``init_chat_model`` for ``<provider>:<model>``; every way it can fail is one paragraph."""
     try:
         from langchain.chat_models import init_chat_model
+        from langchain.chat_models.base import _BUILTIN_PROVIDERS
+    except ImportError:  # an older/newer langchain without that table: let init_chat_model say it
+        from langchain.chat_models import init_chat_model
 
-        kwargs = {"temperature": cfg.temperature, "max_retries": cfg.max_retries, "timeout": cfg.timeout_s}
-        if cfg.base_url:
-            kwargs["base_url"] = cfg.base_url
-            if check:
-                check_reachable(cfg.base_url)
-        return init_chat_model(spec, **kwargs), spec
+        _BUILTIN_PROVIDERS = {}
+    if _BUILTIN_PROVIDERS and provider not in _BUILTIN_PROVIDERS:
+        raise ConfigError(f"--llm {spec}: {provider!r} is not a LangChain chat-model provider. Use builtin, "
+                          f"replay:<file>, or one of {', '.join(sorted(_BUILTIN_PROVIDERS))} as <provider>:<model> "
+                          "(e.g. openai:gpt-4o, anthropic:claude-sonnet-4-5, ollama:qwen3).")
+    kwargs: dict[str, Any] = {"temperature": cfg.temperature, "max_retries": cfg.max_retries, "timeout": cfg.timeout_s}
+    if provider == "ollama":  # ChatOllama has no timeout/max_retries fields: its HTTP client takes the timeout
+        kwargs = {"temperature": cfg.temperature, "client_kwargs": {"timeout": cfg.timeout_s}}
+        if check:
+            check_reachable(cfg.base_url or "http://127.0.0.1:11434")
+    if cfg.base_url:
+        kwargs["base_url"] = cfg.base_url
+        if check and provider != "ollama":
+            check_reachable(cfg.base_url)
+        if provider == "anthropic" and not key:
+            kwargs["api_key"] = "not-needed"  # a local Messages-API server that needs no key
+    try:
+        return init_chat_model(spec, **kwargs)
     except ImportError as e:
-        raise ConfigError(f"--llm {spec}: the LangChain integration for {provider!r} is not installed ({e}). "
-                          f"Install it, e.g. pip install 'tdc-agent[{provider}]' or langchain-{provider}.") from None
-    except ValueError as e:
-        raise ConfigError(f"--llm {spec}: {e}") from None
+        raise ConfigError(f"--llm {spec}: the LangChain integration for {provider!r} is not installed "
+                          f"({_one_paragraph(e, 200)})."
+                          + (f" Install it: pip install 'tdc-agent[{provider}]'." if provider in ("anthropic", "ollama")
+                             else "")) from None
+    except Exception as e:  # noqa: BLE001 - missing credentials (OpenAIError...), bad options: one paragraph
+        raise ConfigError(f"--llm {spec}: the {provider} chat model could not be created "
+                          f"({type(e).__name__}: {_one_paragraph(e)}). Set the provider's credentials or "
+                          "options (see its LangChain integration), or use --llm builtin.") from None

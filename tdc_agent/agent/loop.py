@@ -23,7 +23,7 @@ from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, ModelCallLimitMiddleware, ToolCallLimitMiddleware, hook_config
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from rich.table import Table
 
 from ..checkpoint import atomic_write_json, read_json
@@ -55,6 +55,7 @@ class UsageMeter(BaseCallbackHandler):
         self.tool_calls = 0
         self.input_tokens = 0
         self.output_tokens = 0
+        self.cap_hit: str | None = None  # the per-group cap that stopped the group, in words
 
     @property
     def cost(self) -> float | None:
@@ -65,17 +66,21 @@ class UsageMeter(BaseCallbackHandler):
 
     def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
         if self.calls >= self.cfg.max_llm_calls_per_group:
-            raise TDCError(f"LLM call cap reached: {self.calls} calls for this group "
-                           f"(agent.max_llm_calls_per_group={self.cfg.max_llm_calls_per_group}).")
+            self._cap(f"LLM call cap reached: {self.calls} calls for this group "
+                      f"(agent.max_llm_calls_per_group={self.cfg.max_llm_calls_per_group}).")
         if self.cfg.max_tokens_per_group and self.input_tokens + self.output_tokens >= self.cfg.max_tokens_per_group:
-            raise TDCError(f"Token cap reached: {self.input_tokens + self.output_tokens} tokens for this group "
-                           f"(agent.max_tokens_per_group={self.cfg.max_tokens_per_group}).")
+            self._cap(f"Token cap reached: {self.input_tokens + self.output_tokens} tokens for this group "
+                      f"(agent.max_tokens_per_group={self.cfg.max_tokens_per_group}).")
         self.calls += 1
+
+    def _cap(self, message: str) -> None:
+        self.cap_hit = message
+        raise TDCError(message)
 
     def on_tool_start(self, serialized: Any, input_str: str, **kwargs: Any) -> None:
         if self.tool_calls >= self.cfg.max_tool_calls_per_group:
-            raise TDCError(f"Tool call cap reached: {self.tool_calls} tool calls for this group "
-                           f"(agent.max_tool_calls_per_group={self.cfg.max_tool_calls_per_group}).")
+            self._cap(f"Tool call cap reached: {self.tool_calls} tool calls for this group "
+                      f"(agent.max_tool_calls_per_group={self.cfg.max_tool_calls_per_group}).")
         self.tool_calls += 1
 
     def on_llm_end(self, response: Any, **kwargs: Any) -> None:
@@ -131,10 +136,31 @@ def _is_transport_error(e: BaseException | None) -> bool:
     return False
 
 
+# what LangChain's limit middleware writes when a cap ends the run (checked by tests/test_llm_protocols.py)
+_MODEL_CAP_MARK = "model call limits exceeded"
+_TOOL_CAP_MARKS = ("tool call limit reached", "tool call limit exceeded")
+
+
+def _cap_hit(messages: list[Any], cfg: AgentConfig) -> str | None:
+    """Which per-round cap ended the round, if one did (the limit middleware's own messages say so)."""
+    texts = [m.content.lower() for m in messages if isinstance(m, (AIMessage, ToolMessage)) and isinstance(m.content, str)]
+    if any(_MODEL_CAP_MARK in t for t in texts):
+        return f"the round's LLM call cap (agent.max_llm_calls_per_round={cfg.max_llm_calls_per_round})"
+    if any(mark in t for t in texts for mark in _TOOL_CAP_MARKS):
+        return f"the round's tool call cap (agent.max_tool_calls_per_round={cfg.max_tool_calls_per_round})"
+    return None
+
+
 def _diagnose(messages: list[Any], session: PruningSession) -> str:
     """Why a round ended without K valid candidates, in words the LLM (and the user) can act on."""
     k = session.cfg.candidates
     n_ok = len(session.ok_candidates())
+    cap = _cap_hit(messages, session.cfg)
+    if cap:
+        return f"the round reached {cap} with only {n_ok} of {k} candidates evaluated"
+    if not messages:
+        return (f"the round reached LangChain's step limit (recursion_limit) with only {n_ok} of {k} candidates "
+                "evaluated")
     last_ai = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
     if last_ai is not None and last_ai.invalid_tool_calls:
         bad = last_ai.invalid_tool_calls[0]
@@ -144,8 +170,6 @@ def _diagnose(messages: list[Any], session: PruningSession) -> str:
         text = (last_ai.content if isinstance(last_ai.content, str) else json.dumps(last_ai.content)).strip()
         if not text:
             return f"your reply was empty; only {n_ok} of {k} candidates are evaluated"
-        if "limits exceeded" in text.lower():  # written by LangChain's call-limit middleware
-            return f"the round hit its call cap ({text}) with only {n_ok} of {k} candidates evaluated"
         return f"you replied with text instead of tool calls ({text[:200]!r}); only {n_ok} of {k} candidates are evaluated"
     return f"the round stopped (call cap or step limit reached) with only {n_ok} of {k} candidates evaluated"
 
@@ -166,13 +190,72 @@ class EndWhenSubmitted(AgentMiddleware):
         return {"jump_to": "end"} if self.session.submitted else None
 
 
+class ToolChoice(AgentMiddleware):
+    """Passes ``agent.tool_choice`` to the model's ``bind_tools`` on every call of the round."""
+
+    def __init__(self, choice: Any):
+        super().__init__()
+        self.choice = choice
+
+    def wrap_model_call(self, request: Any, handler: Any) -> Any:
+        return handler(request.override(tool_choice=self.choice))
+
+
+def _takes_tool_choice(llm: BaseChatModel) -> bool:
+    """Whether the model's ``bind_tools`` accepts ``tool_choice`` (by name or through ``**kwargs``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(llm.bind_tools).parameters
+    except (TypeError, ValueError):
+        return False
+    return "tool_choice" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 class RoundLoop:
-    """Runs the rounds of one group with one chat model."""
+    """Runs the rounds of one group with one chat model.
+
+    ``callbacks``: further LangChain callback handlers, given every LLM and tool event of every round
+    (next to the transcript and the usage meter). Each round's run carries ``run_name``, ``tags`` and
+    ``metadata`` naming the run, group, round and attempt, which LangSmith shows and filters on.
+    """
 
     def __init__(self, llm: BaseChatModel, llm_spec: str, prompts: PromptSet, transcript: Transcript,
-                 cfg: AgentConfig, show: bool = True):
+                 cfg: AgentConfig, show: bool = True, callbacks: list[BaseCallbackHandler] | None = None):
         self.llm, self.llm_spec, self.prompts = llm, llm_spec, prompts
         self.transcript, self.cfg, self.show = transcript, cfg, show
+        self.callbacks = list(callbacks or [])
+
+    def _run_config(self, session: PruningSession, r: int, attempt: int, meter: UsageMeter) -> dict[str, Any]:
+        """The RunnableConfig of one attempt at round ``r`` (0-based, as in the transcript and memory)."""
+        g = session.task.index
+        return {"callbacks": [self.transcript, meter, *self.callbacks], "max_concurrency": 1,
+                "recursion_limit": 4 * self.cfg.max_llm_calls_per_round + 20,
+                "run_name": f"tdc-agent run {session.run_id} group {g} round {r}",
+                "tags": ["tdc-agent", f"run:{session.run_id}", f"group:{g}", f"round:{r}"],
+                "metadata": {"tdc_run_id": session.run_id, "group": g, "round": r, "attempt": attempt,
+                             "llm": self.llm_spec, "protocol": self.cfg.protocol}}
+
+    def _attempt(self, session: PruningSession, r: int, attempt: int, note: str | None, system: str,
+                 meter: UsageMeter) -> tuple[list[Any], str | None]:
+        """One attempt at round ``r``: the conversation, and (json protocol) why it fell short."""
+        config = self._run_config(session, r, attempt, meter)
+        if self.cfg.protocol == "json":
+            from .structured import run_json_round
+
+            return run_json_round(self.llm, session, system, self._round_prompt(session, r, None), note, config,
+                                  self.cfg.max_llm_calls_per_round, self.transcript)
+        middleware: list[AgentMiddleware] = [
+            EndWhenSubmitted(session),
+            ModelCallLimitMiddleware(run_limit=self.cfg.max_llm_calls_per_round, exit_behavior="end"),
+            ToolCallLimitMiddleware(run_limit=self.cfg.max_tool_calls_per_round, exit_behavior="end"),
+        ]
+        if self.cfg.tool_choice and _takes_tool_choice(self.llm):
+            # "required" is OpenAI's word for LangChain's "any" (which langchain-openai maps back)
+            middleware.append(ToolChoice("any" if self.cfg.tool_choice == "required" else self.cfg.tool_choice))
+        agent = create_agent(self.llm, session.tools(), system_prompt=system, middleware=middleware)
+        result = agent.invoke({"messages": [HumanMessage(self._round_prompt(session, r, note))]}, config=config)
+        return result["messages"], None
 
     def _round_prompt(self, session: PruningSession, r: int, note: str | None) -> str:
         t = session.task
@@ -228,18 +311,9 @@ class RoundLoop:
             for attempt in range(self.cfg.max_round_retries + 1):
                 if len(session.ok_candidates()) >= self.cfg.candidates and attempt > 0:
                     break
-                agent = create_agent(self.llm, session.tools(), system_prompt=system, middleware=[
-                    EndWhenSubmitted(session),
-                    ModelCallLimitMiddleware(run_limit=self.cfg.max_llm_calls_per_round, exit_behavior="end"),
-                    ToolCallLimitMiddleware(run_limit=self.cfg.max_tool_calls_per_round, exit_behavior="end"),
-                ])
+                shortfall = None
                 try:
-                    result = agent.invoke(
-                        {"messages": [HumanMessage(self._round_prompt(session, r, note))]},
-                        config={"callbacks": [self.transcript, meter], "max_concurrency": 1,
-                                "recursion_limit": 4 * self.cfg.max_llm_calls_per_round + 20},
-                    )
-                    messages = result["messages"]
+                    messages, shortfall = self._attempt(session, r, attempt, note, system, meter)
                 except TDCError:
                     self._save(state_path, rounds, meter)
                     raise
@@ -262,11 +336,15 @@ class RoundLoop:
                             f"with backoff, in group {session.task.index}, round {r + 1}. Finished rounds are saved; "
                             "rerun the same command to resume from this round."
                         ) from None
+                    elif meter.cap_hit:  # a per-group cap raised inside a callback, wrapped on the way out
+                        self._save(state_path, rounds, meter)
+                        raise TDCError(f"{meter.cap_hit} Group {session.task.index}, round {r + 1}: finished "
+                                       "rounds are saved; raise the cap and rerun the same command to resume.") from None
                     else:
                         raise
                 if len(session.ok_candidates()) >= self.cfg.candidates:
                     break
-                note = _diagnose(messages, session)
+                note = shortfall or _diagnose(messages, session)
                 self.transcript.event("round_retry", attempt=attempt + 1, reason=note)
                 if self.show:
                     console.print(f"[yellow]group {session.task.index} round {r + 1}: {note}; retrying "
@@ -277,6 +355,7 @@ class RoundLoop:
                 raise TDCError(
                     f"The LLM ({self.llm_spec}) did not produce {self.cfg.candidates} valid candidates in group "
                     f"{session.task.index}, round {r + 1}, after {self.cfg.max_round_retries + 1} attempts: {note}. "
+                    + (f"A tool failed too: {session.last_tool_failure}. " if session.last_tool_failure else "") +
                     f"Its replies are in {self.transcript.path}. Rerun to resume from this round, raise "
                     "agent.max_round_retries, or use another --llm."
                 )

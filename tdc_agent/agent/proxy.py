@@ -61,9 +61,33 @@ def run_id_for(out_dir: Path) -> str:
     return rid
 
 
+def check_base_takes(base: torch.nn.Module, data: ImageDataset) -> None:
+    """The base must take the images (or latents) it is evaluated on: a mismatch is one clear error
+    before any LLM call, not a traceback from inside ``evaluate_scheme`` after several."""
+    from ..errors import ConfigError
+
+    config = getattr(base, "config", None)
+    if config is None or not hasattr(config, "in_channels"):
+        return
+    c, h, w = data.shape
+    mc, ms = config.in_channels, config.sample_size
+    size = tuple(ms) if isinstance(ms, (list, tuple)) else (ms, ms)
+    if mc != c or (ms is not None and size != (h, w)):
+        raise ConfigError(
+            f"The base model takes {mc}-channel {size[0]}x{size[1]} inputs, but the agent would evaluate it on "
+            f"{data.name} data of shape {c}x{h}x{w}: the model and the data disagree. Use data that match the model "
+            f"(e.g. data.name=cifar10 for the CIFAR-10 presets), or size the model to the data "
+            f"(data.image_size={h} data.channels={c} for a preset).")
+
+
 @dataclass
 class AgentPruning:
-    """Everything the agent needs for one base model; prunes groups one after another."""
+    """Everything the agent needs for one base model; prunes groups one after another.
+
+    ``callbacks``: LangChain callback handlers of yours, given every LLM call and tool call of every
+    round (e.g. a LangSmith tracer, a cost logger); each round's run carries ``run_name``, ``tags``
+    and ``metadata`` with the run id, group, round and attempt.
+    """
 
     cfg: Config
     base: torch.nn.Module
@@ -75,21 +99,17 @@ class AgentPruning:
     # where the memory bank lives unless agent.memory_dir/memory_url say otherwise: a run passes its
     # own ``memory/`` so that all its groups share one bank (neighbour hints, paper Eq. 11-12)
     memory_path: Path | None = None
+    callbacks: list[Any] | None = None  # LangChain callback handlers of the caller, for every round
 
     def __post_init__(self) -> None:
         a = self.cfg.agent
         self.out_dir = Path(self.out_dir)
+        self.eval_data = held_out(self.cfg)
+        check_base_takes(self.base, self.eval_data)  # before the LLM is resolved or called
         # the LLM is resolved (key present, server reachable) before any compute is spent
         self.chat, self.llm_spec = resolve_llm(self.llm, a)
-        if a.prompt_dir and self.llm_spec == "builtin":
-            from ..errors import ConfigError
-
-            raise ConfigError(f"agent.prompt_dir={a.prompt_dir} has no effect with --llm builtin: the builtin policy "
-                              "is a search, not a language model, and reads tool results, never prompts. Drop "
-                              "--prompt-dir, or pick an LLM (openai:<model>, anthropic:<model>, ollama:<model>...).")
         self.prompts = load_prompts(a.prompt_dir)
         self.process = ForwardProcess(self.cfg.schedule, self.device)
-        self.eval_data = held_out(self.cfg)
         train_data = training_data(self.cfg)
         self.pruner = Pruner(self.base, train_data, self.process, self.cfg.run.seed)
         config = {k: v for k, v in dict(self.base.config).items() if not k.startswith("_")}
@@ -107,7 +127,8 @@ class AgentPruning:
         self.run_id = run_id_for(self.memory_path.parent if self.memory_path else self.out_dir)
         self.transcript = Transcript(self.out_dir / "transcript.jsonl",
                                      secret_env=[a.api_key_env] if a.api_key_env else [])
-        self.loop = RoundLoop(self.chat, self.llm_spec, self.prompts, self.transcript, a, self.show)
+        self.loop = RoundLoop(self.chat, self.llm_spec, self.prompts, self.transcript, a, self.show,
+                              callbacks=self.callbacks)
 
     def prune_group(self, task: GroupTask, model_dir: Path | None = None) -> tuple[GroupOutcome, Any]:
         """Run the rounds for ``task``, build the best scheme, save it; returns (outcome, PruneResult)."""

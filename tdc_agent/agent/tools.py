@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from ..config import AgentConfig, TrainConfig
 from ..data import ImageDataset
+from ..errors import TDCError
 from ..faults import failpoint
 from ..diffusion import ForwardProcess
 from ..evaluation.quick import quick_loss
@@ -106,6 +107,7 @@ class PruningSession:
         self.submitted: list[str] | None = None
         self.eval_seconds = 0.0  # time spent building and evaluating candidates (not agent overhead)
         self._lock = threading.Lock()
+        self.last_tool_failure: str | None = None
 
     # round bookkeeping -----------------------------------------------------------------------
     def start_round(self, r: int) -> None:
@@ -303,6 +305,14 @@ class PruningSession:
 
         return load_model(res.model_dir, next(model.parameters()).device)[0]
 
+    def _tool_failure(self, name: str, e: Exception) -> dict[str, Any]:
+        """An unexpected exception inside a tool, as an error result the LLM can act on (the round's
+        retry note and the final error quote it, so the user sees it too)."""
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        self.last_tool_failure = f"{name} failed with {type(e).__name__}: {first}"
+        return {"error": f"{self.last_tool_failure}. This is a failure of the tool on this scheme, not of your "
+                         "arguments' format; try a different (e.g. less aggressive) scheme."}
+
     def submit_candidates(self, candidate_ids: list[str]) -> dict[str, Any]:
         ok = {self.short_id(r) for r in self.ok_candidates()}
         unknown = [i for i in candidate_ids if i not in ok]
@@ -321,7 +331,12 @@ class PruningSession:
             # evaluated one at a time so ids, timings and the CPU are not shared between them.
             def run(**kwargs: Any) -> str:
                 with self._lock:
-                    return json.dumps(fn(**kwargs))
+                    try:
+                        return json.dumps(fn(**kwargs))
+                    except TDCError:
+                        raise  # already one clear message for the user (caps, a dead memory server...)
+                    except Exception as e:  # noqa: BLE001 - any other failure is reported, not a traceback
+                        return json.dumps(self._tool_failure(fn.__name__, e))
             return run
 
         specs = [

@@ -21,6 +21,13 @@ class SchemeError(TDCError):
     """A scheme does not fit the architecture; the message lists every problem and the fix."""
 
 
+def valid_names(names: list[str], limit: int = 60) -> str:
+    """The valid unit names, for an error message (the first ``limit`` if there are many)."""
+    shown = ", ".join(names[:limit])
+    more = f" and {len(names) - limit} more (inspect_architecture lists them all)" if len(names) > limit else ""
+    return f"Valid unit names: {shown}{more}."
+
+
 class PruningScheme(BaseModel):
     """Keep levels per unit (fraction of channels kept), plus where the scheme came from."""
 
@@ -45,7 +52,7 @@ class PruningScheme(BaseModel):
         for name, level in self.levels.items():
             if name not in known:
                 near = difflib.get_close_matches(name, graph.names, n=3, cutoff=0.5)
-                hint = f"; did you mean {', '.join(near)}?" if near else "; run `tdc-agent inspect` for the list"
+                hint = f"; did you mean {', '.join(near)}?" if near else ""
                 problems.append(f"unknown unit {name!r}{hint}")
                 continue
             if not 0 < level <= 1:
@@ -58,7 +65,9 @@ class PruningScheme(BaseModel):
                              f"(quantum {unit.quantum} of {unit.channels} channels); snapped to {s:g}")
             snapped[name] = s
         if problems:
-            raise SchemeError("Invalid pruning scheme: " + "; ".join(problems) + ".")
+            unknown = any(p.startswith("unknown unit") for p in problems)
+            raise SchemeError("Invalid pruning scheme: " + "; ".join(problems) + "."
+                              + (" " + valid_names(graph.names) if unknown else ""))
         return self.model_copy(update={"levels": snapped}), notes
 
     def full(self, graph: UnitGraph) -> dict[str, float]:
