@@ -1,6 +1,6 @@
 """What the local fake LLM servers share: a threaded HTTP server that records requests and consumes
 a script of replies, and the well-behaved policy (our builtin policy run on the conversation the
-client sent) in both protocols: tool calls, and schemes as JSON text (``agent.protocol: json``)."""
+client sent) for tool calls, and a prompt-reading policy for schemes as JSON text (``agent.protocol: json``)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from tdc_agent.agent.builtin import BuiltinPolicy
 
-_TOOL_LINE = re.compile(r"(inspect_architecture|group_context|query_memory): (\{.*\})\s*$", re.M)
+_RESULTS = re.compile(r"^Results: (\[.*?\])\n\n", re.S)
 
 
 def policy_reply(messages: list[BaseMessage]) -> AIMessage:
@@ -24,16 +24,18 @@ def policy_reply(messages: list[BaseMessage]) -> AIMessage:
 
 
 def json_policy_text(texts: list[str]) -> str:
-    """What a well-behaved model without tool calling answers in ``json`` mode: the builtin policy's
-    schemes, computed from the tool results our code put into the messages (the latest of each)."""
-    found: dict[str, str] = {}
+    """What a well-behaved model without tool calling answers in ``json`` mode: it reads the round
+    message (the unit table, how many schemes) as :class:`prompt_reader.PromptReader` does, and the
+    results our code sent back, and answers with schemes as JSON text."""
+    from prompt_reader import PromptReader
+
+    msgs: list[BaseMessage] = []
     for t in texts:
-        for name, payload in _TOOL_LINE.findall(t):
-            found[name] = payload
-    msgs: list[BaseMessage] = [AIMessage(content="", tool_calls=[
-        {"name": n, "args": {}, "id": f"c_{n}", "type": "tool_call"} for n in found])]
-    msgs += [ToolMessage(content=p, tool_call_id=f"c_{n}", name=n) for n, p in found.items()]
-    ai = policy_reply(msgs)
+        msgs.append(HumanMessage(t))
+        m = _RESULTS.match(t)
+        if m:
+            msgs += [ToolMessage(content=json.dumps(r), tool_call_id=f"r{i}") for i, r in enumerate(json.loads(m[1]))]
+    ai = PromptReader()._decide(msgs)
     schemes = [{"levels": c["args"]["levels"], "rationale": c["args"].get("rationale")}
                for c in ai.tool_calls if c["name"] == "evaluate_scheme"]
     return "Here are my schemes:\n```json\n" + json.dumps({"schemes": schemes}) + "\n```"

@@ -1,8 +1,7 @@
 """``agent.protocol: json``: rounds for chat models without tool calling.
 
-The LLM cannot call tools, so the round message carries what the tools would have returned
-(``inspect_architecture``, ``group_context``, ``query_memory``, one JSON object per line) and asks
-for a reply that is only a JSON object ``{"schemes": [{"levels": {...}, "rationale": "..."}]}``.
+The LLM cannot call tools. The round message already carries what the look-up tools would return
+(the group, its limit, the unit table, the memory), so it is sent as it is, once, and asks for a reply that is only a JSON object ``{"schemes": [{"levels": {...}, "rationale": "..."}]}``.
 The reply is validated by the same pydantic types the tools use (:class:`~.tools.SchemeArgs`); our
 code then runs the ``evaluate_scheme`` and ``submit_candidates`` tools itself, so memory, transcript,
 caps and resume behave exactly as with tool calls. A reply that is not valid JSON, or not of that
@@ -82,15 +81,6 @@ def answer_format(n: int) -> str:
             "their losses (lower is better) or what was wrong.")
 
 
-def tool_results(session: PruningSession) -> str:
-    """What the look-up tools return now, one ``name: {json}`` line each."""
-    return "\n".join([
-        f"inspect_architecture: {json.dumps(session.inspect_architecture())}",
-        f"group_context: {json.dumps(session.group_context())}",
-        f"query_memory: {json.dumps(session.query_memory(k=13))}",
-    ])
-
-
 def run_json_round(llm: BaseChatModel, session: PruningSession, system: str, prompt: str, note: str | None,
                    config: dict[str, Any], max_calls: int, transcript: Transcript) -> tuple[list[BaseMessage], str | None]:
     """One attempt at a round in ``json`` mode. Returns the conversation and, when it ended without
@@ -98,7 +88,7 @@ def run_json_round(llm: BaseChatModel, session: PruningSession, system: str, pro
     tools = {t.name: t for t in session.tools()}
     k = session.cfg.candidates
     need = k - len(session.ok_candidates())
-    text = prompt + "\n\nThe tools' results (you cannot call them yourself):\n" + tool_results(session)
+    text = prompt
     if note:
         text += f"\n\nYour previous attempt at this round failed: {note}."
     messages: list[BaseMessage] = [SystemMessage(system + SYSTEM_NOTE), HumanMessage(text + "\n\n" + answer_format(need))]
@@ -126,9 +116,8 @@ def run_json_round(llm: BaseChatModel, session: PruningSession, system: str, pro
         errors = [r["error"] for r in results if "error" in r]
         problem = (f"{len(errors)} of your schemes failed ({errors[0][:200]})" if errors
                    else f"you sent {len(schemes)} scheme(s), fewer than needed")
-        messages.append(HumanMessage(
-            f"Results: {json.dumps(results)}\n\n{need} more needed this round. Current group_context: "
-            f"{json.dumps(session.group_context())}\n\n{answer_format(need)}"))
+        messages.append(HumanMessage(f"Results: {json.dumps(results)}\n\n{need} more needed this round. "
+                                     f"{answer_format(need)}"))
     n_ok = len(session.ok_candidates())
     return messages, (f"the round's LLM call cap (agent.max_llm_calls_per_round={max_calls}) was reached with only "
                       f"{n_ok} of {k} candidates evaluated; the last problem: {problem}")
