@@ -14,8 +14,8 @@ import torch
 
 from tdc_agent.agent.proxy import AgentPruning
 from tdc_agent.agent.tools import GroupTask
-from tdc_agent.config import load_config
-from tdc_agent.models import build_unet, unet_config
+from tdc_agent.core.config import load_config
+from tdc_agent.models.unet import build_unet, unet_config
 
 
 def make_llm(kind: str):

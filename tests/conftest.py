@@ -46,7 +46,7 @@ def make_config(tmp_path: Path):
 @pytest.fixture
 def cli(capsys):
     """Run ``tdc-agent`` in-process; returns (exit code, stdout, stderr)."""
-    from tdc_agent.cli import run
+    from tdc_agent.cli.main import run
 
     def _run(*args: str) -> tuple[int, str, str]:
         code = run([str(a) for a in args])

@@ -19,10 +19,10 @@ from openai_server import FakeOpenAI, tool_call
 from tdc_agent.agent.proxy import AgentPruning
 from tdc_agent.agent.tools import GroupTask
 from tdc_agent.agent.transcript import read_transcript
-from tdc_agent.config import config_from_dict
-from tdc_agent.errors import TDCError
-from tdc_agent.models import build_unet, unet_config
-from tdc_agent.pruning.macs import thop_macs
+from tdc_agent.core.config import config_from_dict
+from tdc_agent.core.errors import TDCError
+from tdc_agent.models.unet import build_unet, unet_config
+from tdc_agent.models.macs import thop_macs
 
 AGENT = {"rounds": 2, "candidates": 2, "eval_batch_size": 32, "eval_timesteps": 3, "max_retries": 2,
          "timeout_s": 5, "criterion": "magnitude", "max_llm_calls_per_round": 8, "max_round_retries": 2}

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, python_env
-from tdc_agent.faults import POINTS
+from tdc_agent.core.faults import POINTS
 
 CFG = {
     "schedule": {"name": "linear", "timesteps": 60},
@@ -137,7 +137,7 @@ def test_kill_chain_resumes_to_the_uninterrupted_result(reference, chain, tmp_pa
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tdc_agent.errors import TDCError  # noqa: E402
+from tdc_agent.core.errors import TDCError  # noqa: E402
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
@@ -148,7 +148,7 @@ FUZZ = settings(max_examples=int(os.environ.get("TDC_FUZZ_EXAMPLES", "25")), dea
 @FUZZ
 @given(text=st.text(max_size=200))
 def test_fuzz_config_loader(tmp_path_factory, text):
-    from tdc_agent.config import load_config
+    from tdc_agent.core.config import load_config
 
     path = tmp_path_factory.mktemp("cfg") / "c.yaml"
     path.write_text(text)
@@ -162,7 +162,7 @@ def test_fuzz_config_loader(tmp_path_factory, text):
 @given(section=st.sampled_from(["run", "data", "model", "schedule", "plan", "stage1", "stage2", "sample",
                                 "evaluation", "agent"]), value=JSON)
 def test_fuzz_config_sections(section, value):
-    from tdc_agent.config import config_from_dict
+    from tdc_agent.core.config import config_from_dict
 
     try:
         config_from_dict({section: value})
@@ -197,7 +197,7 @@ def _valid_blobs() -> dict[str, bytes]:
 
     import torch
 
-    from tdc_agent.checkpoint import save_tensors
+    from tdc_agent.core.io import save_tensors
 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -210,7 +210,7 @@ def _valid_blobs() -> dict[str, bytes]:
 @FUZZ
 @given(data=st.data())
 def test_fuzz_json_and_safetensors_and_torch_files(tmp_path_factory, data):
-    from tdc_agent.checkpoint import load_tensors, read_json
+    from tdc_agent.core.io import load_tensors, read_json
     from tdc_agent.evaluation.torchfile import read_torch_state_dict
 
     blobs = _valid_blobs()
@@ -226,9 +226,9 @@ def test_fuzz_manifest_plan_and_transcript(reference, tmp_path_factory, data):
     import shutil
 
     from tdc_agent.agent.transcript import read_transcript
-    from tdc_agent.config import load_config
-    from tdc_agent.planning import load_plan
-    from tdc_agent.progressive import ProgressiveModel
+    from tdc_agent.core.config import load_config
+    from tdc_agent.planning.build import load_plan
+    from tdc_agent.models.progressive import ProgressiveModel
 
     cfg, root, _, _ = reference
     ref = root / "ref"

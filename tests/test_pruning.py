@@ -9,16 +9,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import PYTHON, python_env
-from tdc_agent.checkpoint import load_model
-from tdc_agent.config import ScheduleConfig
-from tdc_agent.data import ImageDataset, load_dataset
-from tdc_agent.config import DataConfig
-from tdc_agent.diffusion import ForwardProcess, sample
-from tdc_agent.errors import CheckpointError
-from tdc_agent.models import build_unet, denoise, unet_config
+from tdc_agent.core.io import load_model
+from tdc_agent.core.config import ScheduleConfig
+from tdc_agent.core.data import ImageDataset, load_dataset
+from tdc_agent.core.config import DataConfig
+from tdc_agent.diffusion.process import ForwardProcess, sample
+from tdc_agent.core.errors import CheckpointError
+from tdc_agent.models.unet import build_unet, denoise, unet_config
 from tdc_agent.pruning.apply import fit_levels
 from tdc_agent.pruning.importance import CRITERIA, select_pruned
-from tdc_agent.pruning.macs import count
+from tdc_agent.models.macs import count
 from tdc_agent.pruning.pruner import Pruner
 from tdc_agent.pruning.scheme import PruningScheme, SchemeError
 from tdc_agent.pruning.serialize import save_pruned
@@ -139,7 +139,7 @@ ARCHS = {
 
 
 def _via_save_pretrained(tmp):
-    from tdc_agent.models import load_pretrained_unet
+    from tdc_agent.models.unet import load_pretrained_unet
 
     _multihead().save_pretrained(tmp / "hf")
     return load_pretrained_unet(str(tmp / "hf"))
@@ -172,7 +172,7 @@ def test_pruned_reload_in_fresh_process_is_exact(tiny_pruner, tmp_path):
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
     code = (
         f"import torch; torch.set_num_threads({torch.get_num_threads()}); from safetensors.torch import load_file, save_file;"
-        "from tdc_agent.checkpoint import load_model; from tdc_agent.models import denoise;"
+        "from tdc_agent.core.io import load_model; from tdc_agent.models.unet import denoise;"
         f"m,_=load_model(r'{tmp_path / 'm'}'); x=load_file(r'{tmp_path / 'x.safetensors'}')['x'];"
         f"save_file({{'y': denoise(m.eval(), x, torch.tensor([5, 50])).detach()}}, r'{tmp_path / 'y.safetensors'}')"
     )

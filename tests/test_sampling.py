@@ -4,10 +4,10 @@ import numpy as np
 import torch
 
 from conftest import PYTHON, python_env
-from tdc_agent.checkpoint import save_model
-from tdc_agent.config import SampleConfig, ScheduleConfig
-from tdc_agent.models import build_unet, unet_config
-from tdc_agent.sampling import sample_model_dir
+from tdc_agent.core.io import save_model
+from tdc_agent.core.config import SampleConfig, ScheduleConfig
+from tdc_agent.models.unet import build_unet, unet_config
+from tdc_agent.workflow.sampling import sample_model_dir
 
 
 def _saved(tmp_path):

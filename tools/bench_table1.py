@@ -43,20 +43,20 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tdc_agent.checkpoint import atomic_write_json, load_model, read_json  # noqa: E402
-from tdc_agent.config import Config, load_config  # noqa: E402
+from tdc_agent.core.io import atomic_write_json, load_model, read_json  # noqa: E402
+from tdc_agent.core.config import Config, load_config  # noqa: E402
 from tdc_agent.evaluation.fd import digits_classifier, features, frechet, gaussian, real_floor_splits  # noqa: E402
 from tdc_agent.evaluation.stats import (  # noqa: E402
     paired_bootstrap_ratio, paired_ratios, percentile_interval, t_interval)
-from tdc_agent.models import denoise  # noqa: E402
-from tdc_agent.pipeline import progressive_dir, run_pipeline, training_macs  # noqa: E402
-from tdc_agent.planning import build_plan  # noqa: E402
-from tdc_agent.progressive import ProgressiveModel  # noqa: E402
-from tdc_agent.pruning.macs import count  # noqa: E402
-from tdc_agent.runs import RunDir  # noqa: E402
-from tdc_agent.sampling import generate  # noqa: E402
-from tdc_agent.stage1 import STEP_COST, continue_base, train_base  # noqa: E402
-from tdc_agent.stage2 import group_dir, group_steps, prepare_group_model  # noqa: E402
+from tdc_agent.models.unet import denoise  # noqa: E402
+from tdc_agent.workflow.pipeline import progressive_dir, run_pipeline, training_macs  # noqa: E402
+from tdc_agent.planning.build import build_plan  # noqa: E402
+from tdc_agent.models.progressive import ProgressiveModel  # noqa: E402
+from tdc_agent.models.macs import count  # noqa: E402
+from tdc_agent.workflow.rundir import RunDir  # noqa: E402
+from tdc_agent.workflow.sampling import generate  # noqa: E402
+from tdc_agent.workflow.stage1 import STEP_COST, continue_base, train_base  # noqa: E402
+from tdc_agent.workflow.stage2 import group_dir, group_steps, prepare_group_model  # noqa: E402
 
 SCALES: dict[str, dict[str, Any]] = {
     # what fits this project's 2-core CPU in about an hour (make bench): lr fixed at the value the
@@ -220,8 +220,8 @@ class Bench:
 
     def reference(self) -> np.ndarray:
         if self._ref is None:
-            from tdc_agent.config import DataConfig
-            from tdc_agent.data import load_dataset
+            from tdc_agent.core.config import DataConfig
+            from tdc_agent.core.data import load_dataset
 
             clf, _ = digits_classifier()
             self._ref = features(load_dataset(DataConfig(name="digits", split="all")).images, clf)

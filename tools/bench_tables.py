@@ -31,21 +31,21 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tdc_agent.checkpoint import atomic_write_json, load_model, read_json
-from tdc_agent.config import Config, SampleConfig, load_config
-from tdc_agent.data import load_dataset
-from tdc_agent.diffusion import ForwardProcess
+from tdc_agent.core.io import atomic_write_json, load_model, read_json
+from tdc_agent.core.config import Config, SampleConfig, load_config
+from tdc_agent.core.data import load_dataset
+from tdc_agent.diffusion.process import ForwardProcess
 from tdc_agent.evaluation.quick import quick_loss
-from tdc_agent.models import denoise
-from tdc_agent.pipeline import evaluate_run, progressive_dir, run_pipeline, scorer, training_macs
-from tdc_agent.planning import build_plan
-from tdc_agent.progressive import ProgressiveModel, member_from_dir
+from tdc_agent.models.unet import denoise
+from tdc_agent.workflow.pipeline import evaluate_run, progressive_dir, run_pipeline, scorer, training_macs
+from tdc_agent.planning.build import build_plan
+from tdc_agent.models.progressive import ProgressiveModel, member_from_dir
 from tdc_agent.pruning.importance import CRITERIA
-from tdc_agent.pruning.macs import count
-from tdc_agent.runs import RunDir
-from tdc_agent.sampling import generate
-from tdc_agent.stage1 import continue_base, train_base
-from tdc_agent.stage2 import group_dir
+from tdc_agent.models.macs import count
+from tdc_agent.workflow.rundir import RunDir
+from tdc_agent.workflow.sampling import generate
+from tdc_agent.workflow.stage1 import continue_base, train_base
+from tdc_agent.workflow.stage2 import group_dir
 from tdc_agent.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -338,7 +338,7 @@ class Bench:
         """Our training loop vs a bare PyTorch loop (same model, batch, AdamW), seconds per step."""
         import tempfile
 
-        from tdc_agent.stage1 import build_model
+        from tdc_agent.workflow.stage1 import build_model
 
         data = load_dataset(cfg.data)
         process = ForwardProcess(cfg.schedule, self.device)

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from langchain_core.language_models.chat_models import BaseChatModel
 
-from ..checkpoint import atomic_write_json, atomic_write_text
-from ..config import Config
-from ..data import ImageDataset
-from ..latent import training_data
-from ..diffusion import ForwardProcess
+from ..core.io import atomic_write_json, atomic_write_text
+from ..core.config import Config
+from ..core.data import ImageDataset
+from ..models.latent import training_data
+from ..diffusion.process import ForwardProcess
 from ..pruning.pruner import Pruner
 from ..pruning.scheme import PruningScheme
 from ..pruning.serialize import save_pruned
@@ -87,7 +87,7 @@ class AgentPruning:
     def prune_group(self, task: GroupTask, model_dir: Path | None = None) -> tuple[GroupOutcome, Any]:
         """Run the rounds for ``task``, build the best scheme, save it; returns (outcome, PruneResult)."""
         if task.limit_macs >= self.pruner.base_count.thop:
-            from ..errors import ConfigError
+            from ..core.errors import ConfigError
 
             raise ConfigError(f"The MACs limit of group {task.index} ({task.limit_macs:,.0f}) is not below the base "
                               f"model's {self.pruner.base_count.thop:,}: there is nothing to prune.")

@@ -17,10 +17,10 @@ from typing import Any, Optional
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
-from ..config import AgentConfig, TrainConfig
-from ..data import ImageDataset
-from ..faults import failpoint
-from ..diffusion import ForwardProcess
+from ..core.config import AgentConfig, TrainConfig
+from ..core.data import ImageDataset
+from ..core.faults import failpoint
+from ..diffusion.process import ForwardProcess
 from ..evaluation.quick import quick_loss
 from ..pruning.apply import fit_levels
 from ..pruning.pruner import Pruner
@@ -220,7 +220,7 @@ class PruningSession:
         res = train(model, data, self.process, tcfg, self.out_dir / "recovery" / self.short_id(rec),
                     seed=self.seed, device=next(model.parameters()).device, timesteps=self.task.timesteps,
                     progress=False, desc="recovery")
-        from ..checkpoint import load_model
+        from ..core.io import load_model
 
         return load_model(res.model_dir, next(model.parameters()).device)[0]
 

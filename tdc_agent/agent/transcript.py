@@ -20,7 +20,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
 # the scrubbers live in a module without LangChain, so that the CLI can use them cheaply too
-from ..redaction import redact, secret_values
+from ..core.redaction import redact, secret_values
 
 
 def message_to_dict(m: BaseMessage) -> dict[str, Any]:
@@ -84,7 +84,7 @@ class Transcript(BaseCallbackHandler):
 
 def read_transcript(path: str | Path) -> list[dict[str, Any]]:
     """All events of a transcript; a corrupt line is an error naming the file and line."""
-    from ..errors import TDCError
+    from ..core.errors import TDCError
 
     path = Path(path)
     if not path.is_file():

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
-from ..config import DataConfig
-from ..data import load_dataset
+from ..core.io import atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.config import DataConfig
+from ..core.data import load_dataset
 
 
 def cache_dir() -> Path:

@@ -24,11 +24,11 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.downsampling import Downsample2D
 from diffusers.models.upsampling import Upsample2D
 
-from ..checkpoint import PRUNING_ATTR
+from ..core.io import PRUNING_ATTR
 from .importance import select_pruned
-from .macs import MacsCount, count
+from ..models.macs import MacsCount, count
 from .scheme import PruningScheme, SchemeError
-from ..models import eval_mode, example_inputs
+from ..models.unet import eval_mode, example_inputs
 from .units import UnitGraph, build_graph
 
 FIXUP_VERSION = 1

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch_pruning as tp
 
-from ..data import ImageDataset
-from ..diffusion import ForwardProcess
-from ..errors import ConfigError
-from ..models import denoise
+from ..core.data import ImageDataset
+from ..diffusion.process import ForwardProcess
+from ..core.errors import ConfigError
+from ..models.unet import denoise
 from .units import UnitGraph, build_graph
 
 CRITERIA = ("random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor")

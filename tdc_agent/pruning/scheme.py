@@ -13,7 +13,7 @@ from typing import Optional
 
 from pydantic import BaseModel, Field, field_validator
 
-from ..errors import TDCError
+from ..core.errors import TDCError
 from .units import UnitGraph
 
 

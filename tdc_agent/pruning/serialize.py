@@ -1,6 +1,6 @@
 """Pickle-free save/load of pruned models.
 
-A pruned model directory is an ordinary model directory (see :mod:`tdc_agent.checkpoint`) whose
+A pruned model directory is an ordinary model directory (see :mod:`tdc_agent.core.io`) whose
 ``config.json`` is the *dense base* architecture, plus ``pruning.json``: torch-pruning's pruning
 history (root module, out/in, channel indices) and the fix-up version. Loading rebuilds the dense
 base, replays the history with ``DependencyGraph.load_pruning_history``, applies the same fix-ups,
@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import PRUNING_ATTR, PRUNING_FILE, read_json, save_model
-from ..errors import CheckpointError
+from ..core.io import PRUNING_ATTR, PRUNING_FILE, read_json, save_model
+from ..core.errors import CheckpointError
 from .apply import FIXUP_VERSION, PruneResult, fix_up
 from .units import build_graph
 

@@ -21,8 +21,8 @@ import torch_pruning as tp
 from diffusers.models.attention_processor import Attention
 from pydantic import BaseModel
 
-from ..models import eval_mode, example_inputs
-from .macs import thop_layer_ops
+from ..models.unet import eval_mode, example_inputs
+from ..models.macs import thop_layer_ops
 
 ROLES = ("time embedding", "attention", "resnet inner", "block output")
 

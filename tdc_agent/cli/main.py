@@ -17,10 +17,10 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .config import Config, load_config
-from .errors import TDCError
-from .progress import console
-from .redaction import redact, register_secret_env
+from ..core.config import Config, load_config
+from ..core.errors import TDCError
+from ..core.progress import console
+from ..core.redaction import redact, register_secret_env
 
 app = typer.Typer(
     add_completion=False,
@@ -50,7 +50,7 @@ def _config(config: Optional[Path], overrides: Optional[List[str]], device: Opti
     extra = list(overrides or [])
     if device is not None:
         extra.append(f"run.device={device}")
-    from .pretrained import apply_init
+    from ..models.pretrained import apply_init
 
     cfg, note = apply_init(load_config(config, extra))
     # the key's variable may have any name: scrub its value from whatever this process prints or logs
@@ -75,8 +75,8 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON to stdout."),
 ) -> None:
     """Group the timesteps by SNR and give every group a MACs budget (paper Eq. 2-5)."""
-    from .planning import build_plan, plan_table, write_plan
-    from .runs import PIPELINE_SECTIONS, RunDir
+    from ..planning.build import build_plan, plan_table, write_plan
+    from ..workflow.rundir import PIPELINE_SECTIONS, RunDir
 
     extra = list(overrides or [])
     for key, val in (("schedule.timesteps", timesteps), ("plan.groups", groups), ("plan.k", k),
@@ -100,14 +100,14 @@ def plan(
 
 
 def _base_macs(cfg: Config, model: Optional[Path], preset: Optional[str]) -> Optional[int]:
-    from .pruning.macs import thop_macs
+    from ..models.macs import thop_macs
 
     if model is not None:
-        from .checkpoint import load_model
+        from ..core.io import load_model
 
         return thop_macs(load_model(model)[0])
     if preset is not None:
-        from .models import build_unet, unet_config
+        from ..models.unet import build_unet, unet_config
 
         return thop_macs(build_unet(unet_config(preset, cfg.data.image_size, cfg.data.channels)))
     return None
@@ -122,16 +122,16 @@ def train_base(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Stage 1: train the base denoiser on all timesteps, then draw a sample grid."""
-    from .devices import dist_env, resolve_device
-    from .latent import decoder, training_data
-    from .runs import PIPELINE_SECTIONS, RunDir
-    from .sampling import generate, write_samples
-    from .stage1 import train_base as _train
+    from ..core.devices import dist_env, resolve_device
+    from ..models.latent import decoder, training_data
+    from ..workflow.rundir import PIPELINE_SECTIONS, RunDir
+    from ..workflow.sampling import generate, write_samples
+    from ..workflow.stage1 import train_base as _train
 
     cfg = _config(config, overrides, device)
     dev = resolve_device(cfg.run.device)
     data = training_data(cfg, device=dev)  # fails on missing data before anything is written
-    from .stage1 import check_model_takes
+    from ..workflow.stage1 import check_model_takes
 
     check_model_takes(cfg, data.shape)
     run = RunDir.for_config(cfg, run_dir)
@@ -148,8 +148,8 @@ def train_base(
     if not env.is_main:
         return
     run.log(f"train-base done steps={result.steps} seconds={result.seconds:.1f}")
-    from .checkpoint import load_model
-    from .models import denoise
+    from ..core.io import load_model
+    from ..models.unet import denoise
 
     model, meta = load_model(result.model_dir, dev)
     images = generate(lambda x, t: denoise(model, x, t), data.shape, cfg.schedule, cfg.sample,
@@ -173,7 +173,7 @@ def train_base(
 
 
 def _parse_groups(groups: Optional[str]) -> Optional[list[int]]:
-    from .errors import ConfigError
+    from ..core.errors import ConfigError
 
     if groups is None:
         return None
@@ -195,11 +195,11 @@ def run_cmd(
 ) -> None:
     """The whole TDC job: plan, stage 1, per-group agent pruning and fine-tuning, progressive model,
     evaluation against the base, report. Rerun the same command to resume after a kill."""
-    from .data import load_dataset
-    from .devices import dist_env, resolve_device
-    from .pipeline import check_groups, evaluate_run, run_pipeline
-    from .planning import build_plan
-    from .runs import PIPELINE_SECTIONS, RunDir
+    from ..core.data import load_dataset
+    from ..core.devices import dist_env, resolve_device
+    from ..workflow.pipeline import check_groups, evaluate_run, run_pipeline
+    from ..planning.build import build_plan
+    from ..workflow.rundir import PIPELINE_SECTIONS, RunDir
 
     cfg = _config(config, overrides, device)
     dev = resolve_device(cfg.run.device)
@@ -207,15 +207,15 @@ def run_cmd(
     check_groups(build_plan(cfg), group_list)  # before run.prepare writes config.yaml and logs/
     shape = load_dataset(cfg.data).shape  # fails on missing data before anything is written
     if not cfg.latent.vae:  # (latents get their shape from the autoencoder)
-        from .stage1 import check_model_takes
+        from ..workflow.stage1 import check_model_takes
 
         check_model_takes(cfg, shape)
     if cfg.stage2.mode == "tdc":
-        from .agent.llm import resolve_llm
+        from ..agent.llm import resolve_llm
 
         resolve_llm(cfg.agent.llm, cfg.agent)  # a missing key or dead server fails before compute
         if cfg.agent.memory_url:
-            from .agent.memory import MemoryBank
+            from ..agent.memory import MemoryBank
 
             MemoryBank.open_client(url=cfg.agent.memory_url)  # a dead server fails before anything is written
     run = RunDir.for_config(cfg, run_dir)
@@ -260,11 +260,11 @@ def assemble(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Build the progressive model from finished groups (after `run --groups ...` jobs)."""
-    from .devices import resolve_device
-    from .pipeline import assemble as _assemble
-    from .runs import PIPELINE_SECTIONS, RunDir
+    from ..core.devices import resolve_device
+    from ..workflow.pipeline import assemble as _assemble
+    from ..workflow.rundir import PIPELINE_SECTIONS, RunDir
 
-    from .pipeline import variants
+    from ..workflow.pipeline import variants
 
     cfg = _config(config, overrides, device)
     run = RunDir.for_config(cfg, run_dir)
@@ -282,9 +282,9 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Sample the base and progressive models of a run, measure FD/MACs/speed, write report.md."""
-    from .devices import resolve_device
-    from .pipeline import evaluate_run
-    from .runs import PIPELINE_SECTIONS, RunDir
+    from ..core.devices import resolve_device
+    from ..workflow.pipeline import evaluate_run
+    from ..workflow.rundir import PIPELINE_SECTIONS, RunDir
 
     cfg = _config(config, overrides, device)
     run = RunDir.for_config(cfg, run_dir)
@@ -307,10 +307,10 @@ def sample(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Sample a saved model with DDIM or DDPM; writes a PNG grid and an .npz of samples."""
-    from .config import SampleConfig
-    from .devices import resolve_device
-    from .errors import ConfigError
-    from .sampling import sample_model_dir
+    from ..core.config import SampleConfig
+    from ..core.devices import resolve_device
+    from ..core.errors import ConfigError
+    from ..workflow.sampling import sample_model_dir
 
     if sampler not in ("ddim", "ddpm"):
         raise ConfigError(f"--sampler must be ddim or ddpm, got {sampler!r}.")
@@ -319,16 +319,16 @@ def sample(
     dev = resolve_device(device or "auto")
     cfg = SampleConfig(sampler=sampler, steps=steps, num=num, eta=eta, batch_size=batch_size)
     out = out or Path(model).parent / "samples"
-    from .progressive import is_progressive
+    from ..models.progressive import is_progressive
 
     if is_progressive(model):
-        from .progressive import ProgressiveModel
-        from .sampling import generate, write_samples
+        from ..models.progressive import ProgressiveModel
+        from ..workflow.sampling import generate, write_samples
 
         pm = ProgressiveModel.load(model, dev)
         t0 = time.time()
         images = generate(lambda x, t: pm(x, t), pm.image_shape, pm.schedule, cfg, seed, dev, progress=not quiet)
-        from .latent import decoder
+        from ..models.latent import decoder
 
         images = decoder(pm.latent, dev)(images)
         secs = time.time() - t0
@@ -344,8 +344,8 @@ def sample(
 
 def _check_fits_data(model: "object", cfg: Config, what: str) -> None:
     """The model must take the data's images: refuse a mismatch before any pruning or LLM call."""
-    from .data import load_dataset
-    from .errors import ConfigError
+    from ..core.data import load_dataset
+    from ..core.errors import ConfigError
 
     if cfg.latent.vae:  # latents: their shape is only known after encoding
         return
@@ -363,13 +363,13 @@ def _load_base(model: Optional[Path], preset: Optional[str], cfg: Config, device
     """The model to prune or inspect: a saved model directory, or a preset sized by the config."""
     import torch
 
-    from .errors import ConfigError
-    from .models import build_unet, unet_config
+    from ..core.errors import ConfigError
+    from ..models.unet import build_unet, unet_config
 
     if (model is None) == (preset is None):
         raise ConfigError("Give exactly one of --preset P or --model DIR (--base DIR for prune).")
     if model is not None:
-        from .checkpoint import load_model
+        from ..core.io import load_model
 
         return load_model(model, device)
     torch.manual_seed(cfg.run.seed)
@@ -387,8 +387,8 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Compact JSON (what the agent sees)."),
 ) -> None:
     """List the prunable units: coupled channel groups, their quanta, MACs share and params."""
-    from .pruning.macs import count
-    from .pruning.units import analyse
+    from ..models.macs import count
+    from ..pruning.units import analyse
 
     cfg = _config(config, overrides)
     base, _ = _load_base(model, preset, cfg)
@@ -434,18 +434,18 @@ def prune(
     memory_url: Optional[str] = typer.Option(None, "--memory-url", help="agent: a Chroma server, http://host:port."),
 ) -> None:
     """Prune a base model to a MACs budget (classical criteria or the agent) and save it (pickle-free)."""
-    from .checkpoint import atomic_write_json
-    from .data import load_dataset
-    from .devices import resolve_device
-    from .diffusion import ForwardProcess
-    from .errors import ConfigError
-    from .planning import build_plan
-    from .latent import training_data
-    from .pruning.importance import CRITERIA, GRADIENT_CRITERIA
-    from .pruning.pruner import Pruner
-    from .pruning.scheme import PruningScheme
-    from .pruning.serialize import save_pruned
-    from .sampling import schedule_of
+    from ..core.io import atomic_write_json
+    from ..core.data import load_dataset
+    from ..core.devices import resolve_device
+    from ..diffusion.process import ForwardProcess
+    from ..core.errors import ConfigError
+    from ..planning.build import build_plan
+    from ..models.latent import training_data
+    from ..pruning.importance import CRITERIA, GRADIENT_CRITERIA
+    from ..pruning.pruner import Pruner
+    from ..pruning.scheme import PruningScheme
+    from ..pruning.serialize import save_pruned
+    from ..workflow.sampling import schedule_of
 
     extra = list(overrides or [])
     for key, val in (("agent.llm", llm), ("agent.base_url", llm_base_url), ("agent.rounds", rounds),
@@ -478,7 +478,7 @@ def prune(
         fraction = macs_fraction
     scheme = PruningScheme(source=method)
     if scheme_file is not None:
-        from .checkpoint import read_json
+        from ..core.io import read_json
 
         raw = read_json(scheme_file, "scheme")
         if not isinstance(raw, dict):
@@ -492,8 +492,8 @@ def prune(
     meta = {**meta, "schedule": schedule.model_dump(mode="json")}
     meta.pop("pruning", None)
     save_pruned(out / "model", result, meta)
-    from .agent.proxy import held_out
-    from .evaluation.quick import quick_loss
+    from ..agent.proxy import held_out
+    from ..evaluation.quick import quick_loss
 
     eval_ts = timesteps or list(range(schedule.timesteps))
     loss = quick_loss(result.model, held_out(cfg), process or ForwardProcess(schedule, dev), eval_ts,
@@ -518,9 +518,9 @@ def prune(
 
 def _group_task(cfg: Config, macs_fraction: Optional[float], group: Optional[int], base_macs: int):
     """The GroupTask for --group i (from the plan) or --macs-fraction f (all timesteps)."""
-    from .agent.tools import GroupTask
-    from .errors import ConfigError
-    from .planning import build_plan
+    from ..agent.tools import GroupTask
+    from ..core.errors import ConfigError
+    from ..planning.build import build_plan
 
     if (macs_fraction is None) == (group is None):
         raise ConfigError("Give exactly one of --macs-fraction f or --group i.")
@@ -539,10 +539,10 @@ def _group_task(cfg: Config, macs_fraction: Optional[float], group: Optional[int
 
 
 def _prune_agent(cfg: Config, macs_fraction, group, base, preset, out: Path, as_json: bool) -> None:
-    from .agent.proxy import AgentPruning
-    from .devices import resolve_device
-    from .pruning.macs import thop_macs
-    from .sampling import schedule_of
+    from ..agent.proxy import AgentPruning
+    from ..core.devices import resolve_device
+    from ..models.macs import thop_macs
+    from ..workflow.sampling import schedule_of
 
     dev = resolve_device(cfg.run.device)
     model, meta = _load_base(base, preset, cfg, dev)
@@ -577,8 +577,8 @@ app.add_typer(prompts_app, name="prompts")
 
 def _open_memory(run_dir: Optional[Path], memory_dir: Optional[Path], memory_url: Optional[str]):
     """The memory bank's Chroma client, opened exactly as the agent opens it."""
-    from .agent.memory import MemoryBank
-    from .errors import ConfigError
+    from ..agent.memory import MemoryBank
+    from ..core.errors import ConfigError
 
     path = memory_dir or (run_dir / "memory" if run_dir else None)
     if not memory_url and (path is None or not Path(path).is_dir()):
@@ -587,9 +587,9 @@ def _open_memory(run_dir: Optional[Path], memory_dir: Optional[Path], memory_url
 
 
 def _memory_records(run_dir, memory_dir, memory_url, group):
-    from .agent.memory import MemoryRecord
+    from ..agent.memory import MemoryRecord
 
-    from .agent.memory import MemoryBankError
+    from ..agent.memory import MemoryBankError
 
     client = _open_memory(run_dir, memory_dir, memory_url)
     recs = []
@@ -651,8 +651,8 @@ def memory_export(out: Path = typer.Option(..., "--out", help="File to write: .c
     import csv
     import io
 
-    from .checkpoint import atomic_write_text
-    from .errors import ConfigError
+    from ..core.io import atomic_write_text
+    from ..core.errors import ConfigError
 
     recs = _memory_records(run_dir, memory_dir, memory_url, group)
     if out.suffix == ".json":
@@ -676,7 +676,7 @@ def memory_export(out: Path = typer.Option(..., "--out", help="File to write: .c
 def prompts_show(prompt_dir: Optional[Path] = typer.Option(None, "--prompt-dir"),
                  name: Optional[str] = typer.Argument(None, help="system, round, memory or architecture.")) -> None:
     """Print the templates in effect (defaults overridden by --prompt-dir)."""
-    from .agent.prompts import load_prompts
+    from ..agent.prompts import load_prompts
 
     ps = load_prompts(prompt_dir)
     for n, t in ps.templates.items():
@@ -689,7 +689,7 @@ def prompts_show(prompt_dir: Optional[Path] = typer.Option(None, "--prompt-dir")
 @prompts_app.command("validate")
 def prompts_validate(prompt_dir: Optional[Path] = typer.Option(None, "--prompt-dir")) -> None:
     """Check every template's placeholders (missing or unknown ones are listed)."""
-    from .agent.prompts import load_prompts
+    from ..agent.prompts import load_prompts
 
     ps = load_prompts(prompt_dir)
     console.print(f"prompt templates OK: {', '.join(f'{n} ({p})' for n, p in ps.sources.items())}")
@@ -699,7 +699,7 @@ def prompts_validate(prompt_dir: Optional[Path] = typer.Option(None, "--prompt-d
 def prompts_init(directory: Path = typer.Argument(..., help="Where to copy the default templates."),
                  force: bool = typer.Option(False, "--force", help="Overwrite templates already in DIR.")) -> None:
     """Copy the packaged default templates into DIR for editing; use them with --prompt-dir DIR."""
-    from .agent.prompts import init_prompts
+    from ..agent.prompts import init_prompts
 
     written = init_prompts(directory, force=force)
     console.print(f"wrote {len(written)} prompt templates (use them with --prompt-dir {directory}):", soft_wrap=True)

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_bytes, load_model
-from .config import SampleConfig, ScheduleConfig
-from .data import to_uint8
-from .diffusion import DenoiseFn, sample
-from .errors import CheckpointError
-from .models import denoise
-from .plots import save_grid
-from .latent import decoder
-from .progress import make_progress
+from ..core.io import atomic_write_bytes, load_model
+from ..core.config import SampleConfig, ScheduleConfig
+from ..core.data import to_uint8
+from ..diffusion.process import DenoiseFn, sample
+from ..core.errors import CheckpointError
+from ..models.unet import denoise
+from ..core.plots import save_grid
+from ..models.latent import decoder
+from ..core.progress import make_progress
 
 
 @dataclass

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from .errors import CheckpointError
 from .faults import failpoint
-from .models import build_unet
+from ..models.unet import build_unet
 
 FORMAT_VERSION = 1
 MODEL_META = "tdc_model.json"
@@ -201,7 +201,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"{directory / 'config.json'} does not describe a buildable UNet2DModel "
                               f"({type(e).__name__}: {e}). Fix it or re-export the model.") from None
     if (directory / PRUNING_FILE).is_file():
-        from .pruning.serialize import restore_structure
+        from ..pruning.serialize import restore_structure
 
         setattr(model, PRUNING_ATTR, restore_structure(model, directory))
     state = load_tensors(directory / "model.safetensors", "model weights")

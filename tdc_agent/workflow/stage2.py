@@ -16,16 +16,16 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write_json, load_model, load_tensors, read_json, save_model
-from .config import Config
-from .data import ImageDataset
-from .devices import dist_env
-from .diffusion import ForwardProcess
-from .evaluation.quick import quick_loss
-from .pruning.macs import count
-from .runs import RunDir
-from .schedule import Group, Plan
-from .training import train
+from ..core.io import atomic_write_json, load_model, load_tensors, read_json, save_model
+from ..core.config import Config
+from ..core.data import ImageDataset
+from ..core.devices import dist_env
+from ..diffusion.process import ForwardProcess
+from ..evaluation.quick import quick_loss
+from ..models.macs import count
+from .rundir import RunDir
+from ..planning.plan import Group, Plan
+from ..training import train
 
 
 @dataclass
@@ -48,7 +48,7 @@ def group_dir(run: RunDir, index: int, variant: str = "") -> Path:
 
 
 def _task(plan: Plan, g: Group, base_macs: int):
-    from .agent.tools import GroupTask
+    from ..agent.tools import GroupTask
 
     neighbours = [i for i in (g.index - 1, g.index + 1) if 0 <= i < len(plan.groups)]
     return GroupTask(g.index, g.t_start, g.t_end, g.snr_min, g.snr_max, g.limit_fraction * base_macs,
@@ -72,18 +72,18 @@ def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: to
         info: dict[str, Any] = {"mode": mode if mode == "tdc-no-prune" else f"{mode} (full budget: base)",
                                 "levels": {}, "macs_thop": c.thop, "params": c.params}
     elif mode == "tdc":
-        from .agent.proxy import AgentPruning
+        from ..agent.proxy import AgentPruning
 
         ap = AgentPruning(cfg, base, gmeta, group_dir(run, g.index, variant) / "agent", cfg.agent.llm, device,
                           show=show)
         outcome, result = ap.prune_group(_task(plan, g, ap.pruner.base_count.thop), model_dir=out)
         info = {"mode": mode, **outcome.extra["summary"]}
     else:
-        from .pruning.pruner import Pruner
-        from .pruning.serialize import save_pruned
+        from ..pruning.pruner import Pruner
+        from ..pruning.serialize import save_pruned
 
         if "pruner" not in pruner_cache:
-            from .latent import training_data
+            from ..models.latent import training_data
 
             pruner_cache["pruner"] = Pruner(base, training_data(cfg), ForwardProcess(cfg.schedule, device),
                                             cfg.run.seed)
@@ -123,7 +123,7 @@ def finetune_group(cfg: Config, run: RunDir, plan: Plan, g: Group, data: ImageDa
     loss_after = quick_loss(tuned, eval_data, process, g.timesteps, cfg.agent.eval_timesteps,
                             cfg.agent.eval_batch_size, cfg.run.seed)
     summary = {"group": g.index, "steps": steps, "loss_before": loss_before, "loss_after": loss_after}
-    from .devices import barrier, dist_env
+    from ..core.devices import barrier, dist_env
 
     if dist_env().is_main:
         atomic_write_json(gdir / "finetune.json", summary)

@@ -15,9 +15,9 @@ from typing import Iterator
 
 import yaml
 
-from .checkpoint import atomic_write_text
-from .config import Config, load_yaml, stored_config
-from .errors import CheckpointError, ConfigError
+from ..core.io import atomic_write_text
+from ..core.config import Config, load_yaml, stored_config
+from ..core.errors import CheckpointError, ConfigError
 
 # What decides a stage-1 result, and what decides the whole pipeline's results.
 RESULT_SECTIONS = ("data", "model", "latent", "schedule", "plan", "stage1")
@@ -116,7 +116,7 @@ class RunDir:
         the lock of a step before doing it and re-check whether it is done once they hold it, so
         stage 1, each group and the assembly are done once. Under torchrun only rank 0 locks (the
         other ranks follow it through the collectives)."""
-        from .devices import dist_env
+        from ..core.devices import dist_env
 
         if not dist_env().is_main:
             yield
@@ -127,7 +127,7 @@ class RunDir:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                from .progress import console
+                from ..core.progress import console
 
                 console.print(f"[yellow]waiting for another job on {self.path} ({name})[/]")
                 self.log(f"waiting for the lock {name} (another job holds it)")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .checkpoint import atomic_write_json, read_json
-from .config import Config
-from .errors import CheckpointError, ConfigError
-from .schedule import Plan, make_plan
+from ..core.io import atomic_write_json, read_json
+from ..core.config import Config
+from ..core.errors import CheckpointError, ConfigError
+from .plan import Plan, make_plan
 
 
 def build_plan(cfg: Config) -> Plan:
@@ -27,7 +27,7 @@ def build_plan(cfg: Config) -> Plan:
 
 def write_plan(plan: Plan, out_dir: str | Path, base_macs: int | None = None) -> tuple[Path, Path]:
     """Write ``plan.json`` and ``plan.png`` into ``out_dir``."""
-    from .plots import plot_plan
+    from ..core.plots import plot_plan
 
     out_dir = Path(out_dir)
     d = plan.to_dict()

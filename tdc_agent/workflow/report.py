@@ -11,11 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .checkpoint import atomic_write_text, read_json  # noqa: E402
-from .config import Config  # noqa: E402
-from .planning import build_plan  # noqa: E402
-from .plots import _save  # noqa: E402
-from .runs import RunDir  # noqa: E402
+from ..core.io import atomic_write_text, read_json  # noqa: E402
+from ..core.config import Config  # noqa: E402
+from ..planning.build import build_plan  # noqa: E402
+from ..core.plots import _save  # noqa: E402
+from .rundir import RunDir  # noqa: E402
 from .stage1 import STEP_COST  # noqa: E402
 from .stage2 import group_dir  # noqa: E402
 

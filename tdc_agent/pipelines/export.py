@@ -1,6 +1,6 @@
 """Use a progressive model from diffusers: a UNet adapter that routes timesteps, and a pipeline.
 
-    from tdc_agent.export import TDCPipeline
+    from tdc_agent.pipelines.export import TDCPipeline
     pipe = TDCPipeline.from_progressive("runs/digits/progressive", sampler="ddim")
     images = pipe(batch_size=16, num_inference_steps=100, generator=torch.manual_seed(0)).images
 
@@ -24,8 +24,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .diffusion import make_scheduler
-from .progressive import ProgressiveModel
+from ..diffusion.process import make_scheduler
+from ..models.progressive import ProgressiveModel
 
 
 class ProgressiveUNet(ModelMixin, ConfigMixin):
@@ -68,7 +68,7 @@ class TDCPipeline(DiffusionPipeline):
         pm = ProgressiveModel.load(directory, device)
         vae = None
         if pm.latent:
-            from .latent import load_autoencoder
+            from ..models.latent import load_autoencoder
 
             vae = load_autoencoder(pm.latent["vae"], device)
         pipe = cls(ProgressiveUNet.wrap(pm), make_scheduler(pm.schedule, sampler), vae)
@@ -97,7 +97,7 @@ class TDCPipeline(DiffusionPipeline):
                 x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
         x = x.clamp(-1, 1)
         if self.vae is not None:
-            from .latent import decode
+            from ..models.latent import decode
 
             x = decode(self.vae, x, float(self.latent["scaling_factor"]))
         image = ((x + 1) / 2).clamp(0, 1).cpu()

@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .checkpoint import atomic_write_bytes  # noqa: E402
-from .schedule import Plan  # noqa: E402
+from .io import atomic_write_bytes  # noqa: E402
+from ..planning.plan import Plan  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """Forward process, the ε-prediction loss, and DDIM/DDPM sampling through diffusers' schedulers.
 
-The β schedule comes from :mod:`tdc_agent.schedule` and is handed to diffusers as
+The β schedule comes from :mod:`tdc_agent.planning.plan` and is handed to diffusers as
 ``trained_betas``, so training, grouping and sampling use exactly the same numbers.
 """
 
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from . import schedule as sched
-from .config import ScheduleConfig
+from ..planning import plan as sched
+from ..core.config import ScheduleConfig
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -12,17 +12,17 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .checkpoint import atomic_write_json, load_model, read_json
-from .config import Config
-from .devices import barrier, dist_env, rank0_says
-from .latent import training_data
-from .errors import ConfigError
-from .planning import build_plan, write_plan
-from .progress import console
-from .progressive import ProgressiveModel, member_from_dir
-from .pruning.macs import count
-from .runs import RunDir
-from .schedule import Plan, ddim_timesteps
+from ..core.io import atomic_write_json, load_model, read_json
+from ..core.config import Config
+from ..core.devices import barrier, dist_env, rank0_says
+from ..models.latent import training_data
+from ..core.errors import ConfigError
+from ..planning.build import build_plan, write_plan
+from ..core.progress import console
+from ..models.progressive import ProgressiveModel, member_from_dir
+from ..models.macs import count
+from .rundir import RunDir
+from ..planning.plan import Plan, ddim_timesteps
 from .stage1 import continue_base, equal_compute_steps, train_base
 from .stage2 import finetune_group, group_dir, group_steps, prepare_group_model
 
@@ -40,7 +40,7 @@ def check_groups(plan: Plan, groups: Sequence[int] | None) -> None:
 def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequence[int] | None = None,
                  show: bool = True) -> dict[str, Any]:
     """Plan, stage 1 and stage 2 for ``groups`` (default all); assembles when every group is done."""
-    from .agent.proxy import held_out
+    from ..agent.proxy import held_out
 
     t0 = time.time()
     plan = build_plan(cfg)
@@ -159,7 +159,7 @@ def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = Tr
 
 
 def _evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool) -> dict[str, Any]:
-    from .models import denoise
+    from ..models.unet import denoise
     from .sampling import generate, write_samples
 
     base, _ = load_model(run.base_model, device)
@@ -187,7 +187,7 @@ def _evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool) ->
         pm_np = ProgressiveModel.load(progressive_dir(run, "noprune"), device)
         models.insert(1, ("tdc_no_prune", pm_np, pm_np.sampling_macs(scfg.sampler, scfg.steps)["mean_per_step"],
                           pm_np))
-    from .latent import decoder
+    from ..models.latent import decoder
 
     decode = decoder(pm.latent, device)  # latent diffusion: samples are decoded before anything sees them
     image_shape = tuple(pm.latent["image_shape"]) if pm.latent else tuple(shape)
@@ -224,13 +224,13 @@ def scorer(cfg: Config, shape: tuple[int, ...], device: torch.device) -> Callabl
     if metric == "none":
         return lambda images: {}
     if metric == "digits-fd":
-        from .evaluation.fd import digits_fd
+        from ..evaluation.fd import digits_fd
 
         if tuple(shape) != (1, 8, 8):
             raise ConfigError(f"evaluation.metric=digits-fd needs 1x8x8 digits, the model makes {tuple(shape)}; "
                               "use evaluation.metric=fid.")
         return lambda images: digits_fd(images, cfg.run.seed).to_dict()
-    from .evaluation.fid import InceptionEvaluator
+    from ..evaluation.fid import InceptionEvaluator
 
     ev = InceptionEvaluator(cfg.data, cfg.evaluation.inception_weights, device, cfg.evaluation.reference_samples,
                             cfg.run.seed)
@@ -244,7 +244,7 @@ def training_macs(cfg: Config, run: RunDir, plan, base_macs: int) -> dict[str, f
     forward, the same factor for every row); ``teacher[_variant]`` the base's forwards for
     distillation (no backward); ``proxy[_variant]`` the agent's quick evaluations of candidates.
     """
-    from .checkpoint import read_json as _read
+    from ..core.io import read_json as _read
 
     out = {"stage1": float(base_macs) * cfg.stage1.steps * cfg.stage1.batch_size}
     for variant, vcfg in variants(cfg):
