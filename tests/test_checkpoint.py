@@ -5,7 +5,8 @@ import stat
 import pytest
 import torch
 
-from tdc_agent.core.io import load_model, load_tensors, read_json, save_model, save_tensors
+from tdc_agent.core.io import load_tensors, read_json, save_tensors
+from tdc_agent.models.store import load_model, save_model
 from tdc_agent.core.errors import CheckpointError
 from tdc_agent.models.unet import build_unet, denoise, unet_config
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from tdc_agent.core.io import save_model
+from tdc_agent.models.store import save_model
 from tdc_agent.core.config import SampleConfig, ScheduleConfig
 from tdc_agent.models.unet import build_unet, unet_config
 from tdc_agent.models.progressive import Member, ProgressiveModel

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import PYTHON, python_env
-from tdc_agent.core.io import save_model
+from tdc_agent.models.store import save_model
 from tdc_agent.core.config import ScheduleConfig
 from tdc_agent.models.unet import build_unet, denoise, unet_config
 from tdc_agent.models.progressive import Member, ProgressiveModel

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import PYTHON, python_env
-from tdc_agent.core.io import load_model
+from tdc_agent.models.store import load_model
 from tdc_agent.core.config import ScheduleConfig
 from tdc_agent.core.data import ImageDataset, load_dataset
 from tdc_agent.core.config import DataConfig

@@ -10,7 +10,7 @@ from tdc_agent.core.data import load_dataset
 from tdc_agent.core.config import DataConfig, ScheduleConfig
 from tdc_agent.diffusion.process import ForwardProcess
 from tdc_agent.models.unet import build_unet, unet_config
-from tdc_agent.core.io import load_model
+from tdc_agent.models.store import load_model
 from tdc_agent.training import train
 from tdc_agent.training.ema import EMA, ema_decay_at
 

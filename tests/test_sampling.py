@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from conftest import PYTHON, python_env
-from tdc_agent.core.io import save_model
+from tdc_agent.models.store import save_model
 from tdc_agent.core.config import SampleConfig, ScheduleConfig
 from tdc_agent.models.unet import build_unet, unet_config
 from tdc_agent.workflow.sampling import sample_model_dir

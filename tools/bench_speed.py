@@ -41,7 +41,8 @@ from tdc_agent.diffusion.process import ForwardProcess, sample  # noqa: E402
 from tdc_agent.models.unet import build_unet, denoise, unet_config  # noqa: E402
 from tdc_agent.models.progressive import Member, ProgressiveModel  # noqa: E402
 from tdc_agent.pruning.pruner import Pruner  # noqa: E402
-from tdc_agent.planning.plan import ddim_timesteps, make_plan  # noqa: E402
+from tdc_agent.diffusion.schedule import ddim_timesteps  # noqa: E402
+from tdc_agent.planning.plan import make_plan  # noqa: E402
 from tdc_agent.training import train  # noqa: E402
 
 MODELS = {

@@ -43,7 +43,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tdc_agent.core.io import atomic_write_json, load_model, read_json  # noqa: E402
+from tdc_agent.core.io import atomic_write_json, read_json
+from tdc_agent.models.store import load_model  # noqa: E402
 from tdc_agent.core.config import Config, load_config  # noqa: E402
 from tdc_agent.evaluation.fd import digits_classifier, features, frechet, gaussian, real_floor_splits  # noqa: E402
 from tdc_agent.evaluation.stats import (  # noqa: E402

@@ -31,7 +31,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tdc_agent.core.io import atomic_write_json, load_model, read_json
+from tdc_agent.core.io import atomic_write_json, read_json
+from tdc_agent.models.store import load_model
 from tdc_agent.core.config import Config, SampleConfig, load_config
 from tdc_agent.core.data import load_dataset
 from tdc_agent.diffusion.process import ForwardProcess

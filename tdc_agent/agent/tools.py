@@ -220,7 +220,7 @@ class PruningSession:
         res = train(model, data, self.process, tcfg, self.out_dir / "recovery" / self.short_id(rec),
                     seed=self.seed, device=next(model.parameters()).device, timesteps=self.task.timesteps,
                     progress=False, desc="recovery")
-        from ..core.io import load_model
+        from ..models.store import load_model
 
         return load_model(res.model_dir, next(model.parameters()).device)[0]
 

@@ -1,7 +1,7 @@
 """The transcript: a JSONL record of every LLM request and reply, tool call and result, per run.
 
 It is what makes LLM decisions reproducible (``replay:`` reads the replies back) and auditable.
-Secrets never reach it: every string is scrubbed (:mod:`tdc_agent.redaction`) of API keys found in
+Secrets never reach it: every string is scrubbed (:mod:`tdc_agent.core.redaction`) of API keys found in
 the environment (including the variable ``agent.api_key_env`` names), of ``sk-...`` style keys, of
 ``Bearer`` tokens and of credentials in URLs before it is written.
 """

@@ -103,7 +103,7 @@ def _base_macs(cfg: Config, model: Optional[Path], preset: Optional[str]) -> Opt
     from ..models.macs import thop_macs
 
     if model is not None:
-        from ..core.io import load_model
+        from ..models.store import load_model
 
         return thop_macs(load_model(model)[0])
     if preset is not None:
@@ -148,7 +148,7 @@ def train_base(
     if not env.is_main:
         return
     run.log(f"train-base done steps={result.steps} seconds={result.seconds:.1f}")
-    from ..core.io import load_model
+    from ..models.store import load_model
     from ..models.unet import denoise
 
     model, meta = load_model(result.model_dir, dev)
@@ -369,7 +369,7 @@ def _load_base(model: Optional[Path], preset: Optional[str], cfg: Config, device
     if (model is None) == (preset is None):
         raise ConfigError("Give exactly one of --preset P or --model DIR (--base DIR for prune).")
     if model is not None:
-        from ..core.io import load_model
+        from ..models.store import load_model
 
         return load_model(model, device)
     torch.manual_seed(cfg.run.seed)

@@ -1,6 +1,6 @@
 """Forward process, the ε-prediction loss, and DDIM/DDPM sampling through diffusers' schedulers.
 
-The β schedule comes from :mod:`tdc_agent.planning.plan` and is handed to diffusers as
+The β schedule comes from :mod:`tdc_agent.diffusion.schedule` and is handed to diffusers as
 ``trained_betas``, so training, grouping and sampling use exactly the same numbers.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from ..planning import plan as sched
+from . import schedule as sched
 from ..core.config import ScheduleConfig
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

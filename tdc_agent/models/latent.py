@@ -96,7 +96,7 @@ def _cache_key(data: DataConfig, spec: str, scale: float) -> str:
 
 def training_data(cfg: Config, data: DataConfig | None = None, device: torch.device | str = "cpu") -> ImageDataset:
     """What the denoiser learns: the images, or (latent mode) their cached latents."""
-    from ..evaluation.fd import cache_dir
+    from ..core.io import cache_dir
 
     data = data or cfg.data
     if not cfg.latent.vae:

@@ -27,8 +27,6 @@ def build_plan(cfg: Config) -> Plan:
 
 def write_plan(plan: Plan, out_dir: str | Path, base_macs: int | None = None) -> tuple[Path, Path]:
     """Write ``plan.json`` and ``plan.png`` into ``out_dir``."""
-    from ..core.plots import plot_plan
-
     out_dir = Path(out_dir)
     d = plan.to_dict()
     d["base_macs"] = base_macs
@@ -86,3 +84,27 @@ def plan_table(plan: Plan, base_macs: int | None = None) -> Table:
 
 
 __all__ = ["build_plan", "write_plan", "load_plan", "plan_table"]
+
+
+def plot_plan(plan: Plan, path: str | Path) -> Path:
+    """SNR(t), the per-timestep budget and the group limits, with group boundaries (paper Fig. 2)."""
+    import numpy as np
+    import matplotlib.pyplot as plt
+
+    from ..core.plots import save_figure
+
+    t = np.arange(plan.timesteps)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    ax1.plot(t, plan.snr, color="tab:blue")
+    ax1.set_ylabel("SNR (dB)")
+    ax1.set_title(f"{plan.schedule} schedule, N={len(plan.groups)}, k={plan.k}, shape={plan.shape}")
+    ax2.plot(t, plan.budget, color="tab:orange", label="budget(t)")
+    limits = np.array([g.limit_fraction for g in plan.groups])[plan.routing_table()]
+    ax2.step(t, limits, where="post", color="tab:green", label=f"group limit ({plan.budget_rule})")
+    ax2.set_ylabel("MACs / F")
+    ax2.set_xlabel("timestep t")
+    ax2.legend(loc="lower right")
+    for g in plan.groups[1:]:
+        for ax in (ax1, ax2):
+            ax.axvline(g.t_start - 0.5, color="grey", lw=0.6, ls="--")
+    return save_figure(fig, path)

@@ -20,39 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from diffusers.models.attention_processor import Attention
-from diffusers.models.downsampling import Downsample2D
-from diffusers.models.upsampling import Upsample2D
 
-from ..core.io import PRUNING_ATTR
 from .importance import select_pruned
 from ..models.macs import MacsCount, count
 from .scheme import PruningScheme, SchemeError
 from ..models.unet import eval_mode, example_inputs
+from ..models.record import attach, fix_up, make_record
 from .units import UnitGraph, build_graph
-
-FIXUP_VERSION = 1
-
-
-def fix_up(model: torch.nn.Module) -> None:
-    """Update diffusers attributes that torch-pruning does not know about.
-
-    ``Attention.scale`` is deliberately left at its trained value: the pruned model then computes the
-    same attention logits from the channels it kept, which is closer to the base model than
-    rescaling by the new head size.
-    """
-    for m in model.modules():
-        if isinstance(m, (Downsample2D, Upsample2D)) and getattr(m, "conv", None) is not None:
-            conv = m.conv
-            m.channels = conv.in_channels
-            m.out_channels = conv.out_channels
-        elif isinstance(m, Attention):
-            m.inner_dim = m.to_q.out_features
-            if hasattr(m, "inner_kv_dim"):
-                m.inner_kv_dim = m.to_k.out_features
-            m.query_dim = m.to_q.in_features
-            m.out_dim = m.to_out[0].out_features
-
 
 def build_pruned(
     base: torch.nn.Module,
@@ -225,8 +199,7 @@ def prune_to_budget(
     fitted = PruningScheme(levels={k: v for k, v in levels.items() if v < 1.0}, source=scheme.source,
                            rationale=scheme.rationale)
     # the model carries its structure record, so any later save (e.g. after fine-tuning) keeps it
-    setattr(model, PRUNING_ATTR, {"fixup_version": FIXUP_VERSION, "history": history, "levels": fitted.levels,
-                                  "kept_channels": fitted.kept_channels(graph)})
+    attach(model, make_record(history, fitted.levels, fitted.kept_channels(graph)))
     return PruneResult(
         model=model, scheme=fitted, requested=requested, notes=notes, limit_macs=limit_macs,
         macs=measured, base_macs=base_count, history=history, kept_channels=fitted.kept_channels(graph),

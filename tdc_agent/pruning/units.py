@@ -21,8 +21,8 @@ import torch_pruning as tp
 from diffusers.models.attention_processor import Attention
 from pydantic import BaseModel
 
-from ..models.unet import eval_mode, example_inputs
 from ..models.macs import thop_layer_ops
+from ..models.record import build_graph  # noqa: F401  (units and importance trace with it)
 
 ROLES = ("time embedding", "attention", "resnet inner", "block output")
 
@@ -83,14 +83,6 @@ def attention_heads(model: torch.nn.Module) -> dict[torch.nn.Module, int]:
             for proj in (m.to_q, m.to_k, m.to_v):
                 heads[proj] = m.heads
     return heads
-
-
-def build_graph(model: torch.nn.Module) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of a diffusers UNet (traced on one example input)."""
-    with eval_mode(model):
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_inputs(model), forward_fn=lambda m, inputs: m(*inputs).sample,
-        )
 
 
 def ignored_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

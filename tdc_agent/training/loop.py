@@ -22,17 +22,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..core.io import (
-    atomic_write_json,
-    atomic_write_text,
-    load_state_strict,
-    load_tensors,
-    read_json,
-    replace_dir,
-    resolve_dir,
-    save_model,
-    save_tensors,
-)
+from ..core.io import atomic_write_json, atomic_write_text, load_tensors, read_json, replace_dir, resolve_dir, save_tensors
+from ..models.store import load_state_strict, save_model
 from ..core.config import TrainConfig
 from ..core.data import ImageDataset
 from ..core.devices import barrier, init_distributed

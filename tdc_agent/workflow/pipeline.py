@@ -12,7 +12,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..core.io import atomic_write_json, load_model, read_json
+from ..core.io import atomic_write_json, read_json
+from ..models.store import load_model
 from ..core.config import Config
 from ..core.devices import barrier, dist_env, rank0_says
 from ..models.latent import training_data
@@ -22,7 +23,8 @@ from ..core.progress import console
 from ..models.progressive import ProgressiveModel, member_from_dir
 from ..models.macs import count
 from .rundir import RunDir
-from ..planning.plan import Plan, ddim_timesteps
+from ..diffusion.schedule import ddim_timesteps
+from ..planning.plan import Plan
 from .stage1 import continue_base, equal_compute_steps, train_base
 from .stage2 import finetune_group, group_dir, group_steps, prepare_group_model
 

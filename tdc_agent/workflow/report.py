@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from ..core.io import atomic_write_text, read_json  # noqa: E402
 from ..core.config import Config  # noqa: E402
 from ..planning.build import build_plan  # noqa: E402
-from ..core.plots import _save  # noqa: E402
+from ..core.plots import save_figure  # noqa: E402
 from .rundir import RunDir  # noqa: E402
 from .stage1 import STEP_COST  # noqa: E402
 from .stage2 import group_dir  # noqa: E402
@@ -42,7 +42,7 @@ def _rounds_plot(cfg: Config, run: RunDir, n_groups: int) -> Path | None:
     ax.set_xlabel("round")
     ax.set_ylabel("quick loss (mean ± std of candidates)")
     ax.legend(fontsize=7)
-    return _save(fig, run.path / "agent_rounds.png")
+    return save_figure(fig, run.path / "agent_rounds.png")
 
 
 def _fmt_macs(x: float) -> str:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.io import atomic_write_bytes, load_model
+from ..core.io import atomic_write_bytes
+from ..models.store import load_model
 from ..core.config import SampleConfig, ScheduleConfig
 from ..core.data import to_uint8
 from ..diffusion.process import DenoiseFn, sample

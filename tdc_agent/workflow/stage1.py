@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..core.io import resolve_dir, save_model
+from ..core.io import resolve_dir
+from ..models.store import save_model
 from ..core.config import Config
 from ..core.data import ImageDataset
 from ..core.devices import barrier, dist_env

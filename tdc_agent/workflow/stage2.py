@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from ..core.io import atomic_write_json, load_model, load_tensors, read_json, save_model
+from ..core.io import atomic_write_json, load_tensors, read_json
+from ..models.store import load_model, save_model
 from ..core.config import Config
 from ..core.data import ImageDataset
 from ..core.devices import dist_env
