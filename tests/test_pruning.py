@@ -172,7 +172,7 @@ def test_pruned_reload_in_fresh_process_is_exact(tiny_pruner, tmp_path):
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
     code = (
         f"import torch; torch.set_num_threads({torch.get_num_threads()}); from safetensors.torch import load_file, save_file;"
-        "from tdc_agent.core.io import load_model; from tdc_agent.models.unet import denoise;"
+        "from tdc_agent.models.store import load_model; from tdc_agent.models.unet import denoise;"
         f"m,_=load_model(r'{tmp_path / 'm'}'); x=load_file(r'{tmp_path / 'x.safetensors'}')['x'];"
         f"save_file({{'y': denoise(m.eval(), x, torch.tensor([5, 50])).detach()}}, r'{tmp_path / 'y.safetensors'}')"
     )
