@@ -18,6 +18,7 @@ from conftest import PYTHON, python_env, tiny_config_dict
 from openai_server import FakeOpenAI, tool_call
 from tdc_agent.agent.proxy import AgentPruning
 from tdc_agent.agent.tools import GroupTask
+from tdc_agent.planning.plan import Group
 from tdc_agent.agent.transcript import read_transcript
 from tdc_agent.core.config import config_from_dict
 from tdc_agent.core.errors import TDCError
@@ -33,7 +34,7 @@ def _setup(tmp_path: Path, **agent):
     torch.manual_seed(0)
     base = build_unet(unet_config("tiny")).eval()
     macs = thop_macs(base)
-    task = GroupTask(1, 30, 60, -2.0, 10.0, 0.6 * macs, 0.6, [0, 2])
+    task = GroupTask(Group.span(1, 30, 60, -2.0, 10.0, 0.6), 0.6 * macs, [0, 2])
     return cfg, base, task
 
 

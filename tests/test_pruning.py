@@ -13,7 +13,8 @@ from tdc_agent.models.store import load_model
 from tdc_agent.core.config import ScheduleConfig
 from tdc_agent.core.data import ImageDataset, load_dataset
 from tdc_agent.core.config import DataConfig
-from tdc_agent.diffusion.process import ForwardProcess, sample
+from tdc_agent.diffusion.process import ForwardProcess
+from tdc_agent.diffusion.sampling import sample
 from tdc_agent.core.errors import CheckpointError
 from tdc_agent.models.unet import build_unet, denoise, unet_config
 from tdc_agent.pruning.apply import fit_levels

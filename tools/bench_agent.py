@@ -21,6 +21,7 @@ import torch
 from tdc_agent.agent.memory import MemoryBank, MemoryRecord, architecture_hash
 from tdc_agent.agent.proxy import AgentPruning
 from tdc_agent.agent.tools import GroupTask
+from tdc_agent.planning.plan import Group
 from tdc_agent.core.config import load_config
 from tdc_agent.models.unet import build_unet, unet_config
 from tdc_agent.pruning.units import analyse
@@ -72,7 +73,7 @@ def bench_overhead(rounds: int, candidates: int) -> dict:
         ap = AgentPruning(cfg, base, {"schedule": cfg.schedule.model_dump()}, Path(d), "builtin", torch.device("cpu"),
                           show=False)
         limit = 0.7 * ap.pruner.base_count.thop
-        outcome, _ = ap.prune_group(GroupTask(1, 100, 400, -5.0, 10.0, limit, 0.7, []))
+        outcome, _ = ap.prune_group(GroupTask(Group.span(1, 100, 400, -5.0, 10.0, 0.7), limit))
         s = outcome.extra["summary"]["seconds"]
     return {"rounds": rounds, "candidates": candidates, "total_seconds": s["total"],
             "build_and_evaluate_seconds": s["build_and_evaluate"], "agent_overhead_seconds": s["agent_overhead"],

@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from tdc_agent.core.config import ScheduleConfig, TrainConfig  # noqa: E402
 from tdc_agent.core.data import ImageDataset  # noqa: E402
-from tdc_agent.diffusion.process import ForwardProcess, sample  # noqa: E402
+from tdc_agent.diffusion.process import ForwardProcess  # noqa: E402
+from tdc_agent.diffusion.sampling import sample  # noqa: E402
 from tdc_agent.models.unet import build_unet, denoise, unet_config  # noqa: E402
 from tdc_agent.models.progressive import Member, ProgressiveModel  # noqa: E402
 from tdc_agent.pruning.pruner import Pruner  # noqa: E402

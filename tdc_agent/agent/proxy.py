@@ -41,6 +41,11 @@ def held_out(cfg: Config) -> ImageDataset:
     return ImageDataset(ds.images[-n:], ds.name + "[last 10%]")
 
 
+def group_state_dir(out_dir: Path, index: int) -> Path:
+    """Where an agent output directory keeps group ``index``'s ``rounds.json`` and ``agent.json``."""
+    return Path(out_dir) / f"group_{index}"
+
+
 def run_id_for(out_dir: Path) -> str:
     """A stable id for this output directory (kept across resumes)."""
     f = out_dir / "run_id"
@@ -94,7 +99,7 @@ class AgentPruning:
         session = PruningSession(self.pruner, task, self.memory, self.eval_data, self.process, self.cfg.agent,
                                  self.run_id, self.llm_spec, self.out_dir / f"group_{task.index}", self.cfg.run.seed)
         t0 = time.time()
-        outcome = self.loop.run_group(session, self.out_dir / f"group_{task.index}" / "rounds.json")
+        outcome = self.loop.run_group(session, group_state_dir(self.out_dir, task.index) / "rounds.json")
         best = outcome.best
         t_build = time.time()
         result = self.pruner.prune(PruningScheme(levels=best.levels, source=self.llm_spec, rationale=best.rationale),
@@ -126,6 +131,6 @@ class AgentPruning:
             "proxy_evaluations": n_evals, "proxy_forward_images": proxy_images,
             "proxy_forward_macs": float(proxy_images) * task.limit_macs,
         }
-        atomic_write_json(self.out_dir / f"group_{task.index}" / "agent.json", summary)
+        atomic_write_json(group_state_dir(self.out_dir, task.index) / "agent.json", summary)
         outcome.extra["summary"] = summary
         return outcome, result

@@ -22,6 +22,7 @@ from ..core.data import ImageDataset
 from ..core.faults import failpoint
 from ..diffusion.process import ForwardProcess
 from ..evaluation.quick import quick_loss
+from ..planning.plan import Group
 from ..pruning.apply import fit_levels
 from ..pruning.pruner import Pruner
 from ..pruning.scheme import PruningScheme, SchemeError
@@ -30,20 +31,27 @@ from .memory import MemoryBank, MemoryRecord
 
 @dataclass
 class GroupTask:
-    """What one group's pruning must achieve."""
+    """What one group's pruning must achieve: a plan :class:`~tdc_agent.planning.plan.Group` (the one
+    group type), its MACs limit in MACs, and the neighbouring groups. A thin view: the group's
+    fields read through."""
 
-    index: int
-    t_start: int
-    t_end: int
-    snr_min: float
-    snr_max: float
+    group: Group
     limit_macs: float
-    limit_fraction: float
     neighbours: list[int] = field(default_factory=list)
 
-    @property
-    def timesteps(self) -> list[int]:
-        return list(range(self.t_start, self.t_end + 1))
+    @classmethod
+    def of(cls, group: Group, base_macs: float, n_groups: int = 1) -> "GroupTask":
+        """The task for ``group`` of a plan with ``n_groups`` groups, for a base of ``base_macs`` MACs."""
+        neighbours = [i for i in (group.index - 1, group.index + 1) if 0 <= i < n_groups]
+        return cls(group, group.limit_fraction * base_macs, neighbours)
+
+    index = property(lambda self: self.group.index)
+    t_start = property(lambda self: self.group.t_start)
+    t_end = property(lambda self: self.group.t_end)
+    snr_min = property(lambda self: self.group.snr_min)
+    snr_max = property(lambda self: self.group.snr_max)
+    limit_fraction = property(lambda self: self.group.limit_fraction)
+    timesteps = property(lambda self: self.group.timesteps)
 
 
 class NoArgs(BaseModel):

@@ -24,7 +24,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..diffusion.process import make_scheduler
+from ..diffusion.sampling import denoise_loop, make_scheduler
 from ..models.progressive import ProgressiveModel
 
 
@@ -86,16 +86,8 @@ class TDCPipeline(DiffusionPipeline):
         # drawn on the CPU like tdc-agent's sampler, so a seed gives the same images on any device
         x = randn_tensor(shape, generator=generator, device=torch.device("cpu")).to(device)
         self.scheduler.set_timesteps(min(num_inference_steps, pm.schedule.timesteps))
-        ddim = "DDIM" in type(self.scheduler).__name__
-        for t in self.progress_bar(self.scheduler.timesteps):
-            eps = self.unet(x, int(t)).sample.float()
-            if ddim:
-                noise = randn_tensor(shape, generator=generator, device=torch.device("cpu")).to(device) if eta > 0 \
-                    else None
-                x = self.scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
-            else:
-                x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
-        x = x.clamp(-1, 1)
+        x = denoise_loop(lambda x, t: self.unet(x, t).sample, x, self.scheduler, eta, generator,
+                         iterate=self.progress_bar)
         if self.vae is not None:
             from ..models.latent import decode
 

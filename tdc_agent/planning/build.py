@@ -8,6 +8,7 @@ from rich.table import Table
 
 from ..core.io import atomic_write_json, read_json
 from ..core.config import Config
+from ..core.fmt import fmt_macs_sig3
 from ..core.errors import CheckpointError, ConfigError
 from .plan import Plan, make_plan
 
@@ -49,13 +50,6 @@ def load_plan(path: str | Path, cfg: Config) -> Plan:
     return stored
 
 
-def _fmt_macs(x: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if x >= div:
-            return f"{x / div:.3g} {unit}"
-    return f"{x:.0f}"
-
-
 def plan_table(plan: Plan, base_macs: int | None = None) -> Table:
     """A rich table: one row per group plus expected mean MACs per step."""
     t = Table(title=f"TDC plan: {plan.schedule} schedule, T={plan.timesteps}, "
@@ -68,12 +62,12 @@ def plan_table(plan: Plan, base_macs: int | None = None) -> Table:
         row = [str(g.index), f"{g.t_start}-{g.t_end}", str(g.num_timesteps),
                f"{g.snr_min:.1f} .. {g.snr_max:.1f}", f"{g.limit_fraction:.3f}"]
         if base_macs:
-            row.append(_fmt_macs(g.limit_fraction * base_macs))
+            row.append(fmt_macs_sig3(g.limit_fraction * base_macs))
         t.add_row(*row)
     d = plan.to_dict()["mean_budget"]
 
     def both(x: float) -> str:
-        return f"{x:.4f}" + (f" ({_fmt_macs(x * base_macs)})" if base_macs else "")
+        return f"{x:.4f}" + (f" ({fmt_macs_sig3(x * base_macs)})" if base_macs else "")
 
     t.caption = (
         f"mean MACs/step as a fraction of F — planned per-timestep budget: uniform t {both(d['uniform_timestep'])}, "

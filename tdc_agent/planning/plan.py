@@ -89,6 +89,12 @@ class Group:
     limit_fraction: float
     interval: tuple[float, float]
 
+    @classmethod
+    def span(cls, index: int, t_start: int, t_end: int, snr_min: float, snr_max: float,
+             limit_fraction: float) -> "Group":
+        """A group outside a plan (e.g. all timesteps at one MACs limit: ``tdc-agent prune --macs-fraction``)."""
+        return cls(index, t_start, t_end, t_end - t_start + 1, snr_min, snr_max, limit_fraction, (0.0, 1.0))
+
     @property
     def timesteps(self) -> list[int]:
         return list(range(self.t_start, self.t_end + 1))

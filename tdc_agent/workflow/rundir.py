@@ -57,6 +57,50 @@ class RunDir:
         """The base trained on for stage 2's compute (``evaluation.compare_equal_compute``)."""
         return self.path / "base-equal-compute"
 
+    # Comparison variants (e.g. ``noprune``: TDC without pruning) live beside the main run in
+    # directories with a ``-<variant>`` suffix: ``stage2-noprune/``, ``progressive-noprune/``.
+    @staticmethod
+    def variant_suffix(variant: str = "") -> str:
+        return f"-{variant}" if variant else ""
+
+    def stage2(self, variant: str = "") -> Path:
+        return self.path / ("stage2" + self.variant_suffix(variant))
+
+    def group(self, index: int, variant: str = "") -> Path:
+        """``stage2/g<i>`` (or ``stage2-<variant>/g<i>``): ``pruned/``, ``prune.json``, ``agent/``, ``finetune/``."""
+        return self.stage2(variant) / f"g{index}"
+
+    def agent(self, index: int, variant: str = "") -> Path:
+        """Group ``index``'s agent output directory (memory, transcript, per-group rounds)."""
+        return self.group(index, variant) / "agent"
+
+    def progressive(self, variant: str = "") -> Path:
+        return self.path / ("progressive" + self.variant_suffix(variant))
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.path / "evaluation.json"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def rounds_plot(self) -> Path:
+        return self.path / "agent_rounds.png"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def locks(self) -> Path:
+        return self.path / "locks"
+
     def prepare(self, cfg: Config, sections: tuple[str, ...] = RESULT_SECTIONS) -> None:
         """Create the directory and store the config, or check it against the stored one.
 
@@ -121,7 +165,7 @@ class RunDir:
         if not dist_env().is_main:
             yield
             return
-        d = self.path / "locks"
+        d = self.locks
         d.mkdir(parents=True, exist_ok=True)
         with open(d / f"{name}.lock", "a") as f:
             try:
@@ -139,7 +183,7 @@ class RunDir:
 
     def log(self, message: str) -> None:
         """Append a timestamped line to ``logs/run.log``."""
-        logs = self.path / "logs"
+        logs = self.logs
         logs.mkdir(parents=True, exist_ok=True)
         stamp = _dt.datetime.now().isoformat(timespec="seconds")
         with open(logs / "run.log", "a") as f:

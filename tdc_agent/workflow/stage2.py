@@ -43,25 +43,12 @@ def group_steps(cfg: Config, plan: Plan, group: Group) -> int:
     return max(1, round(cfg.stage2.steps * group.num_timesteps / plan.timesteps))
 
 
-def group_dir(run: RunDir, index: int, variant: str = "") -> Path:
-    """``stage2/g<i>`` (or ``stage2-<variant>/g<i>`` for a comparison variant such as ``noprune``)."""
-    return run.path / ("stage2" + (f"-{variant}" if variant else "")) / f"g{index}"
-
-
-def _task(plan: Plan, g: Group, base_macs: int):
-    from ..agent.tools import GroupTask
-
-    neighbours = [i for i in (g.index - 1, g.index + 1) if 0 <= i < len(plan.groups)]
-    return GroupTask(g.index, g.t_start, g.t_end, g.snr_min, g.snr_max, g.limit_fraction * base_macs,
-                     g.limit_fraction, neighbours)
-
-
 def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: torch.nn.Module, meta: dict,
                         device: torch.device, pruner_cache: dict, show: bool = True,
                         variant: str = "") -> dict[str, Any]:
     """The group's starting model in ``pruned/`` (agent, baseline criterion, or the base itself)."""
-    out = group_dir(run, g.index, variant) / "pruned"
-    info_path = group_dir(run, g.index, variant) / "prune.json"
+    out = run.group(g.index, variant) / "pruned"
+    info_path = run.group(g.index, variant) / "prune.json"
     if (out / "model.safetensors").is_file() and info_path.is_file():
         return read_json(info_path, "group pruning summary")
     mode = cfg.stage2.mode
@@ -73,24 +60,19 @@ def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: to
         info: dict[str, Any] = {"mode": mode if mode == "tdc-no-prune" else f"{mode} (full budget: base)",
                                 "levels": {}, "macs_thop": c.thop, "params": c.params}
     elif mode == "tdc":
-        from ..agent.proxy import AgentPruning
+        from ..agent.tools import GroupTask
+        from ..models.macs import thop_macs
+        from .prune import prune_with_agent
 
-        ap = AgentPruning(cfg, base, gmeta, group_dir(run, g.index, variant) / "agent", cfg.agent.llm, device,
-                          show=show)
-        outcome, result = ap.prune_group(_task(plan, g, ap.pruner.base_count.thop), model_dir=out)
-        info = {"mode": mode, **outcome.extra["summary"]}
+        task = GroupTask.of(g, thop_macs(base), len(plan.groups))
+        summary, _, _ = prune_with_agent(cfg, base, gmeta, task, run.agent(g.index, variant), device, show, model_dir=out)
+        info = {"mode": mode, **summary}
     else:
-        from ..pruning.pruner import Pruner
-        from ..pruning.serialize import save_pruned
+        from .prune import criterion_pruner, prune_with_criterion
 
         if "pruner" not in pruner_cache:
-            from ..models.latent import training_data
-
-            pruner_cache["pruner"] = Pruner(base, training_data(cfg), ForwardProcess(cfg.schedule, device),
-                                            cfg.run.seed)
-        p = pruner_cache["pruner"]
-        result = p.prune(None, p.limit(g.limit_fraction), mode, g.timesteps)
-        save_pruned(out, result, gmeta)
+            pruner_cache["pruner"] = criterion_pruner(cfg, base, mode, device)
+        result = prune_with_criterion(pruner_cache["pruner"], mode, g.limit_fraction, g.timesteps, out, gmeta)
         info = {"mode": mode, **result.summary()}
     atomic_write_json(info_path, json.loads(json.dumps(info, default=str)))
     return info
@@ -99,7 +81,7 @@ def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: to
 def finetune_group(cfg: Config, run: RunDir, plan: Plan, g: Group, data: ImageDataset, eval_data: ImageDataset,
                    device: torch.device, show: bool = True, variant: str = "") -> GroupResult:
     """Fine-tune the group's model on its own timesteps; returns where the final model is."""
-    gdir = group_dir(run, g.index, variant)
+    gdir = run.group(g.index, variant)
     model, meta = load_model(gdir / "pruned", device)
     process = ForwardProcess(cfg.schedule, device)
     steps = group_steps(cfg, plan, g)
