@@ -56,7 +56,7 @@ def test_random_schemes_build_meet_budget_and_reload_exactly(tiny_pruner, tmp_pa
         for u in p.graph.units:
             lv = r.scheme.full(p.graph)
             if lv[u.name] < 1:
-                lv[u.name] = min(1.0, lv[u.name] + 1 / u.steps)
+                lv[u.name] = min(1.0, lv[u.name] + 1 / u.n_levels)
                 assert p.graph.predict_macs(lv) > limit
     x = torch.randn(2, 1, 8, 8)
     t = torch.tensor([3, 70])
@@ -107,7 +107,7 @@ def test_fit_keeps_shape_and_unprunes_an_over_pruned_scheme(tiny_pruner):
 
 def test_select_pruned_removes_equally_per_block():
     scores = torch.arange(16.0).flip(0)  # 4 blocks of 4; the last channels of each block are least important
-    idx = select_pruned(scores, steps=4, keep_steps=3)
+    idx = select_pruned(scores, steps=4, keep_quanta=3)
     assert idx == [3, 7, 11, 15]
     assert select_pruned(scores, 4, 4) == []
 

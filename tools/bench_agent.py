@@ -38,7 +38,7 @@ def bench_memory(n: int, queries: int, preset: str) -> dict:
         for start in range(0, n, batch):
             recs = []
             for i in range(start, min(n, start + batch)):
-                lv = {u.name: float(rng.integers(1, u.steps + 1)) / u.steps for u in graph.units if rng.random() < 0.5}
+                lv = {u.name: float(rng.integers(1, u.n_levels + 1)) / u.n_levels for u in graph.units if rng.random() < 0.5}
                 recs.append(MemoryRecord(id=f"r{i}", run_id="bench", group=int(rng.integers(10)), t_start=0, t_end=99,
                                          limit_macs=1.0, macs=1.0, loss=float(rng.random()), levels=lv))
             bank.collection.upsert(ids=[r.id for r in recs], documents=[json.dumps(r.levels) for r in recs],

@@ -260,7 +260,7 @@ def inspect(
     for col in ("channels", "quantum", "keep levels", "MACs share", "params", "layers"):
         t.add_column(col, justify="right")
     for u in sorted(graph.units, key=lambda u: -u.macs_share):
-        t.add_row(u.name, u.role, str(u.channels), str(u.quantum), f"k/{u.steps}", f"{u.macs_share:.1%}",
+        t.add_row(u.name, u.role, str(u.channels), str(u.quantum), f"k/{u.n_levels}", f"{u.macs_share:.1%}",
                   f"{u.params:,}", str(u.members))
     console.print(t)
 

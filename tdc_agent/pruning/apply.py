@@ -40,8 +40,8 @@ def build_pruned(
     modules = dict(model.named_modules())
     for unit in graph.units:
         level = levels.get(unit.name, 1.0)
-        keep_steps = round(level * unit.steps)
-        idxs = select_pruned(scores[unit.name], unit.steps, keep_steps)
+        keep_quanta = round(level * unit.n_levels)
+        idxs = select_pruned(scores[unit.name], unit.n_levels, keep_quanta)
         if not idxs:
             continue
         root = modules[unit.name]
@@ -95,7 +95,7 @@ def _fit(graph: UnitGraph, amount: dict[str, float], limit_macs: float) -> dict[
         return at(0.0)
     hi = 1.0 / min(a for a in amount.values() if a > 0)
     if graph.predict_macs(at(hi)) > limit_macs:
-        smallest = graph.predict_macs({u.name: 1 / u.steps for u in graph.units})
+        smallest = graph.predict_macs({u.name: 1 / u.n_levels for u in graph.units})
         raise SchemeError(
             f"MACs limit {limit_macs:,.0f} is below what this scheme's shape can reach "
             f"({graph.predict_macs(at(hi)):,.0f}; the smallest model of this architecture has "
@@ -119,7 +119,7 @@ def _fit(graph: UnitGraph, amount: dict[str, float], limit_macs: float) -> dict[
             if level >= 1.0:
                 continue
             trial = dict(best)
-            trial[name] = min(1.0, level + 1 / u.steps)
+            trial[name] = min(1.0, level + 1 / u.n_levels)
             if graph.predict_macs(trial) <= limit_macs:
                 options.append((target[name] - level, -u.macs_share, name, trial))
         if not options:
@@ -188,11 +188,11 @@ def prune_to_budget(
         if limit_macs is None or measured.thop <= limit_macs:
             break
         # The prediction was optimistic: remove one more quantum from the biggest unit that can shrink.
-        shrinkable = [u for u in graph.units if levels[u.name] > 1 / u.steps + 1e-9]
+        shrinkable = [u for u in graph.units if levels[u.name] > 1 / u.n_levels + 1e-9]
         if not shrinkable:
             raise SchemeError(f"cannot reach the MACs limit {limit_macs:,.0f}: every unit is at its minimum.")
         u = max(shrinkable, key=lambda u: u.macs_share)
-        levels[u.name] = u.floor(levels[u.name] - 1 / u.steps)
+        levels[u.name] = u.floor(levels[u.name] - 1 / u.n_levels)
         notes.append(f"measured {measured.thop:,} > limit; removed one more quantum from {u.name}")
     else:
         raise SchemeError(f"could not meet the MACs limit {limit_macs:,.0f} after 8 rebuilds.")

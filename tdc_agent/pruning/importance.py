@@ -7,6 +7,14 @@
   L_t < thr · max L (Fang et al. 2023, thr = 0.05).
 - ``group-taylor``: Taylor with gradients accumulated over one group's own timesteps (for TDC).
 
+"Taylor" is the same score in all three: torch-pruning's GroupTaylorImportance with its default
+``multivariable=False``, i.e. per channel ``Σ |θ · ∂L/∂θ|`` over the channel's weights (and those
+coupled to it), the sum of each weight's own first-order estimate. Diff-Pruning's reference code
+uses ``multivariable=True``, ``|Σ θ · ∂L/∂θ|``: one first-order estimate for removing the whole
+channel, where contributions of opposite sign cancel. Our ``diff-pruning`` keeps its timestep rule
+but not that variant (the benchmarks in the README were measured so). The three criteria differ
+only in *which* timesteps' gradients are summed (uniform draws / the early-t window / the group's own).
+
 Scores are computed once on the dense model; a unit's channel indices do not change when other
 units are pruned, so the same scores serve every scheme built from that model.
 """

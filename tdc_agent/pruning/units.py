@@ -39,22 +39,23 @@ class Unit(BaseModel):
     members: int  # layers whose channels move with this unit
 
     @property
-    def steps(self) -> int:
+    def n_levels(self) -> int:
+        """How many keep levels the unit has: one per quantum of channels (level m/n_levels keeps m quanta)."""
         return self.channels // self.quantum
 
     @property
     def levels(self) -> list[float]:
-        return [m / self.steps for m in range(1, self.steps + 1)]
+        return [m / self.n_levels for m in range(1, self.n_levels + 1)]
 
     def snap(self, level: float) -> float:
         """The nearest allowed keep level (at least one step)."""
-        m = min(self.steps, max(1, round(level * self.steps)))
-        return m / self.steps
+        m = min(self.n_levels, max(1, round(level * self.n_levels)))
+        return m / self.n_levels
 
     def floor(self, level: float) -> float:
         """The largest allowed keep level not above ``level`` (at least one step)."""
-        m = min(self.steps, max(1, math.floor(level * self.steps + 1e-9)))
-        return m / self.steps
+        m = min(self.n_levels, max(1, math.floor(level * self.n_levels + 1e-9)))
+        return m / self.n_levels
 
     def compact(self) -> dict[str, Any]:
         """A compact dict for LLM prompts and ``--json``."""
