@@ -107,7 +107,7 @@ def test_fit_keeps_shape_and_unprunes_an_over_pruned_scheme(tiny_pruner):
 
 def test_select_pruned_removes_equally_per_block():
     scores = torch.arange(16.0).flip(0)  # 4 blocks of 4; the last channels of each block are least important
-    idx = select_pruned(scores, steps=4, keep_quanta=3)
+    idx = select_pruned(scores, n_levels=4, keep=3)
     assert idx == [3, 7, 11, 15]
     assert select_pruned(scores, 4, 4) == []
 

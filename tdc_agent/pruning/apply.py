@@ -40,8 +40,8 @@ def build_pruned(
     modules = dict(model.named_modules())
     for unit in graph.units:
         level = levels.get(unit.name, 1.0)
-        keep_quanta = round(level * unit.n_levels)
-        idxs = select_pruned(scores[unit.name], unit.n_levels, keep_quanta)
+        keep = round(level * unit.n_levels)
+        idxs = select_pruned(scores[unit.name], unit.n_levels, keep)
         if not idxs:
             continue
         root = modules[unit.name]

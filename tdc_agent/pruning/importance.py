@@ -136,18 +136,19 @@ def channel_scores(
     return scores
 
 
-def select_pruned(scores: torch.Tensor, steps: int, keep_steps: int) -> list[int]:
+def select_pruned(scores: torch.Tensor, n_levels: int, keep: int) -> list[int]:
     """Channel indices to remove: the same number from each of the unit's equal contiguous blocks
-    (its GroupNorm groups / heads), the least important first within each block."""
+    (its GroupNorm groups / heads), the least important first within each block. The unit has
+    ``n_levels`` keep levels (:attr:`Unit.n_levels`); ``keep`` of them stay."""
     channels = len(scores)
-    quantum = channels // steps
-    remove_per_block = steps - keep_steps
+    quantum = channels // n_levels
+    remove_per_block = n_levels - keep
     if remove_per_block <= 0:
         return []
     out: list[int] = []
     for b in range(quantum):
-        block = scores[b * steps:(b + 1) * steps]
+        block = scores[b * n_levels:(b + 1) * n_levels]
         # stable tie-break by index, so equal scores prune the same channels every time
-        order = sorted(range(steps), key=lambda i: (float(block[i]), i))
-        out.extend(b * steps + i for i in order[:remove_per_block])
+        order = sorted(range(n_levels), key=lambda i: (float(block[i]), i))
+        out.extend(b * n_levels + i for i in order[:remove_per_block])
     return sorted(out)
