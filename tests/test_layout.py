@@ -8,12 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "tdc_agent"
 
-pytestmark = pytest.mark.fast
 
 
 def _subpackages() -> set[str]:
