@@ -24,7 +24,7 @@ test: lint-imports
 
 # The unit tests only (<= 3 min): no end-to-end runs, subprocesses, wheel builds or fuzzing.
 test-fast: lint-imports
-	$(PY) -m pytest -q -m "fast"
+	$(PY) -m pytest -q -m "fast and not slow"
 
 lint-imports: $(STAMP)
 	$(VENV)/bin/lint-imports
