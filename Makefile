@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow test-faults bench bench-speed bench-paper bench-smoke bench-pruning bench-agent bench-agent-quality bench-agent-tokens clean
+.PHONY: venv demo test test-fast lint-imports test-slow test-faults bench bench-speed bench-paper bench-smoke bench-pruning bench-agent bench-agent-quality bench-agent-tokens clean
 
 venv: $(STAMP)
 
@@ -18,8 +18,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tdc-agent run --config examples/digits.yaml
 
-test: $(STAMP)
+# The layers contract (pyproject's [tool.importlinter]) first, then the default suite (<= 15 min).
+test: lint-imports
 	$(PY) -m pytest -q
+
+# The unit tests only (<= 3 min): no end-to-end runs, subprocesses, wheel builds or fuzzing.
+test-fast: lint-imports
+	$(PY) -m pytest -q -m "fast and not slow"
+
+lint-imports: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -14,8 +14,9 @@ import torch
 
 from tdc_agent.agent.proxy import AgentPruning
 from tdc_agent.agent.tools import GroupTask
-from tdc_agent.config import load_config
-from tdc_agent.models import build_unet, unet_config
+from tdc_agent.planning.plan import Group
+from tdc_agent.core.config import load_config
+from tdc_agent.models.unet import build_unet, unet_config
 
 
 def make_llm(kind: str):
@@ -37,7 +38,7 @@ def main() -> None:
     ap = AgentPruning(cfg, base, {"schedule": cfg.schedule.model_dump()}, Path("runs/custom-llm"), llm,
                       torch.device("cpu"))
     limit = 0.6 * ap.pruner.base_count.thop
-    outcome, result = ap.prune_group(GroupTask(0, 0, 999, -44.0, 40.0, limit, 0.6, []))
+    outcome, result = ap.prune_group(GroupTask(Group.span(0, 0, 999, -44.0, 40.0, 0.6), limit))
     print(f"best {outcome.best.id}: loss {outcome.best.loss:.4f}, {result.macs.thop:,} MACs; model in runs/custom-llm/model")
 
 

@@ -46,7 +46,7 @@ def make_config(tmp_path: Path):
 @pytest.fixture
 def cli(capsys):
     """Run ``tdc-agent`` in-process; returns (exit code, stdout, stderr)."""
-    from tdc_agent.cli import run
+    from tdc_agent.cli.main import run
 
     def _run(*args: str) -> tuple[int, str, str]:
         code = run([str(a) for a in args])
@@ -64,3 +64,17 @@ def python_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+# The fast tier (`make test-fast`, <= 3 min): unit tests of pure functions, files and small models.
+# No end-to-end runs, CLI subprocesses, wheel builds, agent rounds or crash/chaos sweeps.
+FAST_MODULES = {
+    "test_schedule", "test_config", "test_redaction", "test_stats", "test_data", "test_models", "test_layout",
+    "test_checkpoint", "test_evaluation", "test_security",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in FAST_MODULES:
+            item.add_marker(pytest.mark.fast)

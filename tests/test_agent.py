@@ -19,11 +19,12 @@ from openai_server import FakeOpenAI, estimate_tokens, tool_call
 from prompt_reader import PromptReader
 from tdc_agent.agent.proxy import AgentPruning
 from tdc_agent.agent.tools import GroupTask
+from tdc_agent.planning.plan import Group
 from tdc_agent.agent.transcript import read_transcript
-from tdc_agent.config import config_from_dict
-from tdc_agent.errors import ConfigError, TDCError
-from tdc_agent.models import build_unet, unet_config
-from tdc_agent.pruning.macs import thop_macs
+from tdc_agent.core.config import config_from_dict
+from tdc_agent.core.errors import ConfigError, TDCError
+from tdc_agent.models.unet import build_unet, unet_config
+from tdc_agent.models.macs import thop_macs
 
 AGENT = {"rounds": 2, "candidates": 2, "eval_batch_size": 32, "eval_timesteps": 3, "max_retries": 2,
          "timeout_s": 5, "criterion": "magnitude", "max_llm_calls_per_round": 8, "max_round_retries": 2}
@@ -34,7 +35,7 @@ def _setup(tmp_path: Path, **agent):
     torch.manual_seed(0)
     base = build_unet(unet_config("tiny")).eval()
     macs = thop_macs(base)
-    task = GroupTask(1, 30, 60, -2.0, 10.0, 0.6 * macs, 0.6, [0, 2])
+    task = GroupTask(Group.span(1, 30, 60, -2.0, 10.0, 0.6), 0.6 * macs, [0, 2])
     return cfg, base, task
 
 
@@ -391,7 +392,7 @@ def test_memory_compares_like_with_like(tmp_path):
     a = AgentPruning(cfg, base, meta, tmp_path / "a", "builtin", torch.device("cpu"), show=False)
     out_a, _ = a.prune_group(task)
     # the same base again, at a budget outside the band: nothing comparable, nothing transferable
-    far = GroupTask(1, 30, 60, -2.0, 10.0, 0.8 * task.limit_macs / 0.6, 0.8, [0, 2])
+    far = GroupTask(Group.span(1, 30, 60, -2.0, 10.0, 0.8), 0.8 * task.limit_macs / 0.6, [0, 2])
     b = AgentPruning(cfg, base, meta, tmp_path / "b", "builtin", torch.device("cpu"), show=False)
     out_b, _ = b.prune_group(far)
     assert out_b.best.run_id == b.run_id

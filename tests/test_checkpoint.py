@@ -5,9 +5,10 @@ import stat
 import pytest
 import torch
 
-from tdc_agent.checkpoint import load_model, load_tensors, read_json, save_model, save_tensors
-from tdc_agent.errors import CheckpointError
-from tdc_agent.models import build_unet, denoise, unet_config
+from tdc_agent.core.io import load_tensors, read_json, save_tensors
+from tdc_agent.models.store import load_model, save_model
+from tdc_agent.core.errors import CheckpointError
+from tdc_agent.models.unet import build_unet, denoise, unet_config
 
 
 def _model(seed=0, **kw):
@@ -71,7 +72,7 @@ def test_tensors_roundtrip_and_garbage(tmp_path):
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
     # mkstemp alone makes 0600 files: a run directory shared with a group would be unreadable to it
-    from tdc_agent.checkpoint import atomic_write_json, atomic_write_text, new_file_mode
+    from tdc_agent.core.io import atomic_write_json, atomic_write_text, new_file_mode
 
     old = os.umask(umask)
     try:

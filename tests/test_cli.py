@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from tdc_agent.models import build_unet, unet_config
-from tdc_agent.checkpoint import save_model
+from tdc_agent.models.unet import build_unet, unet_config
+from tdc_agent.models.store import save_model
 
 
 def test_plan_json_and_files(cli, make_config, tmp_path):

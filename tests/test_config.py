@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from tdc_agent.config import DEFAULT_CONFIG, apply_overrides, load_config
-from tdc_agent.errors import ConfigError
+from tdc_agent.core.config import DEFAULT_CONFIG, apply_overrides, load_config
+from tdc_agent.core.errors import ConfigError
 
 
 def test_embedded_default_loads():
@@ -100,14 +100,14 @@ def test_duplicate_yaml_key_is_refused_with_key_and_line(tmp_path):
 
 
 def test_yaml_merge_keys_may_be_overridden():
-    from tdc_agent.config import load_yaml
+    from tdc_agent.core.config import load_yaml
 
     assert load_yaml("a: &a {x: 1, y: 2}\nb:\n  <<: *a\n  x: 3\n") == {"a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 2}}
 
 
 def test_stored_run_config_with_duplicate_key_is_refused(make_config, tmp_path):
-    from tdc_agent.errors import CheckpointError
-    from tdc_agent.runs import RunDir
+    from tdc_agent.core.errors import CheckpointError
+    from tdc_agent.workflow.rundir import RunDir
 
     cfg = load_config(make_config())
     run = RunDir(tmp_path / "r")

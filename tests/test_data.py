@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tdc_agent.config import DataConfig
-from tdc_agent.data import images_from_array, load_dataset, to_uint8
-from tdc_agent.errors import DataError
+from tdc_agent.core.config import DataConfig
+from tdc_agent.core.data import images_from_array, load_dataset, to_uint8
+from tdc_agent.core.errors import DataError
 
 
 def test_digits_all_and_splits():

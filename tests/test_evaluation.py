@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from tdc_agent.config import DataConfig, ScheduleConfig
-from tdc_agent.data import load_dataset
-from tdc_agent.diffusion import ForwardProcess
+from tdc_agent.core.config import DataConfig, ScheduleConfig
+from tdc_agent.core.data import load_dataset
+from tdc_agent.diffusion.process import ForwardProcess
 from tdc_agent.evaluation.fd import digits_classifier, digits_fd, frechet
 from tdc_agent.evaluation.quick import eval_timesteps, quick_loss
-from tdc_agent.models import build_unet, unet_config
+from tdc_agent.models.unet import build_unet, unet_config
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +84,7 @@ class _Exploit:
 
 
 def test_torch_file_reader_refuses_code_and_corruption(tmp_path, monkeypatch):
-    from tdc_agent.errors import CheckpointError
+    from tdc_agent.core.errors import CheckpointError
     from tdc_agent.evaluation.torchfile import read_torch_state_dict
 
     monkeypatch.chdir(tmp_path)
@@ -104,7 +104,7 @@ def test_torch_file_reader_refuses_code_and_corruption(tmp_path, monkeypatch):
 
 
 def test_fid_inception_weights_convert_once_and_match_strictly(tmp_path):
-    from tdc_agent.errors import CheckpointError
+    from tdc_agent.core.errors import CheckpointError
     from tdc_agent.evaluation.inception import load_fid_inception, resolve_weights
 
     sd = _fid_weights_pth(tmp_path / "pt_inception.pth")

@@ -2,16 +2,16 @@
 
 import torch
 
-from tdc_agent.checkpoint import save_model
-from tdc_agent.config import SampleConfig, ScheduleConfig
-from tdc_agent.models import build_unet, unet_config
-from tdc_agent.progressive import Member, ProgressiveModel
-from tdc_agent.pruning.macs import thop_macs
-from tdc_agent.sampling import generate
+from tdc_agent.models.store import save_model
+from tdc_agent.core.config import SampleConfig, ScheduleConfig
+from tdc_agent.models.unet import build_unet, unet_config
+from tdc_agent.models.progressive import Member, ProgressiveModel
+from tdc_agent.models.macs import thop_macs
+from tdc_agent.workflow.sampling import generate
 
 
 def test_diffusers_pipeline_matches_our_sampler(tmp_path):
-    from tdc_agent.export import ProgressiveUNet, TDCPipeline
+    from tdc_agent.pipelines.export import ProgressiveUNet, TDCPipeline
 
     sched = ScheduleConfig(timesteps=100)
     dirs, members = [], []

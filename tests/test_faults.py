@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, python_env
-from tdc_agent.faults import POINTS
+from tdc_agent.core.faults import POINTS
 
 CFG = {
     "schedule": {"name": "linear", "timesteps": 60},
@@ -137,7 +137,7 @@ def test_kill_chain_resumes_to_the_uninterrupted_result(reference, chain, tmp_pa
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tdc_agent.errors import TDCError  # noqa: E402
+from tdc_agent.core.errors import TDCError  # noqa: E402
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
@@ -148,26 +148,35 @@ FUZZ = settings(max_examples=int(os.environ.get("TDC_FUZZ_EXAMPLES", "25")), dea
 @FUZZ
 @given(text=st.text(max_size=200))
 def test_fuzz_config_loader(tmp_path_factory, text):
-    from tdc_agent.config import load_config
+    from tdc_agent.core.config import load_config
+
+    from tdc_agent.core.config import config_from_dict
 
     path = tmp_path_factory.mktemp("cfg") / "c.yaml"
     path.write_text(text)
     try:
-        load_config(path)
+        cfg = load_config(path)
     except TDCError as e:
         assert str(path) in str(e) or "config" in str(e).lower()
+    else:  # a file that loads is a valid config: it round-trips through its plain-data form
+        assert config_from_dict(cfg.model_dump(mode="json")) == cfg
 
 
 @FUZZ
 @given(section=st.sampled_from(["run", "data", "model", "schedule", "plan", "stage1", "stage2", "sample",
                                 "evaluation", "agent"]), value=JSON)
 def test_fuzz_config_sections(section, value):
-    from tdc_agent.config import config_from_dict
+    from tdc_agent.core.config import config_from_dict
 
     try:
-        config_from_dict({section: value})
-    except TDCError:
-        pass
+        cfg = config_from_dict({section: value})
+    except TDCError as e:
+        assert section in str(e), f"the error must name the section: {e}"
+    else:  # accepted: the section reads back as given (defaults filled in) and round-trips
+        assert config_from_dict(cfg.model_dump(mode="json")) == cfg
+        if isinstance(value, dict):
+            stored = getattr(cfg, section).model_dump(mode="json")
+            assert set(value) <= set(stored)
 
 
 def _mutations(valid: bytes):
@@ -179,14 +188,35 @@ def _mutations(valid: bytes):
     )
 
 
-def _fuzz_file(tmp_path_factory, name: str, valid: bytes, load, data) -> None:
+def _fuzz_file(tmp_path_factory, name: str, valid: bytes, load, data, check=None) -> None:
+    """A mutated ``valid`` file either fails with an error naming it, or loads and passes ``check``
+    (``check(loaded, blob)``: what a file that loads must be, e.g. that it round-trips)."""
     blob = data.draw(_mutations(valid))
     path = tmp_path_factory.mktemp("f") / name
     path.write_bytes(blob)
     try:
-        load(path)
+        loaded = load(path)
     except TDCError as e:
         assert name in str(e), f"the error must name the file: {e}"
+    else:
+        assert check is not None, f"{name}: no check for a file that loads"
+        check(loaded, blob, path)
+
+
+def _same_json(loaded, blob, path):
+    assert loaded == json.loads(blob)
+
+
+def _tensors_round_trip(loaded, blob, path):
+    import torch
+
+    from tdc_agent.core.io import load_tensors, save_tensors
+
+    assert isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values())
+    again = path.with_name("again.safetensors")
+    save_tensors(again, loaded)
+    back = load_tensors(again)
+    assert back.keys() == loaded.keys() and all(torch.equal(back[k], loaded[k]) for k in loaded)
 
 
 @functools.lru_cache(maxsize=1)
@@ -197,7 +227,7 @@ def _valid_blobs() -> dict[str, bytes]:
 
     import torch
 
-    from tdc_agent.checkpoint import save_tensors
+    from tdc_agent.core.io import save_tensors
 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -210,14 +240,14 @@ def _valid_blobs() -> dict[str, bytes]:
 @FUZZ
 @given(data=st.data())
 def test_fuzz_json_and_safetensors_and_torch_files(tmp_path_factory, data):
-    from tdc_agent.checkpoint import load_tensors, read_json
+    from tdc_agent.core.io import load_tensors, read_json
     from tdc_agent.evaluation.torchfile import read_torch_state_dict
 
     blobs = _valid_blobs()
-    _fuzz_file(tmp_path_factory, "x.json", b'{"members": [1, 2], "format": "x"}', read_json, data)
-    _fuzz_file(tmp_path_factory, "w.safetensors", blobs["w.safetensors"], load_tensors, data)
-    _fuzz_file(tmp_path_factory, "w.pth", blobs["w.pth"], read_torch_state_dict, data)
-    _fuzz_file(tmp_path_factory, "z.pth", blobs["z.pth"], read_torch_state_dict, data)
+    _fuzz_file(tmp_path_factory, "x.json", b'{"members": [1, 2], "format": "x"}', read_json, data, _same_json)
+    _fuzz_file(tmp_path_factory, "w.safetensors", blobs["w.safetensors"], load_tensors, data, _tensors_round_trip)
+    _fuzz_file(tmp_path_factory, "w.pth", blobs["w.pth"], read_torch_state_dict, data, _tensors_round_trip)
+    _fuzz_file(tmp_path_factory, "z.pth", blobs["z.pth"], read_torch_state_dict, data, _tensors_round_trip)
 
 
 @FUZZ
@@ -226,9 +256,9 @@ def test_fuzz_manifest_plan_and_transcript(reference, tmp_path_factory, data):
     import shutil
 
     from tdc_agent.agent.transcript import read_transcript
-    from tdc_agent.config import load_config
-    from tdc_agent.planning import load_plan
-    from tdc_agent.progressive import ProgressiveModel
+    from tdc_agent.core.config import load_config
+    from tdc_agent.planning.build import load_plan
+    from tdc_agent.models.progressive import ProgressiveModel
 
     cfg, root, _, _ = reference
     ref = root / "ref"
@@ -251,13 +281,27 @@ def test_fuzz_manifest_plan_and_transcript(reference, tmp_path_factory, data):
     else:
         (prog / "manifest.json").write_bytes(data.draw(_mutations((ref / "progressive" / "manifest.json").read_bytes())))
     try:
-        ProgressiveModel.load(prog)
+        pm = ProgressiveModel.load(prog)
     except TDCError as e:
         assert "manifest.json" in str(e) or "members" in str(e)
+    else:  # a manifest that loads routes every timestep to one of its members, as the reference does
+        ref_pm = ProgressiveModel.load(ref / "progressive")
+        assert len(pm.members) == len(ref_pm.members)
+        assert pm.routing.tolist() == ref_pm.routing.tolist()
+
+    def same_plan(loaded, blob, path):  # load_plan accepts only the plan the config makes
+        from tdc_agent.planning.build import build_plan
+
+        assert loaded.to_dict() == build_plan(load_config(cfg)).to_dict()
+
+    def events(loaded, blob, path):  # every line that parses is one event, in order
+        assert isinstance(loaded, list) and all(isinstance(e.get("event"), str) for e in loaded)
+        assert len(loaded) == len([line for line in blob.decode().splitlines() if line.strip()])
+
     _fuzz_file(tmp_path_factory, "plan.json", (ref / "plan.json").read_bytes(),
-               lambda p: load_plan(p, load_config(cfg)), data)
+               lambda p: load_plan(p, load_config(cfg)), data, same_plan)
     _fuzz_file(tmp_path_factory, "transcript.jsonl", (ref / "stage2" / "g0" / "agent" / "transcript.jsonl").read_bytes(),
-               read_transcript, data)
+               read_transcript, data, events)
 
 
 # --- bad files in a finished run: each command names the file and says what to do ----------------

@@ -162,7 +162,7 @@ def test_pinned_sha256_is_the_published_files():
 
 
 def test_download_refuses_a_file_whose_sha256_differs_and_keeps_nothing(tmp_path, monkeypatch):
-    from tdc_agent.errors import CheckpointError
+    from tdc_agent.core.errors import CheckpointError
     from tdc_agent.evaluation import inception
     from test_evaluation import _fid_weights_pth
 

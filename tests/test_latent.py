@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tdc_agent.config import config_from_dict
-from tdc_agent.errors import CheckpointError
+from tdc_agent.core.config import config_from_dict
+from tdc_agent.core.errors import CheckpointError
 
 from conftest import tiny_config_dict
 
@@ -35,7 +35,7 @@ def cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["kl", "vq"])
 def test_encode_decode_and_cached_latents(tmp_path, cache, kind):
-    from tdc_agent.latent import decode, encode, load_autoencoder, training_data
+    from tdc_agent.models.latent import decode, encode, load_autoencoder, training_data
 
     tiny_autoencoder(tmp_path / "pipe" / ("vae" if kind == "kl" else "vqvae"), kind)
     vae = load_autoencoder(str(tmp_path / "pipe"))  # a pipeline folder: vae/ or vqvae/ is found
@@ -59,7 +59,7 @@ def test_encode_decode_and_cached_latents(tmp_path, cache, kind):
 
 
 def test_pickle_only_autoencoder_is_refused(tmp_path):
-    from tdc_agent.latent import load_autoencoder
+    from tdc_agent.models.latent import load_autoencoder
 
     tiny_autoencoder(tmp_path / "v").save_pretrained(tmp_path / "bin", safe_serialization=False)
     with pytest.raises(CheckpointError, match="safetensors"):
@@ -70,11 +70,11 @@ def test_pickle_only_autoencoder_is_refused(tmp_path):
 
 @pytest.mark.slow  # ~100 s; `make test-slow`
 def test_latent_pipeline_end_to_end(tmp_path, cache, cli, make_config):
-    from tdc_agent.config import SampleConfig
-    from tdc_agent.export import TDCPipeline
-    from tdc_agent.latent import decoder
-    from tdc_agent.progressive import ProgressiveModel
-    from tdc_agent.sampling import generate
+    from tdc_agent.core.config import SampleConfig
+    from tdc_agent.pipelines.export import TDCPipeline
+    from tdc_agent.models.latent import decoder
+    from tdc_agent.models.progressive import ProgressiveModel
+    from tdc_agent.workflow.sampling import generate
 
     tiny_autoencoder(tmp_path / "vae")
     cfg = make_config(latent={"vae": str(tmp_path / "vae")},

@@ -23,7 +23,7 @@ from ollama_server import FakeOllama
 from openai_server import FakeOpenAI, tool_call
 from test_agent import AGENT, _check_valid, _events, _setup, run_agent
 from tdc_agent.agent.proxy import AgentPruning
-from tdc_agent.errors import ConfigError, TDCError
+from tdc_agent.core.errors import ConfigError, TDCError
 
 ONE = {"rounds": 1}
 
@@ -217,8 +217,8 @@ def test_tool_exception_becomes_an_error_result(tmp_path):
     by hand from Python can have) is an error result for the LLM, not a traceback."""
     from tdc_agent.agent.memory import MemoryBank, architecture_hash
     from tdc_agent.agent.tools import PruningSession
-    from tdc_agent.data import ImageDataset
-    from tdc_agent.diffusion import ForwardProcess
+    from tdc_agent.core.data import ImageDataset
+    from tdc_agent.diffusion.process import ForwardProcess
     from tdc_agent.pruning.pruner import Pruner
 
     cfg, base, task = _setup(tmp_path)
@@ -235,7 +235,7 @@ def test_tool_exception_becomes_an_error_result(tmp_path):
 
 
 def test_shape_mismatch_caught_before_any_llm_call(tmp_path, monkeypatch):
-    from tdc_agent.models import build_unet, unet_config
+    from tdc_agent.models.unet import build_unet, unet_config
 
     monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-secret-0000")
     base = build_unet(unet_config("tiny", channels=3)).eval()  # 3 channels; the digits are 1

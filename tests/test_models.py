@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from tdc_agent.errors import CheckpointError, ConfigError
-from tdc_agent.models import build_unet, denoise, load_pretrained_unet, param_count, unet_config
-from tdc_agent.pruning.macs import count
+from tdc_agent.core.errors import CheckpointError, ConfigError
+from tdc_agent.models.unet import build_unet, denoise, load_pretrained_unet, param_count, unet_config
+from tdc_agent.models.macs import count
 
 
 def test_presets_match_published_sizes():

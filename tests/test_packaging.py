@@ -75,7 +75,7 @@ def test_wheel_holds_real_default_files(installed):
 
 def test_installed_copy_runs_from_anywhere(installed):
     _, site, work = installed
-    p = _run(installed, "-c", "import tdc_agent, tdc_agent.config as c; print(tdc_agent.__file__); print(c.DEFAULT_CONFIG)")
+    p = _run(installed, "-c", "import tdc_agent, tdc_agent.core.config as c; print(tdc_agent.__file__); print(c.DEFAULT_CONFIG)")
     mod, default = p.stdout.split()
     assert Path(mod).is_relative_to(site) and Path(default).is_relative_to(site)
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import PYTHON, python_env
-from tdc_agent.checkpoint import save_model
-from tdc_agent.config import ScheduleConfig
-from tdc_agent.models import build_unet, denoise, unet_config
-from tdc_agent.progressive import Member, ProgressiveModel
-from tdc_agent.pruning.macs import thop_macs
+from tdc_agent.models.store import save_model
+from tdc_agent.core.config import ScheduleConfig
+from tdc_agent.models.unet import build_unet, denoise, unet_config
+from tdc_agent.models.progressive import Member, ProgressiveModel
+from tdc_agent.models.macs import thop_macs
 
 E2E = {
     "stage1": {"steps": 30, "batch_size": 32, "ckpt_every": 10, "log_every": 5},
@@ -72,8 +72,8 @@ def test_run_end_to_end_tiny(make_config, tmp_path, cli, cache_env):
     assert "| base, equal compute" in report
     # the progressive model samples from a fresh process exactly as in this one
     pm = ProgressiveModel.load(run / "progressive")
-    from tdc_agent.config import SampleConfig
-    from tdc_agent.sampling import generate
+    from tdc_agent.core.config import SampleConfig
+    from tdc_agent.workflow.sampling import generate
 
     here = generate(lambda x, t: pm(x, t), pm.image_shape, pm.schedule, SampleConfig(steps=10, num=6), seed=5,
                     progress=False)
@@ -82,7 +82,7 @@ def test_run_end_to_end_tiny(make_config, tmp_path, cli, cache_env):
                        env=python_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     there = np.load(tmp_path / "s" / "samples.npz")["images"]
-    from tdc_agent.data import to_uint8
+    from tdc_agent.core.data import to_uint8
 
     assert np.array_equal(there, to_uint8(here))
     # the same run scored with Inception FID/KID (a random-weight stand-in for the published .pth)
@@ -175,7 +175,7 @@ def test_progressive_routes_mixed_batches(tmp_path):
 ])
 def test_progressive_manifest_is_checked_against_its_members(tmp_path, case, match):
     """A manifest must not be trusted beyond what its members are (issue #15, item 5)."""
-    from tdc_agent.errors import CheckpointError
+    from tdc_agent.core.errors import CheckpointError
 
     sched = ScheduleConfig(timesteps=100)
     nets = [_tiny(i) for i in range(2)]

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from tdc_agent.checkpoint import load_tensors
-from tdc_agent.models import build_unet, unet_config
+from tdc_agent.core.io import load_tensors
+from tdc_agent.models.unet import build_unet, unet_config
 
 
 def save_ddpm_pipeline(path, timesteps: int = 100, schedule: str = "linear") -> torch.nn.Module:
@@ -74,7 +74,7 @@ def test_pretrained_errors_are_clear(tmp_path, cli, make_config):
     assert code == 2 and "v_prediction" in err
     with pytest.raises(Exception, match="stage1.steps=0 needs stage1.init"):
         from conftest import tiny_config_dict
-        from tdc_agent.config import config_from_dict
+        from tdc_agent.core.config import config_from_dict
 
         config_from_dict(tiny_config_dict(tmp_path, stage1={"steps": 0}))
 
@@ -82,7 +82,7 @@ def test_pretrained_errors_are_clear(tmp_path, cli, make_config):
 @pytest.mark.parametrize("name", ["cifar10_iddpm.yaml", "cifar10_pretrained.yaml", "ffhq_latent.yaml"])
 def test_gpu_example_configs_validate(name):
     from conftest import ROOT
-    from tdc_agent.config import load_config
+    from tdc_agent.core.config import load_config
 
     cfg = load_config(ROOT / "examples" / name)
     assert cfg.run.device == "cuda"

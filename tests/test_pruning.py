@@ -9,16 +9,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import PYTHON, python_env
-from tdc_agent.checkpoint import load_model
-from tdc_agent.config import ScheduleConfig
-from tdc_agent.data import ImageDataset, load_dataset
-from tdc_agent.config import DataConfig
-from tdc_agent.diffusion import ForwardProcess, sample
-from tdc_agent.errors import CheckpointError
-from tdc_agent.models import build_unet, denoise, unet_config
+from tdc_agent.models.store import load_model
+from tdc_agent.core.config import ScheduleConfig
+from tdc_agent.core.data import ImageDataset, load_dataset
+from tdc_agent.core.config import DataConfig
+from tdc_agent.diffusion.process import ForwardProcess
+from tdc_agent.diffusion.sampling import sample
+from tdc_agent.core.errors import CheckpointError
+from tdc_agent.models.unet import build_unet, denoise, unet_config
 from tdc_agent.pruning.apply import fit_levels
 from tdc_agent.pruning.importance import CRITERIA, select_pruned
-from tdc_agent.pruning.macs import count
+from tdc_agent.models.macs import count
 from tdc_agent.pruning.pruner import Pruner
 from tdc_agent.pruning.scheme import PruningScheme, SchemeError
 from tdc_agent.pruning.serialize import save_pruned
@@ -55,7 +56,7 @@ def test_random_schemes_build_meet_budget_and_reload_exactly(tiny_pruner, tmp_pa
         for u in p.graph.units:
             lv = r.scheme.full(p.graph)
             if lv[u.name] < 1:
-                lv[u.name] = min(1.0, lv[u.name] + 1 / u.steps)
+                lv[u.name] = min(1.0, lv[u.name] + 1 / u.n_levels)
                 assert p.graph.predict_macs(lv) > limit
     x = torch.randn(2, 1, 8, 8)
     t = torch.tensor([3, 70])
@@ -106,7 +107,7 @@ def test_fit_keeps_shape_and_unprunes_an_over_pruned_scheme(tiny_pruner):
 
 def test_select_pruned_removes_equally_per_block():
     scores = torch.arange(16.0).flip(0)  # 4 blocks of 4; the last channels of each block are least important
-    idx = select_pruned(scores, steps=4, keep_steps=3)
+    idx = select_pruned(scores, n_levels=4, keep=3)
     assert idx == [3, 7, 11, 15]
     assert select_pruned(scores, 4, 4) == []
 
@@ -139,7 +140,7 @@ ARCHS = {
 
 
 def _via_save_pretrained(tmp):
-    from tdc_agent.models import load_pretrained_unet
+    from tdc_agent.models.unet import load_pretrained_unet
 
     _multihead().save_pretrained(tmp / "hf")
     return load_pretrained_unet(str(tmp / "hf"))
@@ -172,7 +173,7 @@ def test_pruned_reload_in_fresh_process_is_exact(tiny_pruner, tmp_path):
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
     code = (
         f"import torch; torch.set_num_threads({torch.get_num_threads()}); from safetensors.torch import load_file, save_file;"
-        "from tdc_agent.checkpoint import load_model; from tdc_agent.models import denoise;"
+        "from tdc_agent.models.store import load_model; from tdc_agent.models.unet import denoise;"
         f"m,_=load_model(r'{tmp_path / 'm'}'); x=load_file(r'{tmp_path / 'x.safetensors'}')['x'];"
         f"save_file({{'y': denoise(m.eval(), x, torch.tensor([5, 50])).detach()}}, r'{tmp_path / 'y.safetensors'}')"
     )

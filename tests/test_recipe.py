@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from tdc_agent.config import TrainConfig
-from tdc_agent.data import load_dataset
-from tdc_agent.config import DataConfig, ScheduleConfig
-from tdc_agent.diffusion import ForwardProcess
-from tdc_agent.models import build_unet, unet_config
-from tdc_agent.checkpoint import load_model
+from tdc_agent.core.config import TrainConfig
+from tdc_agent.core.data import load_dataset
+from tdc_agent.core.config import DataConfig, ScheduleConfig
+from tdc_agent.diffusion.process import ForwardProcess
+from tdc_agent.models.unet import build_unet, unet_config
+from tdc_agent.models.store import load_model
 from tdc_agent.training import train
 from tdc_agent.training.ema import EMA, ema_decay_at
 

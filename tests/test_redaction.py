@@ -2,7 +2,7 @@
 
 import pytest
 
-from tdc_agent.redaction import redact, redact_url, register_secret_env, secret_values
+from tdc_agent.core.redaction import redact, redact_url, register_secret_env, secret_values
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,9 @@
 import pytest
 import yaml
 
-from tdc_agent.config import load_config
-from tdc_agent.errors import ConfigError
-from tdc_agent.runs import RunDir
+from tdc_agent.core.config import load_config
+from tdc_agent.core.errors import ConfigError
+from tdc_agent.workflow.rundir import RunDir
 
 
 def test_prepare_refuses_changed_settings_but_tolerates_new_ones(make_config, tmp_path):
@@ -51,7 +51,7 @@ def test_credentials_in_urls_are_not_stored_and_transport_changes_do_not_block_r
 
 
 def test_verbs_update_only_their_sections_and_recovery_knobs_may_change(make_config, tmp_path):
-    from tdc_agent.runs import PIPELINE_SECTIONS
+    from tdc_agent.workflow.rundir import PIPELINE_SECTIONS
 
     cfg = load_config(make_config())
     run = RunDir(tmp_path / "r")

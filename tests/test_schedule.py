@@ -4,7 +4,7 @@ from diffusers import DDPMScheduler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tdc_agent import schedule as S
+from tdc_agent.planning import plan as S
 
 
 @settings(max_examples=60, deadline=None)

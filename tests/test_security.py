@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import ROOT, tiny_config_dict
-from tdc_agent.config import config_from_dict
-from tdc_agent.errors import ConfigError
+from tdc_agent.core.config import config_from_dict
+from tdc_agent.core.errors import ConfigError
 
 PICKLE = re.compile(r"import pickle\b|from pickle\b|pickle\.loads?\(|torch\.load\(|weights_only\s*=\s*False|"
                     r"allow_pickle\s*=\s*True|(?<![.\w])eval\(|(?<![.\w])exec\(|yaml\.load\(|yaml\.unsafe_load|shell\s*=\s*True")
@@ -27,9 +27,9 @@ def test_no_pickle_eval_or_unsafe_yaml_in_package_and_tools():
 def test_numpy_datasets_are_read_without_pickle(tmp_path):
     import numpy as np
 
-    from tdc_agent.config import DataConfig
-    from tdc_agent.data import load_dataset
-    from tdc_agent.errors import TDCError
+    from tdc_agent.core.config import DataConfig
+    from tdc_agent.core.data import load_dataset
+    from tdc_agent.core.errors import TDCError
 
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.savez(tmp_path / "obj.npz", images=np.array([{"a": 1}], dtype=object))
@@ -71,7 +71,7 @@ def test_memory_bank_stays_local_whatever_the_environment_says(tmp_path, monkeyp
 
 
 def test_torch_files_never_run_code(tmp_path, monkeypatch):
-    from tdc_agent.errors import CheckpointError
+    from tdc_agent.core.errors import CheckpointError
     from tdc_agent.evaluation.torchfile import read_torch_state_dict
 
     class Evil:

@@ -5,7 +5,7 @@ import pytest
 from scipy import stats as st
 
 from tdc_agent.evaluation.stats import paired_bootstrap_ratio, paired_ratios, percentile_interval, t_interval
-from tdc_agent.stage1 import equal_compute_steps
+from tdc_agent.workflow.stage1 import equal_compute_steps
 
 
 def test_t_interval_matches_scipy():

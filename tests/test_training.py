@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from conftest import PYTHON, python_env
-from tdc_agent.checkpoint import load_tensors
-from tdc_agent.config import load_config
-from tdc_agent.errors import TDCError
-from tdc_agent.runs import RunDir
-from tdc_agent.stage1 import train_base
+from tdc_agent.core.io import load_tensors
+from tdc_agent.core.config import load_config
+from tdc_agent.core.errors import TDCError
+from tdc_agent.workflow.rundir import RunDir
+from tdc_agent.workflow.stage1 import train_base
 
 
 def _losses(run: Path) -> dict[int, float]:
@@ -110,10 +110,10 @@ def test_metrics_not_duplicated_when_killed_before_the_first_checkpoint(tmp_path
     # at step 0 and used to append the same steps again (steps logged four times after three kills).
     import shutil
 
-    from tdc_agent.config import DataConfig, ScheduleConfig, TrainConfig
-    from tdc_agent.data import load_dataset
-    from tdc_agent.diffusion import ForwardProcess
-    from tdc_agent.models import build_unet, unet_config
+    from tdc_agent.core.config import DataConfig, ScheduleConfig, TrainConfig
+    from tdc_agent.core.data import load_dataset
+    from tdc_agent.diffusion.process import ForwardProcess
+    from tdc_agent.models.unet import build_unet, unet_config
     from tdc_agent.training import train
 
     data = load_dataset(DataConfig(name="digits", split="train"))

@@ -21,8 +21,9 @@ import torch
 from tdc_agent.agent.memory import MemoryBank, MemoryRecord, architecture_hash
 from tdc_agent.agent.proxy import AgentPruning
 from tdc_agent.agent.tools import GroupTask
-from tdc_agent.config import load_config
-from tdc_agent.models import build_unet, unet_config
+from tdc_agent.planning.plan import Group
+from tdc_agent.core.config import load_config
+from tdc_agent.models.unet import build_unet, unet_config
 from tdc_agent.pruning.units import analyse
 
 
@@ -37,7 +38,7 @@ def bench_memory(n: int, queries: int, preset: str) -> dict:
         for start in range(0, n, batch):
             recs = []
             for i in range(start, min(n, start + batch)):
-                lv = {u.name: float(rng.integers(1, u.steps + 1)) / u.steps for u in graph.units if rng.random() < 0.5}
+                lv = {u.name: float(rng.integers(1, u.n_levels + 1)) / u.n_levels for u in graph.units if rng.random() < 0.5}
                 recs.append(MemoryRecord(id=f"r{i}", run_id="bench", group=int(rng.integers(10)), t_start=0, t_end=99,
                                          limit_macs=1.0, macs=1.0, loss=float(rng.random()), levels=lv))
             bank.collection.upsert(ids=[r.id for r in recs], documents=[json.dumps(r.levels) for r in recs],
@@ -72,7 +73,7 @@ def bench_overhead(rounds: int, candidates: int) -> dict:
         ap = AgentPruning(cfg, base, {"schedule": cfg.schedule.model_dump()}, Path(d), "builtin", torch.device("cpu"),
                           show=False)
         limit = 0.7 * ap.pruner.base_count.thop
-        outcome, _ = ap.prune_group(GroupTask(1, 100, 400, -5.0, 10.0, limit, 0.7, []))
+        outcome, _ = ap.prune_group(GroupTask(Group.span(1, 100, 400, -5.0, 10.0, 0.7), limit))
         s = outcome.extra["summary"]["seconds"]
     return {"rounds": rounds, "candidates": candidates, "total_seconds": s["total"],
             "build_and_evaluate_seconds": s["build_and_evaluate"], "agent_overhead_seconds": s["agent_overhead"],

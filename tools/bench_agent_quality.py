@@ -44,17 +44,18 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_table1 import SCALES, Bench  # noqa: E402
 from tdc_agent.agent.proxy import held_out  # noqa: E402
-from tdc_agent.checkpoint import atomic_write_json, load_model, read_json  # noqa: E402
-from tdc_agent.diffusion import ForwardProcess  # noqa: E402
+from tdc_agent.core.io import atomic_write_json, read_json  # noqa: E402
+from tdc_agent.models.store import load_model  # noqa: E402
+from tdc_agent.diffusion.process import ForwardProcess  # noqa: E402
 from tdc_agent.evaluation.quick import quick_loss  # noqa: E402
 from tdc_agent.evaluation.stats import paired_bootstrap_ratio, percentile_interval, t_interval  # noqa: E402
-from tdc_agent.latent import training_data  # noqa: E402
-from tdc_agent.planning import build_plan  # noqa: E402
-from tdc_agent.pruning.macs import count  # noqa: E402
+from tdc_agent.models.latent import training_data  # noqa: E402
+from tdc_agent.planning.build import build_plan  # noqa: E402
+from tdc_agent.models.macs import count  # noqa: E402
 from tdc_agent.pruning.pruner import Pruner  # noqa: E402
 from tdc_agent.pruning.serialize import save_pruned  # noqa: E402
-from tdc_agent.runs import RunDir  # noqa: E402
-from tdc_agent.stage2 import group_dir, prepare_in_order  # noqa: E402
+from tdc_agent.workflow.rundir import RunDir  # noqa: E402
+from tdc_agent.workflow.stage2 import prepare_in_order  # noqa: E402
 
 CLASSICAL = ("random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor")
 SEEDS = {"cpu": [0, 1, 2], "full": [0, 1, 2], "smoke": [0, 1]}
@@ -85,7 +86,7 @@ class QualityBench(Bench):
         run = RunDir(self.seed_dir(seed) / name)
         cfg = self.agent_cfg(seed)
         plan = build_plan(cfg)
-        if all((group_dir(run, g.index) / "prune.json").is_file() for g in plan.groups):
+        if all((run.group(g.index) / "prune.json").is_file() for g in plan.groups):
             return run
         if not (run.base_model / "model.safetensors").is_file():
             shutil.copytree(self.base(seed).stage1 / "model", run.base_model, dirs_exist_ok=True)
@@ -113,8 +114,8 @@ class QualityBench(Bench):
             shutil.copytree(agent.base_model, classical.base_model, dirs_exist_ok=True)
         pairs = []
         for g in plan.groups:
-            model, _ = load_model(group_dir(agent, g.index) / "pruned", self.device)
-            info = read_json(group_dir(agent, g.index) / "prune.json", "agent pruning summary")
+            model, _ = load_model(agent.group(g.index) / "pruned", self.device)
+            info = read_json(agent.group(g.index) / "prune.json", "agent pruning summary")
             agent_macs = float(count(model).thop)
             entry: dict[str, Any] = {
                 "seed": seed, "group": g.index, "t_range": [g.t_start, g.t_end], "limit_fraction": g.limit_fraction,
@@ -134,7 +135,7 @@ class QualityBench(Bench):
                          classical_macs=float(res.macs.thop),
                          macs_gap=abs(agent_macs - res.macs.thop) / agent_macs,
                          win=entry["agent_test_loss"] < loss)
-            gdir = group_dir(classical, g.index)
+            gdir = classical.group(g.index)
             save_pruned(gdir / "pruned", res, {**{k: v for k, v in meta.items() if k != "pruning"}, "group": g.index,
                                                "t_range": [g.t_start, g.t_end]})
             atomic_write_json(gdir / "prune.json", {"mode": crit, **res.summary()})
@@ -163,8 +164,8 @@ class QualityBench(Bench):
         rounds_total = self.s["rounds"]
         groups = []
         for g in build_plan(self.agent_cfg(seed)).groups:
-            a = read_json(group_dir(plain, g.index) / "prune.json", "agent pruning summary")
-            b = read_json(group_dir(warm, g.index) / "prune.json", "agent pruning summary")
+            a = read_json(plain.group(g.index) / "prune.json", "agent pruning summary")
+            b = read_json(warm.group(g.index) / "prune.json", "agent pruning summary")
             target = min(min(r["losses"]) for r in a["rounds"])
             best, reached = math.inf, None
             curve = []

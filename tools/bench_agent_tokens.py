@@ -36,9 +36,10 @@ from openai_server import FakeOpenAI  # noqa: E402
 from prompt_reader import PromptReader  # noqa: E402
 from tdc_agent.agent.proxy import AgentPruning  # noqa: E402
 from tdc_agent.agent.tools import GroupTask  # noqa: E402
-from tdc_agent.checkpoint import atomic_write_json  # noqa: E402
-from tdc_agent.config import load_config  # noqa: E402
-from tdc_agent.models import build_unet, unet_config  # noqa: E402
+from tdc_agent.core.io import atomic_write_json  # noqa: E402
+from tdc_agent.core.config import load_config  # noqa: E402
+from tdc_agent.models.unet import build_unet, unet_config  # noqa: E402
+from tdc_agent.planning.plan import Group  # noqa: E402
 
 PRESETS = ("tiny", "ddpm-cifar10", "iddpm-cifar10")
 TARGET = {"ddpm-cifar10": 100_000}  # input tokens per group (issue #13)
@@ -58,8 +59,8 @@ def measure(preset: str, rounds: int, candidates: int) -> dict[str, Any]:
         ap = AgentPruning(cfg, base, {"schedule": cfg.schedule.model_dump()}, Path(d) / "agent", "openai:scripted",
                           torch.device("cpu"), show=False, memory_path=Path(d) / "memory")
         macs = ap.pruner.base_count.thop
-        tasks = [GroupTask(0, 0, 499, 0.0, 40.0, 0.7 * macs, 0.7, [1]),
-                 GroupTask(1, 500, 999, -40.0, 0.0, 0.7 * macs, 0.7, [0])]
+        tasks = [GroupTask(Group.span(0, 0, 499, 0.0, 40.0, 0.7), 0.7 * macs, [1]),
+                 GroupTask(Group.span(1, 500, 999, -40.0, 0.0, 0.7), 0.7 * macs, [0])]
         for task in tasks:
             before_req, before_bytes = len(srv.requests), srv.input_bytes
             t0 = time.time()

@@ -32,10 +32,10 @@ $PY -m tdc_agent.cli train-base --run-dir "$WORK/run" -q data.name=npz data.root
 $PY - "$WORK/run" "$OUT" "$DEVICE" <<'PYEOF'
 import json, sys, time, torch
 from pathlib import Path
-from tdc_agent.checkpoint import load_model
-from tdc_agent.config import SampleConfig, ScheduleConfig
-from tdc_agent.models import denoise
-from tdc_agent.sampling import generate
+from tdc_agent.core.io import load_model
+from tdc_agent.core.config import SampleConfig, ScheduleConfig
+from tdc_agent.models.unet import denoise
+from tdc_agent.workflow.sampling import generate
 run, out, dev = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 recs = [json.loads(x) for x in (run / "stage1" / "metrics.jsonl").read_text().splitlines() if '"elapsed_s"' in x]

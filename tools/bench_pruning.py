@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tdc_agent.models import build_unet, unet_config
+from tdc_agent.models.unet import build_unet, unet_config
 from tdc_agent.pruning.pruner import Pruner
 from tdc_agent.pruning.scheme import PruningScheme
 

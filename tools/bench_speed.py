@@ -35,13 +35,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tdc_agent.config import ScheduleConfig, TrainConfig  # noqa: E402
-from tdc_agent.data import ImageDataset  # noqa: E402
-from tdc_agent.diffusion import ForwardProcess, sample  # noqa: E402
-from tdc_agent.models import build_unet, denoise, unet_config  # noqa: E402
-from tdc_agent.progressive import Member, ProgressiveModel  # noqa: E402
+from tdc_agent.core.config import ScheduleConfig, TrainConfig  # noqa: E402
+from tdc_agent.core.data import ImageDataset  # noqa: E402
+from tdc_agent.diffusion.process import ForwardProcess  # noqa: E402
+from tdc_agent.diffusion.sampling import sample  # noqa: E402
+from tdc_agent.models.unet import build_unet, denoise, unet_config  # noqa: E402
+from tdc_agent.models.progressive import Member, ProgressiveModel  # noqa: E402
 from tdc_agent.pruning.pruner import Pruner  # noqa: E402
-from tdc_agent.schedule import ddim_timesteps, make_plan  # noqa: E402
+from tdc_agent.diffusion.schedule import ddim_timesteps  # noqa: E402
+from tdc_agent.planning.plan import make_plan  # noqa: E402
 from tdc_agent.training import train  # noqa: E402
 
 MODELS = {
@@ -95,7 +97,7 @@ def sampling(name: str, spec: dict[str, Any], device: torch.device, repeats: int
     base = base.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ts = ddim_timesteps(schedule.timesteps, spec["steps"]).tolist()
-    from tdc_agent.pruning.macs import count
+    from tdc_agent.models.macs import count
 
     base_macs = count(base).thop
     macs_pm = pm.macs_for(ts) / len(ts)
@@ -167,8 +169,8 @@ def _scheduler_seconds(schedule: ScheduleConfig, steps: int, shape: tuple[int, .
 
 def training_overhead(device: torch.device, steps: int, repeats: int) -> dict[str, Any]:
     """Seconds per step of ``train()`` vs a bare AdamW loop, same model, data, batches and lr."""
-    from tdc_agent.config import DataConfig
-    from tdc_agent.data import load_dataset
+    from tdc_agent.core.config import DataConfig
+    from tdc_agent.core.data import load_dataset
     from tdc_agent.training.loop import step_generator
 
     data: ImageDataset = load_dataset(DataConfig(name="digits", split="train"))

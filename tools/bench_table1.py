@@ -43,20 +43,21 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tdc_agent.checkpoint import atomic_write_json, load_model, read_json  # noqa: E402
-from tdc_agent.config import Config, load_config  # noqa: E402
+from tdc_agent.core.io import atomic_write_json, read_json
+from tdc_agent.models.store import load_model  # noqa: E402
+from tdc_agent.core.config import Config, load_config  # noqa: E402
 from tdc_agent.evaluation.fd import digits_classifier, features, frechet, gaussian, real_floor_splits  # noqa: E402
 from tdc_agent.evaluation.stats import (  # noqa: E402
     paired_bootstrap_ratio, paired_ratios, percentile_interval, t_interval)
-from tdc_agent.models import denoise  # noqa: E402
-from tdc_agent.pipeline import progressive_dir, run_pipeline, training_macs  # noqa: E402
-from tdc_agent.planning import build_plan  # noqa: E402
-from tdc_agent.progressive import ProgressiveModel  # noqa: E402
-from tdc_agent.pruning.macs import count  # noqa: E402
-from tdc_agent.runs import RunDir  # noqa: E402
-from tdc_agent.sampling import generate  # noqa: E402
-from tdc_agent.stage1 import STEP_COST, continue_base, train_base  # noqa: E402
-from tdc_agent.stage2 import group_dir, group_steps, prepare_group_model  # noqa: E402
+from tdc_agent.models.unet import denoise  # noqa: E402
+from tdc_agent.workflow.pipeline import run_pipeline, training_macs  # noqa: E402
+from tdc_agent.planning.build import build_plan  # noqa: E402
+from tdc_agent.models.progressive import ProgressiveModel  # noqa: E402
+from tdc_agent.models.macs import count  # noqa: E402
+from tdc_agent.workflow.rundir import RunDir  # noqa: E402
+from tdc_agent.workflow.sampling import generate  # noqa: E402
+from tdc_agent.workflow.stage1 import STEP_COST, continue_base, train_base  # noqa: E402
+from tdc_agent.workflow.stage2 import group_steps, prepare_group_model  # noqa: E402
 
 SCALES: dict[str, dict[str, Any]] = {
     # what fits this project's 2-core CPU in about an hour (make bench): lr fixed at the value the
@@ -162,7 +163,7 @@ class Bench:
         run = RunDir(self.seed_dir(seed) / f"{name}-pruned")
         cfg = self.cfg(seed, {"stage2.mode": mode})
         plan = build_plan(cfg)
-        if all((group_dir(run, g.index) / "prune.json").is_file() for g in plan.groups):
+        if all((run.group(g.index) / "prune.json").is_file() for g in plan.groups):
             return run
         base_run = self.base(seed)
         if not (run.base_model / "model.safetensors").is_file():
@@ -181,14 +182,14 @@ class Bench:
         ov = {"stage2.mode": mode, "stage2.lr": lr, "stage2.distill": self.s["distill"] if distill else 0.0,
               **self.recipe(rule)}
         cfg = self.cfg(seed, ov)
-        if (progressive_dir(run) / "manifest.json").is_file():
+        if (run.progressive() / "manifest.json").is_file():
             return run
         if not (run.base_model / "model.safetensors").is_file():
             shutil.copytree(source.base_model, run.base_model, dirs_exist_ok=True)
         atomic_write_json(run.path / "bench_row.json", {"mode": mode, "lr": lr, "distill": cfg.stage2.distill,
                                                         "steps_rule": rule})
         for g in build_plan(cfg).groups:
-            src, dst = group_dir(source, g.index), group_dir(run, g.index)
+            src, dst = source.group(g.index), run.group(g.index)
             if not (dst / "prune.json").is_file():
                 shutil.copytree(src / "pruned", dst / "pruned", dirs_exist_ok=True)
                 shutil.copy(src / "prune.json", dst / "prune.json")
@@ -220,8 +221,8 @@ class Bench:
 
     def reference(self) -> np.ndarray:
         if self._ref is None:
-            from tdc_agent.config import DataConfig
-            from tdc_agent.data import load_dataset
+            from tdc_agent.core.config import DataConfig
+            from tdc_agent.core.data import load_dataset
 
             clf, _ = digits_classifier()
             self._ref = features(load_dataset(DataConfig(name="digits", split="all")).images, clf)
@@ -244,7 +245,7 @@ class Bench:
         cfg = self.cfg(seed, {"stage2.mode": row["mode"], "stage2.distill": row["distill"],
                               **self.recipe(row["steps_rule"])})
         plan = build_plan(cfg)
-        pm = ProgressiveModel.load(progressive_dir(run), self.device)
+        pm = ProgressiveModel.load(run.progressive(), self.device)
         base_macs = count(load_model(run.base_model, self.device)[0]).thop
         tm = training_macs(cfg, run, plan, base_macs)
         macs = pm.sampling_macs(cfg.sample.sampler, cfg.sample.steps)["mean_per_step"]

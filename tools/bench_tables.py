@@ -31,21 +31,21 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tdc_agent.checkpoint import atomic_write_json, load_model, read_json
-from tdc_agent.config import Config, SampleConfig, load_config
-from tdc_agent.data import load_dataset
-from tdc_agent.diffusion import ForwardProcess
+from tdc_agent.core.io import atomic_write_json, read_json
+from tdc_agent.models.store import load_model
+from tdc_agent.core.config import Config, SampleConfig, load_config
+from tdc_agent.core.data import load_dataset
+from tdc_agent.diffusion.process import ForwardProcess
 from tdc_agent.evaluation.quick import quick_loss
-from tdc_agent.models import denoise
-from tdc_agent.pipeline import evaluate_run, progressive_dir, run_pipeline, scorer, training_macs
-from tdc_agent.planning import build_plan
-from tdc_agent.progressive import ProgressiveModel, member_from_dir
+from tdc_agent.models.unet import denoise
+from tdc_agent.workflow.pipeline import evaluate_run, run_pipeline, scorer, training_macs
+from tdc_agent.planning.build import build_plan
+from tdc_agent.models.progressive import ProgressiveModel, member_from_dir
 from tdc_agent.pruning.importance import CRITERIA
-from tdc_agent.pruning.macs import count
-from tdc_agent.runs import RunDir
-from tdc_agent.sampling import generate
-from tdc_agent.stage1 import continue_base, train_base
-from tdc_agent.stage2 import group_dir
+from tdc_agent.models.macs import count
+from tdc_agent.workflow.rundir import RunDir
+from tdc_agent.workflow.sampling import generate
+from tdc_agent.workflow.stage1 import continue_base, train_base
 from tdc_agent.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +133,7 @@ class Bench:
             shutil.copytree(base.stage1, run.stage1)
         if pruned_from is not None:  # reuse another run's pruned starting models (same base, same plan)
             for g in build_plan(cfg).groups:
-                src, dst = group_dir(RunDir(self.work / f"s{seed}" / pruned_from), g.index), group_dir(run, g.index)
+                src, dst = RunDir(self.work / f"s{seed}" / pruned_from).group(g.index), run.group(g.index)
                 if not (dst / "prune.json").is_file():
                     shutil.copytree(src / "pruned", dst / "pruned", dirs_exist_ok=True)
                     shutil.copy(src / "prune.json", dst / "prune.json")
@@ -142,16 +142,17 @@ class Bench:
         out = run_pipeline(cfg, run, self.device, show=False)
         stage2_s = time.time() - t0
         ev = evaluate_run(cfg, run, self.device, show=False)
-        res = {"name": name, "seed": seed, "overrides": overrides, "fd": ev["tdc"]["fd"], "kid": ev["tdc"]["kid"],
-               "real_floor": ev["tdc"]["real_floor"], "base_fd": ev["base"]["fd"], "base_kid": ev["base"]["kid"],
-               "base_params": ev["base"]["params"], "stage1_training_macs": ev["training_macs"]["stage1"],
-               "stage1_steps": ev["training_steps"]["stage1"],
-               "macs_per_step": ev["tdc"]["macs_per_step"], "base_macs_per_step": ev["base"]["macs_per_step"],
-               "params": ev["tdc"]["params"], "training_macs": ev["training_macs"]["stage1"] + ev["training_macs"][
-                   "stage2"], "training_steps": ev["training_steps"]["stage1"] + ev["training_steps"]["stage2"],
+        tdc, base = ev.models["tdc"], ev.models["base"]
+        res = {"name": name, "seed": seed, "overrides": overrides, "fd": tdc.scores["fd"], "kid": tdc.scores["kid"],
+               "real_floor": tdc.scores["real_floor"], "base_fd": base.scores["fd"], "base_kid": base.scores["kid"],
+               "base_params": base.params, "stage1_training_macs": ev.training_macs["stage1"],
+               "stage1_steps": ev.training_steps["stage1"],
+               "macs_per_step": tdc.macs_per_step, "base_macs_per_step": base.macs_per_step,
+               "params": tdc.params, "training_macs": ev.training_macs["stage1"] + ev.training_macs["stage2"],
+               "training_steps": ev.training_steps["stage1"] + ev.training_steps["stage2"],
                "stage2_seconds": stage2_s, "group_quick_loss": self.group_losses(cfg, run),
                "agent_seconds": self.agent_seconds(cfg, run), "finetune_seconds": self.finetune_seconds(cfg, run),
-               "timings": out["timings"]}
+               "timings": out.timings}
         atomic_write_json(done, res)
         return res
 
@@ -165,7 +166,7 @@ class Bench:
         for g in build_plan(cfg).groups:
             if g.limit_fraction >= 1 - 1e-9:
                 continue
-            model, _ = load_model(group_dir(run, g.index) / "pruned", self.device)
+            model, _ = load_model(run.group(g.index) / "pruned", self.device)
             out[str(g.index)] = quick_loss(model, held_out(cfg), process, g.timesteps, cfg.agent.eval_timesteps,
                                            cfg.agent.eval_batch_size, cfg.run.seed)
         return out
@@ -174,7 +175,7 @@ class Bench:
         """Where the agent's time went, summed over groups (zero for non-agent modes)."""
         tot = {"total": 0.0, "build_and_evaluate": 0.0, "agent_overhead": 0.0}
         for g in build_plan(cfg).groups:
-            secs = read_json(group_dir(run, g.index) / "prune.json", "pruning summary").get("seconds")
+            secs = read_json(run.group(g.index) / "prune.json", "pruning summary").get("seconds")
             if isinstance(secs, dict):
                 for k in tot:
                     tot[k] += float(secs.get(k, 0.0))
@@ -183,7 +184,7 @@ class Bench:
     def finetune_seconds(self, cfg: Config, run: RunDir) -> float:
         total = 0.0
         for g in build_plan(cfg).groups:
-            lines = (group_dir(run, g.index) / "finetune" / "metrics.jsonl").read_text().splitlines()
+            lines = (run.group(g.index) / "finetune" / "metrics.jsonl").read_text().splitlines()
             el = [json.loads(x)["elapsed_s"] for x in lines if '"elapsed_s"' in x]
             total += el[-1] if el else 0.0
         return total
@@ -249,7 +250,7 @@ class Bench:
         members, total_macs, total_steps = [], 0.0, 0
         self.log(f"seed {seed}: {name}")
         for g in plan.groups:
-            model, meta = load_model(group_dir(src, g.index) / "pruned", self.device)
+            model, meta = load_model(src.group(g.index) / "pruned", self.device)
             torch.manual_seed(seed + 17 * g.index)
             for m in model.modules():
                 if hasattr(m, "reset_parameters") and not list(m.children()):
@@ -312,7 +313,7 @@ class Bench:
         cfg = self.cfg(seed)
         run = RunDir(self.work / f"s{seed}" / "tdc-agent")
         base, _ = load_model(run.base_model, self.device)
-        pm = ProgressiveModel.load(progressive_dir(run), self.device)
+        pm = ProgressiveModel.load(run.progressive(), self.device)
         scfg = SampleConfig(sampler="ddim", steps=s["speed_steps"], num=s["speed_images"],
                             batch_size=s["speed_images"])
         times: dict[str, list[float]] = {"base": [], "progressive": []}
@@ -338,7 +339,7 @@ class Bench:
         """Our training loop vs a bare PyTorch loop (same model, batch, AdamW), seconds per step."""
         import tempfile
 
-        from tdc_agent.stage1 import build_model
+        from tdc_agent.workflow.stage1 import build_model
 
         data = load_dataset(cfg.data)
         process = ForwardProcess(cfg.schedule, self.device)

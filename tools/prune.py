@@ -5,7 +5,7 @@ A thin wrapper over `tdc-agent prune` (same flags).
 
 import sys
 
-from tdc_agent.cli import run
+from tdc_agent.cli.main import run
 
 if __name__ == "__main__":
     sys.exit(run(["prune", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ over jobs with --groups, then `tdc-agent assemble --config cfg.yaml` and `tdc-ag
 
 import sys
 
-from tdc_agent.cli import run
+from tdc_agent.cli.main import run
 
 if __name__ == "__main__":
     sys.exit(run(["run", *sys.argv[1:]]))

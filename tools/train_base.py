@@ -6,7 +6,7 @@ its share of the global batch, and rank 0 writes checkpoints, metrics and the sa
 
 import sys
 
-from tdc_agent.cli import run
+from tdc_agent.cli.main import run
 
 if __name__ == "__main__":
     sys.exit(run(["train-base", *sys.argv[1:]]))

@@ -19,9 +19,9 @@ from urllib.parse import urlparse
 
 from langchain_core.language_models.chat_models import BaseChatModel
 
-from ..config import AgentConfig
-from ..errors import ConfigError, TDCError
-from ..redaction import redact_url, register_secret_env
+from ..core.config import AgentConfig
+from ..core.errors import ConfigError, TDCError
+from ..core.redaction import redact_url, register_secret_env
 
 PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "google_genai": "GOOGLE_API_KEY",
                  "mistralai": "MISTRAL_API_KEY", "groq": "GROQ_API_KEY"}

@@ -26,11 +26,11 @@ from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from rich.table import Table
 
-from ..checkpoint import atomic_write_json, read_json
-from ..config import AgentConfig
-from ..errors import TDCError
-from ..faults import failpoint
-from ..progress import console
+from ..core.io import atomic_write_json, read_json
+from ..core.config import AgentConfig
+from ..core.errors import TDCError
+from ..core.faults import failpoint
+from ..core.progress import console
 from .memory import MemoryRecord
 from .prompts import PromptSet
 from .tools import PruningSession

@@ -20,9 +20,9 @@ import torch
 from chromadb import Documents, EmbeddingFunction, Embeddings
 from pydantic import BaseModel, Field
 
-from ..redaction import redact_url
-from ..errors import TDCError
-from ..faults import failpoint
+from ..core.redaction import redact_url
+from ..core.errors import TDCError
+from ..core.faults import failpoint
 
 
 class MemoryBankError(TDCError):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from langchain_core.prompts import PromptTemplate
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable

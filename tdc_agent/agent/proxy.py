@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from langchain_core.language_models.chat_models import BaseChatModel
 
-from ..checkpoint import atomic_write_json, atomic_write_text
-from ..config import Config
-from ..data import ImageDataset
-from ..latent import training_data
-from ..diffusion import ForwardProcess
+from ..core.io import atomic_write_json, atomic_write_text
+from ..core.config import Config
+from ..core.data import ImageDataset
+from ..models.latent import training_data
+from ..diffusion.process import ForwardProcess
 from ..pruning.pruner import Pruner
 from ..pruning.scheme import PruningScheme
 from ..pruning.serialize import save_pruned
@@ -40,7 +40,7 @@ def held_out(cfg: Config, split: str = "val") -> ImageDataset:
     once, loudly, since the agent's choices then rest on training loss.
     """
     if cfg.data.split != "train" and split in ("val", "test") and not _WARNED.get(cfg.data.split):
-        from ..progress import console
+        from ..core.progress import console
 
         _WARNED[cfg.data.split] = True
         console.print(f"[yellow]warning:[/] data.split={cfg.data.split} trains on the {split} images too, so the "
@@ -49,6 +49,11 @@ def held_out(cfg: Config, split: str = "val") -> ImageDataset:
 
 
 _WARNED: dict[str, bool] = {}
+
+
+def group_state_dir(out_dir: Path, index: int) -> Path:
+    """Where an agent output directory keeps group ``index``'s ``rounds.json`` and ``agent.json``."""
+    return Path(out_dir) / f"group_{index}"
 
 
 def run_id_for(out_dir: Path) -> str:
@@ -64,7 +69,7 @@ def run_id_for(out_dir: Path) -> str:
 def check_base_takes(base: torch.nn.Module, data: ImageDataset) -> None:
     """The base must take the images (or latents) it is evaluated on: a mismatch is one clear error
     before any LLM call, not a traceback from inside ``evaluate_scheme`` after several."""
-    from ..errors import ConfigError
+    from ..core.errors import ConfigError
 
     config = getattr(base, "config", None)
     if config is None or not hasattr(config, "in_channels"):
@@ -133,7 +138,7 @@ class AgentPruning:
     def prune_group(self, task: GroupTask, model_dir: Path | None = None) -> tuple[GroupOutcome, Any]:
         """Run the rounds for ``task``, build the best scheme, save it; returns (outcome, PruneResult)."""
         if task.limit_macs >= self.pruner.base_count.thop:
-            from ..errors import ConfigError
+            from ..core.errors import ConfigError
 
             raise ConfigError(f"The MACs limit of group {task.index} ({task.limit_macs:,.0f}) is not below the base "
                               f"model's {self.pruner.base_count.thop:,}: there is nothing to prune.")
@@ -141,7 +146,7 @@ class AgentPruning:
                                  self.run_id, self.llm_spec, self.out_dir / f"group_{task.index}", self.cfg.run.seed,
                                  base_hash=self.base_hash, eval_key=self.eval_key)
         t0 = time.time()
-        outcome = self.loop.run_group(session, self.out_dir / f"group_{task.index}" / "rounds.json")
+        outcome = self.loop.run_group(session, group_state_dir(self.out_dir, task.index) / "rounds.json")
         best = outcome.best
         t_build = time.time()
         result = self.pruner.prune(PruningScheme(levels=best.levels, source=self.llm_spec, rationale=best.rationale),
@@ -174,6 +179,6 @@ class AgentPruning:
             "proxy_evaluations": n_evals, "proxy_forward_images": proxy_images,
             "proxy_forward_macs": float(proxy_images) * task.limit_macs,
         }
-        atomic_write_json(self.out_dir / f"group_{task.index}" / "agent.json", summary)
+        atomic_write_json(group_state_dir(self.out_dir, task.index) / "agent.json", summary)
         outcome.extra["summary"] = summary
         return outcome, result

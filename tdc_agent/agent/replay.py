@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import PrivateAttr
 
-from ..errors import TDCError
+from ..core.errors import TDCError
 from .transcript import read_transcript
 
 

@@ -17,12 +17,13 @@ from typing import Any, Optional
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
-from ..config import AgentConfig, TrainConfig
-from ..data import ImageDataset
-from ..errors import TDCError
-from ..faults import failpoint
-from ..diffusion import ForwardProcess
+from ..core.config import AgentConfig, TrainConfig
+from ..core.data import ImageDataset
+from ..core.errors import TDCError
+from ..core.faults import failpoint
+from ..diffusion.process import ForwardProcess
 from ..evaluation.quick import quick_loss
+from ..planning.plan import Group
 from ..pruning.apply import fit_levels
 from ..pruning.pruner import Pruner
 from ..pruning.scheme import PruningScheme, SchemeError
@@ -31,20 +32,27 @@ from .memory import Like, MemoryBank, MemoryRecord
 
 @dataclass
 class GroupTask:
-    """What one group's pruning must achieve."""
+    """What one group's pruning must achieve: a plan :class:`~tdc_agent.planning.plan.Group` (the one
+    group type), its MACs limit in MACs, and the neighbouring groups. A thin view: the group's
+    fields read through."""
 
-    index: int
-    t_start: int
-    t_end: int
-    snr_min: float
-    snr_max: float
+    group: Group
     limit_macs: float
-    limit_fraction: float
     neighbours: list[int] = field(default_factory=list)
 
-    @property
-    def timesteps(self) -> list[int]:
-        return list(range(self.t_start, self.t_end + 1))
+    @classmethod
+    def of(cls, group: Group, base_macs: float, n_groups: int = 1) -> "GroupTask":
+        """The task for ``group`` of a plan with ``n_groups`` groups, for a base of ``base_macs`` MACs."""
+        neighbours = [i for i in (group.index - 1, group.index + 1) if 0 <= i < n_groups]
+        return cls(group, group.limit_fraction * base_macs, neighbours)
+
+    index = property(lambda self: self.group.index)
+    t_start = property(lambda self: self.group.t_start)
+    t_end = property(lambda self: self.group.t_end)
+    snr_min = property(lambda self: self.group.snr_min)
+    snr_max = property(lambda self: self.group.snr_max)
+    limit_fraction = property(lambda self: self.group.limit_fraction)
+    timesteps = property(lambda self: self.group.timesteps)
 
 
 class NoArgs(BaseModel):
@@ -203,7 +211,7 @@ class PruningSession:
             return self._sensitivity
         import time
 
-        from ..checkpoint import atomic_write_json, read_json
+        from ..core.io import atomic_write_json, read_json
         from ..pruning.apply import build_pruned
 
         cache = self.out_dir / f"sensitivity-{keep_level:g}.json"
@@ -301,7 +309,7 @@ class PruningSession:
         res = train(model, data, self.process, tcfg, self.out_dir / "recovery" / self.short_id(rec),
                     seed=self.seed, device=next(model.parameters()).device, timesteps=self.task.timesteps,
                     progress=False, desc="recovery")
-        from ..checkpoint import load_model
+        from ..models.store import load_model
 
         return load_model(res.model_dir, next(model.parameters()).device)[0]
 

@@ -1,7 +1,7 @@
 """The transcript: a JSONL record of every LLM request and reply, tool call and result, per run.
 
 It is what makes LLM decisions reproducible (``replay:`` reads the replies back) and auditable.
-Secrets never reach it: every string is scrubbed (:mod:`tdc_agent.redaction`) of API keys found in
+Secrets never reach it: every string is scrubbed (:mod:`tdc_agent.core.redaction`) of API keys found in
 the environment (including the variable ``agent.api_key_env`` names), of ``sk-...`` style keys, of
 ``Bearer`` tokens and of credentials in URLs before it is written.
 """
@@ -20,7 +20,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
 # the scrubbers live in a module without LangChain, so that the CLI can use them cheaply too
-from ..redaction import redact, secret_values
+from ..core.redaction import redact, secret_values
 
 
 def message_to_dict(m: BaseMessage) -> dict[str, Any]:
@@ -84,7 +84,7 @@ class Transcript(BaseCallbackHandler):
 
 def read_transcript(path: str | Path) -> list[dict[str, Any]]:
     """All events of a transcript; a corrupt line is an error naming the file and line."""
-    from ..errors import TDCError
+    from ..core.errors import TDCError
 
     path = Path(path)
     if not path.is_file():

@@ -10,20 +10,14 @@ the same order as model distances.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
-from ..config import DataConfig
-from ..data import load_dataset
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TDC_AGENT_CACHE", Path.home() / ".cache" / "tdc-agent"))
+from ..core.io import atomic_write_json, cache_dir, load_tensors, read_json, save_tensors
+from ..core.config import DataConfig
+from ..core.data import load_dataset
 
 
 class DigitsClassifier(torch.nn.Module):

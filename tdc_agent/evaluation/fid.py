@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import load_tensors, save_tensors
-from ..config import DataConfig
-from ..data import load_dataset
-from ..progress import track
+from ..core.io import load_tensors, save_tensors
+from ..core.config import DataConfig
+from ..core.data import load_dataset
+from ..core.progress import track
 from .fd import cache_dir, frechet_from_stats, gaussian, kid
 from .inception import FIDInception, load_fid_inception
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import inception as tv
 
-from ..checkpoint import load_tensors, save_tensors
-from ..errors import CheckpointError
+from ..core.io import load_tensors, save_tensors
+from ..core.errors import CheckpointError
 from .fd import cache_dir
 from .torchfile import read_torch_state_dict
 

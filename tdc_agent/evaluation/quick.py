@@ -12,9 +12,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..data import ImageDataset
-from ..diffusion import ForwardProcess
-from ..models import denoise, eval_mode
+from ..core.data import ImageDataset
+from ..diffusion.process import ForwardProcess
+from ..models.unet import denoise, eval_mode
 
 
 def eval_timesteps(timesteps: Sequence[int], n: int) -> list[int]:

@@ -20,39 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from diffusers.models.attention_processor import Attention
-from diffusers.models.downsampling import Downsample2D
-from diffusers.models.upsampling import Upsample2D
 
-from ..checkpoint import PRUNING_ATTR
 from .importance import select_pruned
-from .macs import MacsCount, count
+from ..models.macs import MacsCount, count
 from .scheme import PruningScheme, SchemeError
-from ..models import eval_mode, example_inputs
+from ..models.unet import eval_mode, example_inputs
+from ..models.record import attach, fix_up, make_record
 from .units import UnitGraph, build_graph
-
-FIXUP_VERSION = 1
-
-
-def fix_up(model: torch.nn.Module) -> None:
-    """Update diffusers attributes that torch-pruning does not know about.
-
-    ``Attention.scale`` is deliberately left at its trained value: the pruned model then computes the
-    same attention logits from the channels it kept, which is closer to the base model than
-    rescaling by the new head size.
-    """
-    for m in model.modules():
-        if isinstance(m, (Downsample2D, Upsample2D)) and getattr(m, "conv", None) is not None:
-            conv = m.conv
-            m.channels = conv.in_channels
-            m.out_channels = conv.out_channels
-        elif isinstance(m, Attention):
-            m.inner_dim = m.to_q.out_features
-            if hasattr(m, "inner_kv_dim"):
-                m.inner_kv_dim = m.to_k.out_features
-            m.query_dim = m.to_q.in_features
-            m.out_dim = m.to_out[0].out_features
-
 
 def build_pruned(
     base: torch.nn.Module,
@@ -66,8 +40,8 @@ def build_pruned(
     modules = dict(model.named_modules())
     for unit in graph.units:
         level = levels.get(unit.name, 1.0)
-        keep_steps = round(level * unit.steps)
-        idxs = select_pruned(scores[unit.name], unit.steps, keep_steps)
+        keep = round(level * unit.n_levels)
+        idxs = select_pruned(scores[unit.name], unit.n_levels, keep)
         if not idxs:
             continue
         root = modules[unit.name]
@@ -121,7 +95,7 @@ def _fit(graph: UnitGraph, amount: dict[str, float], limit_macs: float) -> dict[
         return at(0.0)
     hi = 1.0 / min(a for a in amount.values() if a > 0)
     if graph.predict_macs(at(hi)) > limit_macs:
-        smallest = graph.predict_macs({u.name: 1 / u.steps for u in graph.units})
+        smallest = graph.predict_macs({u.name: 1 / u.n_levels for u in graph.units})
         raise SchemeError(
             f"MACs limit {limit_macs:,.0f} is below what this scheme's shape can reach "
             f"({graph.predict_macs(at(hi)):,.0f}; the smallest model of this architecture has "
@@ -145,7 +119,7 @@ def _fit(graph: UnitGraph, amount: dict[str, float], limit_macs: float) -> dict[
             if level >= 1.0:
                 continue
             trial = dict(best)
-            trial[name] = min(1.0, level + 1 / u.steps)
+            trial[name] = min(1.0, level + 1 / u.n_levels)
             if graph.predict_macs(trial) <= limit_macs:
                 options.append((target[name] - level, -u.macs_share, name, trial))
         if not options:
@@ -214,19 +188,18 @@ def prune_to_budget(
         if limit_macs is None or measured.thop <= limit_macs:
             break
         # The prediction was optimistic: remove one more quantum from the biggest unit that can shrink.
-        shrinkable = [u for u in graph.units if levels[u.name] > 1 / u.steps + 1e-9]
+        shrinkable = [u for u in graph.units if levels[u.name] > 1 / u.n_levels + 1e-9]
         if not shrinkable:
             raise SchemeError(f"cannot reach the MACs limit {limit_macs:,.0f}: every unit is at its minimum.")
         u = max(shrinkable, key=lambda u: u.macs_share)
-        levels[u.name] = u.floor(levels[u.name] - 1 / u.steps)
+        levels[u.name] = u.floor(levels[u.name] - 1 / u.n_levels)
         notes.append(f"measured {measured.thop:,} > limit; removed one more quantum from {u.name}")
     else:
         raise SchemeError(f"could not meet the MACs limit {limit_macs:,.0f} after 8 rebuilds.")
     fitted = PruningScheme(levels={k: v for k, v in levels.items() if v < 1.0}, source=scheme.source,
                            rationale=scheme.rationale)
     # the model carries its structure record, so any later save (e.g. after fine-tuning) keeps it
-    setattr(model, PRUNING_ATTR, {"fixup_version": FIXUP_VERSION, "history": history, "levels": fitted.levels,
-                                  "kept_channels": fitted.kept_channels(graph)})
+    attach(model, make_record(history, fitted.levels, fitted.kept_channels(graph)))
     return PruneResult(
         model=model, scheme=fitted, requested=requested, notes=notes, limit_macs=limit_macs,
         macs=measured, base_macs=base_count, history=history, kept_channels=fitted.kept_channels(graph),

@@ -7,6 +7,14 @@
   L_t < thr · max L (Fang et al. 2023, thr = 0.05).
 - ``group-taylor``: Taylor with gradients accumulated over one group's own timesteps (for TDC).
 
+"Taylor" is the same score in all three: torch-pruning's GroupTaylorImportance with its default
+``multivariable=False``, i.e. per channel ``Σ |θ · ∂L/∂θ|`` over the channel's weights (and those
+coupled to it), the sum of each weight's own first-order estimate. Diff-Pruning's reference code
+uses ``multivariable=True``, ``|Σ θ · ∂L/∂θ|``: one first-order estimate for removing the whole
+channel, where contributions of opposite sign cancel. Our ``diff-pruning`` keeps its timestep rule
+but not that variant (the benchmarks in the README were measured so). The three criteria differ
+only in *which* timesteps' gradients are summed (uniform draws / the early-t window / the group's own).
+
 Scores are computed once on the dense model; a unit's channel indices do not change when other
 units are pruned, so the same scores serve every scheme built from that model.
 """
@@ -20,10 +28,10 @@ import numpy as np
 import torch
 import torch_pruning as tp
 
-from ..data import ImageDataset
-from ..diffusion import ForwardProcess
-from ..errors import ConfigError
-from ..models import denoise
+from ..core.data import ImageDataset
+from ..diffusion.process import ForwardProcess
+from ..core.errors import ConfigError
+from ..models.unet import denoise
 from .units import UnitGraph, build_graph
 
 CRITERIA = ("random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor")
@@ -128,18 +136,19 @@ def channel_scores(
     return scores
 
 
-def select_pruned(scores: torch.Tensor, steps: int, keep_steps: int) -> list[int]:
+def select_pruned(scores: torch.Tensor, n_levels: int, keep: int) -> list[int]:
     """Channel indices to remove: the same number from each of the unit's equal contiguous blocks
-    (its GroupNorm groups / heads), the least important first within each block."""
+    (its GroupNorm groups / heads), the least important first within each block. The unit has
+    ``n_levels`` keep levels (:attr:`Unit.n_levels`); ``keep`` of them stay."""
     channels = len(scores)
-    quantum = channels // steps
-    remove_per_block = steps - keep_steps
+    quantum = channels // n_levels
+    remove_per_block = n_levels - keep
     if remove_per_block <= 0:
         return []
     out: list[int] = []
     for b in range(quantum):
-        block = scores[b * steps:(b + 1) * steps]
+        block = scores[b * n_levels:(b + 1) * n_levels]
         # stable tie-break by index, so equal scores prune the same channels every time
-        order = sorted(range(steps), key=lambda i: (float(block[i]), i))
-        out.extend(b * steps + i for i in order[:remove_per_block])
+        order = sorted(range(n_levels), key=lambda i: (float(block[i]), i))
+        out.extend(b * n_levels + i for i in order[:remove_per_block])
     return sorted(out)

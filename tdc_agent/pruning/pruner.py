@@ -6,11 +6,11 @@ from typing import Sequence
 
 import torch
 
-from ..data import ImageDataset
-from ..diffusion import ForwardProcess
+from ..core.data import ImageDataset
+from ..diffusion.process import ForwardProcess
 from .apply import PruneResult, prune_to_budget
 from .importance import channel_scores
-from .macs import MacsCount, count
+from ..models.macs import MacsCount, count
 from .scheme import PruningScheme
 from .units import UnitGraph, analyse
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 from pydantic import BaseModel, Field, field_validator
 
-from ..errors import TDCError
+from ..core.errors import TDCError
 from .units import UnitGraph
 
 
@@ -61,7 +61,7 @@ class PruningScheme(BaseModel):
             unit = graph.unit(name)
             s = unit.snap(level)
             if abs(s - level) > 1e-9:
-                notes.append(f"{name}: {level:g} is not a multiple of 1/{unit.steps} "
+                notes.append(f"{name}: {level:g} is not a multiple of 1/{unit.n_levels} "
                              f"(quantum {unit.quantum} of {unit.channels} channels); snapped to {s:g}")
             snapped[name] = s
         if problems:

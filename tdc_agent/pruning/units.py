@@ -21,8 +21,8 @@ import torch_pruning as tp
 from diffusers.models.attention_processor import Attention
 from pydantic import BaseModel
 
-from ..models import eval_mode, example_inputs
-from .macs import thop_layer_ops
+from ..models.macs import thop_layer_ops
+from ..models.record import build_graph  # noqa: F401  (units and importance trace with it)
 
 ROLES = ("time embedding", "attention", "resnet inner", "block output")
 
@@ -39,22 +39,23 @@ class Unit(BaseModel):
     members: int  # layers whose channels move with this unit
 
     @property
-    def steps(self) -> int:
+    def n_levels(self) -> int:
+        """How many keep levels the unit has: one per quantum of channels (level m/n_levels keeps m quanta)."""
         return self.channels // self.quantum
 
     @property
     def levels(self) -> list[float]:
-        return [m / self.steps for m in range(1, self.steps + 1)]
+        return [m / self.n_levels for m in range(1, self.n_levels + 1)]
 
     def snap(self, level: float) -> float:
         """The nearest allowed keep level (at least one step)."""
-        m = min(self.steps, max(1, round(level * self.steps)))
-        return m / self.steps
+        m = min(self.n_levels, max(1, round(level * self.n_levels)))
+        return m / self.n_levels
 
     def floor(self, level: float) -> float:
         """The largest allowed keep level not above ``level`` (at least one step)."""
-        m = min(self.steps, max(1, math.floor(level * self.steps + 1e-9)))
-        return m / self.steps
+        m = min(self.n_levels, max(1, math.floor(level * self.n_levels + 1e-9)))
+        return m / self.n_levels
 
     def compact(self) -> dict[str, Any]:
         """A compact dict for LLM prompts and ``--json``."""
@@ -83,14 +84,6 @@ def attention_heads(model: torch.nn.Module) -> dict[torch.nn.Module, int]:
             for proj in (m.to_q, m.to_k, m.to_v):
                 heads[proj] = m.heads
     return heads
-
-
-def build_graph(model: torch.nn.Module) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of a diffusers UNet (traced on one example input)."""
-    with eval_mode(model):
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_inputs(model), forward_fn=lambda m, inputs: m(*inputs).sample,
-        )
 
 
 def ignored_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -22,25 +22,16 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..checkpoint import (
-    atomic_write_json,
-    atomic_write_text,
-    load_state_strict,
-    load_tensors,
-    read_json,
-    replace_dir,
-    resolve_dir,
-    save_model,
-    save_tensors,
-)
-from ..config import TrainConfig
-from ..data import ImageDataset
-from ..devices import barrier, init_distributed
-from ..faults import failpoint
-from ..diffusion import ForwardProcess
-from ..errors import CheckpointError, TDCError
-from ..models import denoise
-from ..progress import make_progress
+from ..core.io import atomic_write_json, atomic_write_text, load_tensors, read_json, replace_dir, resolve_dir, save_tensors
+from ..models.store import load_state_strict, save_model
+from ..core.config import TrainConfig
+from ..core.data import ImageDataset
+from ..core.devices import barrier, init_distributed
+from ..core.faults import failpoint
+from ..diffusion.process import ForwardProcess
+from ..core.errors import CheckpointError, TDCError
+from ..models.unet import denoise
+from ..core.progress import make_progress
 from .ema import EMA
 from .optim_state import load_optimizer_state, optimizer_tensors
 

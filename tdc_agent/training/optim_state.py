@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..core.errors import CheckpointError
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:

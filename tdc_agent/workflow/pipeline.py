@@ -5,26 +5,28 @@ rerunning the same command after a kill continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .checkpoint import atomic_write_json, load_model, read_json
-from .config import Config
-from .devices import barrier, dist_env, rank0_says
-from .latent import training_data
-from .errors import ConfigError
-from .planning import build_plan, write_plan
-from .progress import console
-from .progressive import ProgressiveModel, member_from_dir
-from .pruning.macs import count
-from .runs import RunDir
-from .schedule import Plan, ddim_timesteps
+from ..core.io import atomic_write_json
+from ..models.store import load_model
+from ..core.config import Config
+from ..core.devices import barrier, dist_env, rank0_says
+from ..models.latent import training_data
+from ..core.errors import ConfigError
+from ..planning.build import build_plan, write_plan
+from ..core.progress import console
+from ..models.progressive import ProgressiveModel, member_from_dir
+from ..models.macs import count
+from .results import Evaluation, ModelScore, PipelineResult
+from .rundir import RunDir
+from ..diffusion.schedule import ddim_timesteps
+from ..planning.plan import Plan
 from .stage1 import continue_base, equal_compute_steps, train_base
-from .stage2 import finetune_group, group_dir, group_steps, prepare_in_order
+from .stage2 import finetune_group, group_steps, prepare_in_order
 
 
 def check_groups(plan: Plan, groups: Sequence[int] | None) -> None:
@@ -38,9 +40,9 @@ def check_groups(plan: Plan, groups: Sequence[int] | None) -> None:
 
 
 def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequence[int] | None = None,
-                 show: bool = True) -> dict[str, Any]:
+                 show: bool = True) -> PipelineResult:
     """Plan, stage 1 and stage 2 for ``groups`` (default all); assembles when every group is done."""
-    from .agent.proxy import held_out
+    from ..agent.proxy import held_out
 
     t0 = time.time()
     plan = build_plan(cfg)
@@ -58,17 +60,17 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
     env = dist_env()
     if env.is_main:
         write_plan(plan, run.path, count(base).thop)
-    out: dict[str, Any] = {"groups_total": len(plan.groups), "timings": timings}
+    out = PipelineResult(len(plan.groups), timings=timings)
     for variant, vcfg in variants(cfg):
         cache: dict = {}
         for g in plan.groups:
             if groups is not None and g.index not in groups:
                 continue
-            if (group_dir(run, g.index, variant) / "finetune.json").is_file():
+            if (run.group(g.index, variant) / "finetune.json").is_file():
                 continue
             with run.lock(f"group{g.index}{'-' + variant if variant else ''}"):
                 # another job may have finished this group while we waited for its lock
-                if rank0_says((group_dir(run, g.index, variant) / "finetune.json").is_file()):
+                if rank0_says((run.group(g.index, variant) / "finetune.json").is_file()):
                     continue
                 if env.is_main:
                     run.log(f"run: group {g.index}{f' ({variant})' if variant else ''}")
@@ -83,22 +85,22 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
                 console.print(f"group {g.index}{f' ({variant})' if variant else ''} (t {g.t_start}-{g.t_end}): quick "
                               f"loss {res.summary['loss_before']:.4f} → {res.summary['loss_after']:.4f} after "
                               f"{res.summary['steps']} steps")
-        done = [g.index for g in plan.groups if (group_dir(run, g.index, variant) / "finetune.json").is_file()]
+        done = [g.index for g in plan.groups if (run.group(g.index, variant) / "finetune.json").is_file()]
         if not variant:
-            out["groups_done"] = done
+            out.groups_done = done
         if len(done) == len(plan.groups):
             if env.is_main:
                 assemble(vcfg, run, device, variant)
             barrier()
-            out["progressive" + (f"-{variant}" if variant else "")] = str(progressive_dir(run, variant))
-    if cfg.evaluation.compare_equal_compute and len(out.get("groups_done", [])) == len(plan.groups):
+            out.progressive[variant] = str(run.progressive(variant))
+    if cfg.evaluation.compare_equal_compute and len(out.groups_done) == len(plan.groups):
         steps = equal_compute_total_steps(cfg, run, plan, count(base).thop)
         run.log(f"run: base continued to {steps} steps (equal compute)")
         t2 = time.time()
         with run.lock("equal-compute"):
             continue_base(cfg, run, steps, run.equal_compute, device, data, progress=show)
         timings["base_equal_compute"] = time.time() - t2
-    out["seconds"] = time.time() - t0
+    out.seconds = time.time() - t0
     return out
 
 
@@ -119,10 +121,6 @@ def variants(cfg: Config) -> list[tuple[str, Config]]:
     return out
 
 
-def progressive_dir(run: RunDir, variant: str = "") -> Path:
-    return run.path / ("progressive" + (f"-{variant}" if variant else ""))
-
-
 def assemble(cfg: Config, run: RunDir, device: torch.device, variant: str = "") -> Path:
     """Build ``RUN/progressive`` (or ``progressive-<variant>``) from the finished groups (idempotent)."""
     with run.lock("assemble" + (f"-{variant}" if variant else "")):
@@ -131,17 +129,17 @@ def assemble(cfg: Config, run: RunDir, device: torch.device, variant: str = "") 
 
 def _assemble(cfg: Config, run: RunDir, device: torch.device, variant: str) -> Path:
     plan = build_plan(cfg)
-    target = progressive_dir(run, variant)
+    target = run.progressive(variant)
     if (target / "manifest.json").is_file():
         return target
-    missing = [g.index for g in plan.groups if not (group_dir(run, g.index, variant) / "finetune.json").is_file()]
+    missing = [g.index for g in plan.groups if not (run.group(g.index, variant) / "finetune.json").is_file()]
     if missing:
         raise ConfigError(f"Cannot assemble: groups {missing} are not finished. Run `tdc-agent run --groups "
                           f"{','.join(map(str, missing))}` first.")
     members, dirs = [], []
     meta = {}
     for g in plan.groups:
-        d = group_dir(run, g.index, variant) / "finetune" / "model"
+        d = run.group(g.index, variant) / "finetune" / "model"
         m, meta = member_from_dir(g.index, g.t_start, g.t_end, d, g.limit_fraction, device)
         members.append(m)
         dirs.append(d)
@@ -152,23 +150,25 @@ def _assemble(cfg: Config, run: RunDir, device: torch.device, variant: str) -> P
     return target
 
 
-def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = True) -> dict[str, Any]:
+def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = True) -> Evaluation:
     """Sample base and progressive models with the same seeds, measure FD, MACs, speed; write the report."""
     with run.lock("evaluate"):  # two jobs finishing together evaluate one after the other
         return _evaluate_run(cfg, run, device, show)
 
 
-def _evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool) -> dict[str, Any]:
-    from .models import denoise
+def _evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool) -> Evaluation:
+    from ..models.unet import denoise
     from .sampling import generate, write_samples
 
     base, _ = load_model(run.base_model, device)
     base.eval()
-    pm = ProgressiveModel.load(progressive_dir(run), device)
+    pm = ProgressiveModel.load(run.progressive(), device)
     shape = pm.image_shape
     scfg = cfg.sample.model_copy(update={"num": cfg.evaluation.samples})
-    results: dict[str, Any] = {"protocol": {"sampler": scfg.sampler, "steps": scfg.steps, "samples": scfg.num,
-                                            "seed": cfg.run.seed, "eta": scfg.eta}}
+    protocol: dict[str, Any] = {"sampler": scfg.sampler, "steps": scfg.steps, "samples": scfg.num,
+                                "seed": cfg.run.seed, "eta": scfg.eta}
+    scores: dict[str, ModelScore] = {}
+    equal_steps = None
     base_count = count(base)
     ts = ddim_timesteps(cfg.schedule.timesteps, scfg.steps).tolist() if scfg.sampler == "ddim" else list(
         range(cfg.schedule.timesteps))
@@ -182,36 +182,31 @@ def _evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool) ->
         eq, eq_meta = load_model(run.equal_compute / "model", device)
         eq.eval()
         models.insert(1, ("base_equal_compute", lambda x, t: denoise(eq, x, t), base_count.thop, None))
-        results["equal_compute_steps"] = int(eq_meta.get("steps", 0))
-    if (progressive_dir(run, "noprune") / "manifest.json").is_file():
-        pm_np = ProgressiveModel.load(progressive_dir(run, "noprune"), device)
+        equal_steps = int(eq_meta.get("steps", 0))
+    if (run.progressive("noprune") / "manifest.json").is_file():
+        pm_np = ProgressiveModel.load(run.progressive("noprune"), device)
         models.insert(1, ("tdc_no_prune", pm_np, pm_np.sampling_macs(scfg.sampler, scfg.steps)["mean_per_step"],
                           pm_np))
-    from .latent import decoder
+    from ..models.latent import decoder
 
     decode = decoder(pm.latent, device)  # latent diffusion: samples are decoded before anything sees them
     image_shape = tuple(pm.latent["image_shape"]) if pm.latent else tuple(shape)
     score = scorer(cfg, image_shape, device)
-    results["protocol"]["metric"] = cfg.evaluation.resolved_metric(cfg.data, image_shape)
+    protocol["metric"] = cfg.evaluation.resolved_metric(cfg.data, image_shape)
     for name, fn, macs, prog in models:
         t0 = time.time()
         images = decode(generate(fn, shape, cfg.schedule, scfg, cfg.run.seed, device, progress=show))
         secs = time.time() - t0
-        write_samples(images, run.path / "samples", name)
-        entry: dict[str, Any] = {"macs_per_step": macs, "seconds_per_image": secs / len(images)}
-        if prog is not None:
-            entry["params"] = sum(sum(p.numel() for p in m.model.parameters()) for m in prog.members)
-        entry.update(score(images))
-        results[name] = entry
-    results["base"]["params"] = base_count.params
-    if "base_equal_compute" in results:
-        results["base_equal_compute"]["params"] = base_count.params
-    results["tdc"]["planned_macs_per_step"] = planned
-    results["tdc"]["group_limit_macs_per_step"] = planned_limits
-    results["training_steps"] = {"stage1": cfg.stage1.steps,
-                                 "stage2": sum(group_steps(cfg, plan, g) for g in plan.groups)}
-    results["training_macs"] = training_macs(cfg, run, plan, base_count.thop)
-    atomic_write_json(run.path / "evaluation.json", results)
+        write_samples(images, run.samples, name)
+        params = (sum(sum(p.numel() for p in m.model.parameters()) for m in prog.members) if prog is not None
+                  else base_count.params)
+        scores[name] = ModelScore(macs, secs / len(images), params, score(images))
+    scores["tdc"].planned_macs_per_step = planned
+    scores["tdc"].group_limit_macs_per_step = planned_limits
+    results = Evaluation(protocol, scores,
+                         {"stage1": cfg.stage1.steps, "stage2": sum(group_steps(cfg, plan, g) for g in plan.groups)},
+                         training_macs(cfg, run, plan, base_count.thop), equal_steps)
+    atomic_write_json(run.evaluation, results.to_dict())
     from .report import write_report
 
     write_report(cfg, run, results)
@@ -224,13 +219,13 @@ def scorer(cfg: Config, shape: tuple[int, ...], device: torch.device) -> Callabl
     if metric == "none":
         return lambda images: {}
     if metric == "digits-fd":
-        from .evaluation.fd import digits_fd
+        from ..evaluation.fd import digits_fd
 
         if tuple(shape) != (1, 8, 8):
             raise ConfigError(f"evaluation.metric=digits-fd needs 1x8x8 digits, the model makes {tuple(shape)}; "
                               "use evaluation.metric=fid.")
         return lambda images: digits_fd(images, cfg.run.seed).to_dict()
-    from .evaluation.fid import InceptionEvaluator
+    from ..evaluation.fid import InceptionEvaluator
 
     ev = InceptionEvaluator(cfg.data, cfg.evaluation.inception_weights, device, cfg.evaluation.reference_samples,
                             cfg.run.seed)
@@ -244,14 +239,14 @@ def training_macs(cfg: Config, run: RunDir, plan, base_macs: int) -> dict[str, f
     forward, the same factor for every row); ``teacher[_variant]`` the base's forwards for
     distillation (no backward); ``proxy[_variant]`` the agent's quick evaluations of candidates.
     """
-    from .checkpoint import read_json as _read
+    from ..core.io import read_json as _read
 
     out = {"stage1": float(base_macs) * cfg.stage1.steps * cfg.stage1.batch_size}
     for variant, vcfg in variants(cfg):
         suffix = f"_{variant}" if variant else ""
         student = teacher = proxy = 0.0
         for g in plan.groups:
-            info_path = group_dir(run, g.index, variant) / "prune.json"
+            info_path = run.group(g.index, variant) / "prune.json"
             info = _read(info_path, "group pruning summary") if info_path.is_file() else {}
             images = float(group_steps(vcfg, plan, g) * vcfg.stage2.batch_size)
             student += float(info.get("macs_thop") or base_macs) * images

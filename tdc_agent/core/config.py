@@ -2,7 +2,7 @@
 
 The embedded default ships inside the package (``tdc_agent/configs/digits.yaml``; the repository's
 ``examples/digits.yaml`` links to it). Every section has defaults, so a config file only
-needs what differs. Invalid values become a :class:`~tdc_agent.errors.ConfigError` that names the
+needs what differs. Invalid values become a :class:`~tdc_agent.core.errors.ConfigError` that names the
 field and says how to fix it.
 """
 

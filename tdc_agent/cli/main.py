@@ -10,17 +10,16 @@ import errno
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from .config import Config, load_config
-from .errors import TDCError
-from .progress import console
-from .redaction import redact, register_secret_env
+from ..core.config import Config, load_config
+from ..core.errors import TDCError
+from ..core.progress import console
+from ..core.redaction import redact, register_secret_env
 
 app = typer.Typer(
     add_completion=False,
@@ -50,7 +49,7 @@ def _config(config: Optional[Path], overrides: Optional[List[str]], device: Opti
     extra = list(overrides or [])
     if device is not None:
         extra.append(f"run.device={device}")
-    from .pretrained import apply_init
+    from ..models.pretrained import apply_init
 
     cfg, note = apply_init(load_config(config, extra))
     # the key's variable may have any name: scrub its value from whatever this process prints or logs
@@ -75,46 +74,28 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON to stdout."),
 ) -> None:
     """Group the timesteps by SNR and give every group a MACs budget (paper Eq. 2-5)."""
-    from .planning import build_plan, plan_table, write_plan
-    from .runs import PIPELINE_SECTIONS, RunDir
+    from ..planning.build import plan_table
+    from ..workflow.jobs import plan_job
 
     extra = list(overrides or [])
     for key, val in (("schedule.timesteps", timesteps), ("plan.groups", groups), ("plan.k", k),
                      ("schedule.name", schedule), ("plan.shape", shape)):
         if val is not None:
             extra.append(f"{key}={val}")
-    cfg = load_config(config, extra)
-    p = build_plan(cfg)
-    base_macs = _base_macs(cfg, model, preset)
-    out_dir = out or RunDir.for_config(cfg).path
-    paths = write_plan(p, out_dir, base_macs)
+    job = plan_job(load_config(config, extra), model, preset, out)
     if as_json:
-        d = p.to_dict()
-        d["base_macs"] = base_macs
+        d = job.plan.to_dict()
+        d["base_macs"] = job.base_macs
         typer.echo(json.dumps(d, indent=2))
         return
-    console.print(plan_table(p, base_macs))
-    for w in p.warnings:
+    console.print(plan_table(job.plan, job.base_macs))
+    for w in job.plan.warnings:
         console.print(f"[yellow]warning:[/] {w}")
-    console.print(f"plan written to {paths[0]} and {paths[1]}")
-
-
-def _base_macs(cfg: Config, model: Optional[Path], preset: Optional[str]) -> Optional[int]:
-    from .pruning.macs import thop_macs
-
-    if model is not None:
-        from .checkpoint import load_model
-
-        return thop_macs(load_model(model)[0])
-    if preset is not None:
-        from .models import build_unet, unet_config
-
-        return thop_macs(build_unet(unet_config(preset, cfg.data.image_size, cfg.data.channels)))
-    return None
+    console.print(f"plan written to {job.paths[0]} and {job.paths[1]}")
 
 
 @app.command("train-base")
-def train_base(
+def train_base_cmd(
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = OverridesArg,
     device: Optional[str] = DeviceOpt,
@@ -122,40 +103,12 @@ def train_base(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Stage 1: train the base denoiser on all timesteps, then draw a sample grid."""
-    from .devices import dist_env, resolve_device
-    from .latent import decoder, training_data
-    from .runs import PIPELINE_SECTIONS, RunDir
-    from .sampling import generate, write_samples
-    from .stage1 import train_base as _train
+    from ..workflow.jobs import train_base_job
 
-    cfg = _config(config, overrides, device)
-    dev = resolve_device(cfg.run.device)
-    data = training_data(cfg, device=dev)  # fails on missing data before anything is written
-    from .stage1 import check_model_takes
-
-    check_model_takes(cfg, data.shape)
-    run = RunDir.for_config(cfg, run_dir)
-    env = dist_env()
-    if env.is_main:
-        run.prepare(cfg)
-        run.log(f"train-base start device={dev} world_size={env.world_size}")
-    t0 = time.time()
-    result = _train(cfg, run, dev, data, progress=not quiet)
-    if env.distributed:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-    if not env.is_main:
+    job = train_base_job(_config(config, overrides, device), run_dir, progress=not quiet)
+    if job is None:  # a non-main torchrun rank
         return
-    run.log(f"train-base done steps={result.steps} seconds={result.seconds:.1f}")
-    from .checkpoint import load_model
-    from .models import denoise
-
-    model, meta = load_model(result.model_dir, dev)
-    images = generate(lambda x, t: denoise(model, x, t), data.shape, cfg.schedule, cfg.sample,
-                      cfg.run.seed, dev, progress=not quiet)
-    images = decoder(meta.get("latent"), dev)(images)
-    grid, _ = write_samples(images, run.stage1, "samples")
+    result = job.result
     trained = result.steps - result.resumed_from
     rows = {
         "steps": str(result.steps),
@@ -164,23 +117,12 @@ def train_base(
         "train time": f"{result.seconds:.1f} s",
         "time per step": f"{result.seconds / trained:.3f} s" if trained and result.seconds else "-",
         "model": str(result.model_dir),
-        "sample grid": str(grid),
+        "sample grid": str(job.grid),
     }
     console.print(kv_table("stage 1", rows))
     if result.ddp_param_max_diff is not None:
         console.print(f"DDP parameter sync check: max |θ_r - θ_0| = {result.ddp_param_max_diff:g}")
-    console.print(f"total {time.time() - t0:.1f}s")
-
-
-def _parse_groups(groups: Optional[str]) -> Optional[list[int]]:
-    from .errors import ConfigError
-
-    if groups is None:
-        return None
-    try:
-        return sorted({int(x) for x in groups.split(",") if x.strip()})
-    except ValueError:
-        raise ConfigError(f"--groups {groups!r} must be comma-separated group numbers, e.g. 0,1,3.") from None
+    console.print(f"total {job.seconds:.1f}s")
 
 
 @app.command("run")
@@ -195,61 +137,37 @@ def run_cmd(
 ) -> None:
     """The whole TDC job: plan, stage 1, per-group agent pruning and fine-tuning, progressive model,
     evaluation against the base, report. Rerun the same command to resume after a kill."""
-    from .data import load_dataset
-    from .devices import dist_env, resolve_device
-    from .pipeline import check_groups, evaluate_run, run_pipeline
-    from .planning import build_plan
-    from .runs import PIPELINE_SECTIONS, RunDir
+    from ..workflow.jobs import parse_groups, run_job
 
     cfg = _config(config, overrides, device)
-    dev = resolve_device(cfg.run.device)
-    group_list = _parse_groups(groups)
-    check_groups(build_plan(cfg), group_list)  # before run.prepare writes config.yaml and logs/
-    shape = load_dataset(cfg.data).shape  # fails on missing data before anything is written
-    if not cfg.latent.vae:  # (latents get their shape from the autoencoder)
-        from .stage1 import check_model_takes
-
-        check_model_takes(cfg, shape)
-    if cfg.stage2.mode == "tdc":
-        from .agent.llm import resolve_llm
-
-        resolve_llm(cfg.agent.llm, cfg.agent)  # a missing key or dead server fails before compute
-        if cfg.agent.memory_url:
-            from .agent.memory import MemoryBank
-
-            MemoryBank.open_client(url=cfg.agent.memory_url)  # a dead server fails before anything is written
-    run = RunDir.for_config(cfg, run_dir)
-    if dist_env().is_main:
-        run.prepare(cfg, sections=PIPELINE_SECTIONS)
-        run.log(f"run start device={dev} groups={groups or 'all'}")
-    t0 = time.time()
-    out = run_pipeline(cfg, run, dev, group_list, show=not quiet)
-    if not dist_env().is_main:
+    job = run_job(cfg, run_dir, parse_groups(groups), evaluate=not no_eval, progress=not quiet)
+    out = job.pipeline
+    if out is None:  # a non-main torchrun rank
         return
-    if "progressive" not in out:
-        console.print(f"groups done: {out['groups_done']} of {out['groups_total']}; when all are done, run "
-                      f"`tdc-agent assemble --run-dir {run.path}` (or this command without --groups).")
+    if not out.complete:
+        console.print(f"groups done: {out.groups_done} of {out.groups_total}; when all are done, run "
+                      f"`tdc-agent assemble --run-dir {job.run.path}` (or this command without --groups).")
         return
-    if no_eval:
-        console.print(f"progressive model: {out['progressive']}")
+    if job.evaluation is None:
+        console.print(f"progressive model: {out.progressive['']}")
         return
-    res = evaluate_run(cfg, run, dev, show=not quiet)
+    res = job.evaluation
     rows = {}
-    labels = {"base": "base", "base_equal_compute": f"base, equal compute ({res.get('equal_compute_steps')} steps)",
+    labels = {"base": "base", "base_equal_compute": f"base, equal compute ({res.equal_compute_steps} steps)",
               "tdc_no_prune": "TDC w/o pruning", "tdc": "TDC"}
     for name in ("base", "base_equal_compute", "tdc_no_prune", "tdc"):
-        if name not in res:
+        if name not in res.models:
             continue
-        r = res[name]
+        m = res.models[name]
+        r = m.scores
         parts = [f"FD {r['fd']:.3f}" + (f" (floor {r['real_floor']:.3f})" if "real_floor" in r else "")] if (
             "fd" in r) else []
         parts += [f"KID {r['kid']:.4g}"] if "kid" in r else []
-        parts += [f"{r['macs_per_step'] / 1e6:,.2f} M MACs/step", f"{r['params']:,} params"]
+        parts += [f"{m.macs_per_step / 1e6:,.2f} M MACs/step", f"{m.params:,} params"]
         rows[labels[name]] = ", ".join(parts)
-    rows["pipeline time"] = f"{time.time() - t0:.1f} s"
-    rows["report"] = str(run.path / "report.md")
+    rows["pipeline time"] = f"{job.seconds:.1f} s"
+    rows["report"] = str(job.run.report)
     console.print(kv_table("TDC run", rows))
-    run.log(f"run done in {time.time() - t0:.1f}s")
 
 
 @app.command()
@@ -260,17 +178,10 @@ def assemble(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Build the progressive model from finished groups (after `run --groups ...` jobs)."""
-    from .devices import resolve_device
-    from .pipeline import assemble as _assemble
-    from .runs import PIPELINE_SECTIONS, RunDir
+    from ..workflow.jobs import assemble_job
 
-    from .pipeline import variants
-
-    cfg = _config(config, overrides, device)
-    run = RunDir.for_config(cfg, run_dir)
-    run.prepare(cfg, sections=PIPELINE_SECTIONS)  # the stored config must be this config
-    for variant, vcfg in variants(cfg):
-        console.print(f"progressive model: {_assemble(vcfg, run, resolve_device(cfg.run.device), variant)}")
+    for path in assemble_job(_config(config, overrides, device), run_dir):
+        console.print(f"progressive model: {path}")
 
 
 @app.command()
@@ -282,15 +193,10 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Sample the base and progressive models of a run, measure FD/MACs/speed, write report.md."""
-    from .devices import resolve_device
-    from .pipeline import evaluate_run
-    from .runs import PIPELINE_SECTIONS, RunDir
+    from ..workflow.jobs import evaluate_job
 
-    cfg = _config(config, overrides, device)
-    run = RunDir.for_config(cfg, run_dir)
-    run.prepare(cfg, sections=PIPELINE_SECTIONS)  # e.g. another schedule would overwrite the results with garbage
-    res = evaluate_run(cfg, run, resolve_device(cfg.run.device), show=not quiet)
-    console.print_json(json.dumps(res))
+    res = evaluate_job(_config(config, overrides, device), run_dir, progress=not quiet)
+    console.print_json(json.dumps(res.to_dict()))
 
 
 @app.command()
@@ -307,75 +213,25 @@ def sample(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Sample a saved model with DDIM or DDPM; writes a PNG grid and an .npz of samples."""
-    from .config import SampleConfig
-    from .devices import resolve_device
-    from .errors import ConfigError
-    from .sampling import sample_model_dir
+    from ..core.config import SampleConfig
+    from ..core.devices import resolve_device
+    from ..core.errors import ConfigError
+    from ..workflow.sampling import sample_model
 
     if sampler not in ("ddim", "ddpm"):
         raise ConfigError(f"--sampler must be ddim or ddpm, got {sampler!r}.")
     if not 0 <= seed < 2**63:
         raise ConfigError(f"--seed {seed} is out of range: use 0 <= seed < 2**63.")
-    dev = resolve_device(device or "auto")
     cfg = SampleConfig(sampler=sampler, steps=steps, num=num, eta=eta, batch_size=batch_size)
-    out = out or Path(model).parent / "samples"
-    from .progressive import is_progressive
-
-    if is_progressive(model):
-        from .progressive import ProgressiveModel
-        from .sampling import generate, write_samples
-
-        pm = ProgressiveModel.load(model, dev)
-        t0 = time.time()
-        images = generate(lambda x, t: pm(x, t), pm.image_shape, pm.schedule, cfg, seed, dev, progress=not quiet)
-        from .latent import decoder
-
-        images = decoder(pm.latent, dev)(images)
-        secs = time.time() - t0
-        grid, npz = write_samples(images, out)
-        m = pm.sampling_macs(sampler, steps)
-        console.print(f"{num} samples in {secs:.1f}s: {grid}, {npz}; {m['total'] / 1e6:,.1f} M MACs per image "
-                      f"({m['mean_per_step'] / 1e6:,.2f} M per step)")
+    res = sample_model(model, cfg, out or Path(model).parent / "samples", seed, resolve_device(device or "auto"),
+                       progress=not quiet)
+    if res.macs is not None:  # a progressive model
+        m = res.macs
+        console.print(f"{num} samples in {res.seconds:.1f}s: {res.grid_path}, {res.npz_path}; "
+                      f"{m['total'] / 1e6:,.1f} M MACs per image ({m['mean_per_step'] / 1e6:,.2f} M per step)")
         return
-    res = sample_model_dir(model, cfg, out, seed, dev, progress=not quiet)
     console.print(f"{num} samples in {res.seconds:.1f}s ({res.seconds / num * 1000:.1f} ms/image): "
                   f"{res.grid_path}, {res.npz_path}")
-
-
-def _check_fits_data(model: "object", cfg: Config, what: str) -> None:
-    """The model must take the data's images: refuse a mismatch before any pruning or LLM call."""
-    from .data import load_dataset
-    from .errors import ConfigError
-
-    if cfg.latent.vae:  # latents: their shape is only known after encoding
-        return
-    c, h, w = load_dataset(cfg.data).shape
-    mc, ms = model.config.in_channels, model.config.sample_size
-    ms = ms if isinstance(ms, int) else ms[0]
-    if (mc, ms) != (c, h):
-        raise ConfigError(
-            f"{what} takes {mc}-channel {ms}x{ms} images, but the config's data ({cfg.data.name}) are {c}x{h}x{w}: "
-            f"the model and the data disagree. Use a config whose data match the model (e.g. data.name=cifar10 for "
-            f"the CIFAR-10 presets), or size a preset to the data with data.image_size={h} data.channels={c}.")
-
-
-def _load_base(model: Optional[Path], preset: Optional[str], cfg: Config, device: "object" = "cpu"):
-    """The model to prune or inspect: a saved model directory, or a preset sized by the config."""
-    import torch
-
-    from .errors import ConfigError
-    from .models import build_unet, unet_config
-
-    if (model is None) == (preset is None):
-        raise ConfigError("Give exactly one of --preset P or --model DIR (--base DIR for prune).")
-    if model is not None:
-        from .checkpoint import load_model
-
-        return load_model(model, device)
-    torch.manual_seed(cfg.run.seed)
-    # a preset is sized by data.image_size/channels when set, else by its own default (8x8x1, 32x32x3)
-    model = build_unet(unet_config(preset, cfg.data.image_size, cfg.data.channels))
-    return model.to(device), {"schedule": cfg.schedule.model_dump()}
 
 
 @app.command()
@@ -387,13 +243,10 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Compact JSON (what the agent sees)."),
 ) -> None:
     """List the prunable units: coupled channel groups, their quanta, MACs share and params."""
-    from .pruning.macs import count
-    from .pruning.units import analyse
+    from ..workflow.jobs import inspect_model
 
-    cfg = _config(config, overrides)
-    base, _ = _load_base(model, preset, cfg)
-    graph = analyse(base)
-    c = count(base)
+    ins = inspect_model(_config(config, overrides), model, preset)
+    graph, c = ins.graph, ins.macs
     if as_json:
         typer.echo(json.dumps({
             "macs_thop": c.thop, "macs_op_level": c.op_level, "params": c.params,
@@ -407,7 +260,7 @@ def inspect(
     for col in ("channels", "quantum", "keep levels", "MACs share", "params", "layers"):
         t.add_column(col, justify="right")
     for u in sorted(graph.units, key=lambda u: -u.macs_share):
-        t.add_row(u.name, u.role, str(u.channels), str(u.quantum), f"k/{u.steps}", f"{u.macs_share:.1%}",
+        t.add_row(u.name, u.role, str(u.channels), str(u.quantum), f"k/{u.n_levels}", f"{u.macs_share:.1%}",
                   f"{u.params:,}", str(u.members))
     console.print(t)
 
@@ -439,18 +292,7 @@ def prune(
                                               help="agent: passed to bind_tools: auto, any/required, or a tool name."),
 ) -> None:
     """Prune a base model to a MACs budget (classical criteria or the agent) and save it (pickle-free)."""
-    from .checkpoint import atomic_write_json
-    from .data import load_dataset
-    from .devices import resolve_device
-    from .diffusion import ForwardProcess
-    from .errors import ConfigError
-    from .planning import build_plan
-    from .latent import training_data
-    from .pruning.importance import CRITERIA, GRADIENT_CRITERIA
-    from .pruning.pruner import Pruner
-    from .pruning.scheme import PruningScheme
-    from .pruning.serialize import save_pruned
-    from .sampling import schedule_of
+    from ..workflow.prune import agent_prune_to_target, prune_to_target
 
     extra = list(overrides or [])
     for key, val in (("agent.llm", llm), ("agent.base_url", llm_base_url), ("agent.rounds", rounds),
@@ -461,156 +303,45 @@ def prune(
             extra.append(f"{key}={val}")
     cfg = _config(config, extra, device)
     if method == "agent":
-        return _prune_agent(cfg, macs_fraction, group, base, preset, out, as_json)
-    if method not in CRITERIA:
-        raise ConfigError(f"--method {method!r} is unknown; use agent or one of {', '.join(CRITERIA)}.")
-    if (macs_fraction is None) == (group is None):
-        raise ConfigError("Give exactly one of --macs-fraction f or --group i.")
-    if macs_fraction is not None and not 0 < macs_fraction <= 1:
-        raise ConfigError(f"--macs-fraction must be in (0, 1], got {macs_fraction}.")
-    dev = resolve_device(cfg.run.device)
-    model, meta = _load_base(base, preset, cfg, dev)
-    _check_fits_data(model, cfg, f"--preset {preset}" if preset else f"the model in {base}")
-    schedule = schedule_of(meta, str(base)) if base is not None else cfg.schedule
-    cfg = cfg.model_copy(update={"schedule": schedule})
-    timesteps = None
-    if group is not None:
-        plan = build_plan(cfg)
-        if not 0 <= group < len(plan.groups):
-            raise ConfigError(f"--group {group} does not exist: the plan has groups 0..{len(plan.groups) - 1}.")
-        fraction = plan.groups[group].limit_fraction
-        timesteps = plan.groups[group].timesteps
-    else:
-        fraction = macs_fraction
-    scheme = PruningScheme(source=method)
-    if scheme_file is not None:
-        from .checkpoint import read_json
-
-        raw = read_json(scheme_file, "scheme")
-        if not isinstance(raw, dict):
-            raise ConfigError(f"--scheme {scheme_file} must hold a JSON object mapping unit names to keep levels "
-                              f"(e.g. {{\"conv_in\": 0.5}}), not a {type(raw).__name__}.")
-        scheme = PruningScheme.model_validate({"levels": raw.get("levels", raw), "source": "file"})
-    data = training_data(cfg) if method in GRADIENT_CRITERIA else None
-    process = ForwardProcess(schedule, dev) if method in GRADIENT_CRITERIA else None
-    pruner = Pruner(model, data, process, cfg.run.seed)
-    result = pruner.prune(scheme, pruner.limit(fraction), method, timesteps)
-    meta = {**meta, "schedule": schedule.model_dump(mode="json")}
-    meta.pop("pruning", None)
-    save_pruned(out / "model", result, meta)
-    from .agent.proxy import held_out
-    from .evaluation.quick import quick_loss
-
-    eval_ts = timesteps or list(range(schedule.timesteps))
-    loss = quick_loss(result.model, held_out(cfg), process or ForwardProcess(schedule, dev), eval_ts,
-                      cfg.agent.eval_timesteps, cfg.agent.eval_batch_size, cfg.run.seed)
-    summary = {"method": method, "group": group, "quick_loss": loss, **result.summary()}
-    atomic_write_json(out / "prune.json", summary)
+        ap = agent_prune_to_target(cfg, out, base, preset, macs_fraction, group, show=not as_json)
+        summary, result, task = ap.summary, ap.result, ap.task
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2))
+            return
+        u, sec = summary["usage"], summary["seconds"]
+        console.print(kv_table(f"agent pruning ({ap.llm}), group {task.index}", {
+            "best candidate": f"{summary['best_id']} (loss {summary['best_loss']:.5f})",
+            "MACs (thop)": f"{result.macs.thop / 1e6:,.2f} M of limit {task.limit_macs / 1e6:,.2f} M",
+            "params": f"{result.macs.params:,}",
+            "rounds: loss mean ± std": ", ".join(f"{r['mean']:.4f}±{r['std']:.4f}" for r in summary["rounds"]),
+            "LLM usage": f"{u['llm_calls']} calls, {u['input_tokens']}+{u['output_tokens']} tokens"
+                         + (f", ${u['cost_usd']:.4f}" if u.get("cost_usd") is not None else ""),
+            "time": f"{sec['total']:.1f} s ({sec['agent_overhead']:.1f} s outside building/evaluating)",
+            "saved": f"{out / 'model'}; transcript {out / 'transcript.jsonl'}",
+        }))
+        return
+    res = prune_to_target(cfg, method, out, base, preset, macs_fraction, group, scheme_file)
+    result, summary = res.result, res.summary
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
     console.print(kv_table(f"pruned with {method}", {
-        "MACs limit": f"{result.limit_macs / 1e6:,.2f} M ({fraction:.3f} of base)",
+        "MACs limit": f"{result.limit_macs / 1e6:,.2f} M ({res.fraction:.3f} of base)",
         "MACs (thop)": f"{result.macs.thop / 1e6:,.2f} M ({result.fraction:.3f} of base, {summary['fill']:.1%} of limit)",
         "MACs (op level)": f"{result.macs.op_level / 1e6:,.2f} M (base {result.base_macs.op_level / 1e6:,.2f} M)",
         "params": f"{result.macs.params:,} (base {result.base_macs.params:,})",
         "build+fit+count": f"{result.seconds:.2f} s",
-        "quick loss": f"{loss:.5f} (held-out images, {len(eval_ts)} timesteps sampled evenly)",
-        "saved": str(out / "model"),
+        "quick loss": f"{summary['quick_loss']:.5f} (held-out images, {res.eval_timesteps} timesteps sampled evenly)",
+        "saved": str(res.model_dir),
     }))
     for n in result.notes:
         console.print(f"[yellow]note:[/] {n}")
-
-
-def _group_task(cfg: Config, macs_fraction: Optional[float], group: Optional[int], base_macs: int):
-    """The GroupTask for --group i (from the plan) or --macs-fraction f (all timesteps)."""
-    from .agent.tools import GroupTask
-    from .errors import ConfigError
-    from .planning import build_plan
-
-    if (macs_fraction is None) == (group is None):
-        raise ConfigError("Give exactly one of --macs-fraction f or --group i.")
-    plan = build_plan(cfg)
-    if group is not None:
-        if not 0 <= group < len(plan.groups):
-            raise ConfigError(f"--group {group} does not exist: the plan has groups 0..{len(plan.groups) - 1}.")
-        g = plan.groups[group]
-        neighbours = [i for i in (group - 1, group + 1) if 0 <= i < len(plan.groups)]
-        return GroupTask(g.index, g.t_start, g.t_end, g.snr_min, g.snr_max, g.limit_fraction * base_macs,
-                         g.limit_fraction, neighbours)
-    if not 0 < macs_fraction <= 1:
-        raise ConfigError(f"--macs-fraction must be in (0, 1], got {macs_fraction}.")
-    return GroupTask(0, 0, cfg.schedule.timesteps - 1, float(plan.snr.min()), float(plan.snr.max()),
-                     macs_fraction * base_macs, macs_fraction, [])
-
-
-def _prune_agent(cfg: Config, macs_fraction, group, base, preset, out: Path, as_json: bool) -> None:
-    from .agent.proxy import AgentPruning
-    from .devices import resolve_device
-    from .pruning.macs import thop_macs
-    from .sampling import schedule_of
-
-    dev = resolve_device(cfg.run.device)
-    model, meta = _load_base(base, preset, cfg, dev)
-    _check_fits_data(model, cfg, f"--preset {preset}" if preset else f"the model in {base}")
-    if base is not None:
-        cfg = cfg.model_copy(update={"schedule": schedule_of(meta, str(base))})
-    task = _group_task(cfg, macs_fraction, group, thop_macs(model))
-    ap = AgentPruning(cfg, model, meta, out, cfg.agent.llm, dev, show=not as_json)
-    outcome, result = ap.prune_group(task)
-    summary = outcome.extra["summary"]
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-        return
-    u, sec = summary["usage"], summary["seconds"]
-    console.print(kv_table(f"agent pruning ({ap.llm_spec}), group {task.index}", {
-        "best candidate": f"{summary['best_id']} (loss {summary['best_loss']:.5f})",
-        "MACs (thop)": f"{result.macs.thop / 1e6:,.2f} M of limit {task.limit_macs / 1e6:,.2f} M",
-        "params": f"{result.macs.params:,}",
-        "rounds: loss mean ± std": ", ".join(f"{r['mean']:.4f}±{r['std']:.4f}" for r in summary["rounds"]),
-        "LLM usage": f"{u['llm_calls']} calls, {u['input_tokens']}+{u['output_tokens']} tokens"
-                     + (f", ${u['cost_usd']:.4f}" if u.get("cost_usd") is not None else ""),
-        "time": f"{sec['total']:.1f} s ({sec['agent_overhead']:.1f} s outside building/evaluating)",
-        "saved": f"{out / 'model'}; transcript {out / 'transcript.jsonl'}",
-    }))
 
 
 memory_app = typer.Typer(help="The Chroma memory bank of evaluated schemes.", no_args_is_help=True)
 prompts_app = typer.Typer(help="The agent's prompt templates.", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
 app.add_typer(prompts_app, name="prompts")
-
-
-def _open_memory(run_dir: Optional[Path], memory_dir: Optional[Path], memory_url: Optional[str]):
-    """The memory bank's Chroma client, opened exactly as the agent opens it."""
-    from .agent.memory import MemoryBank
-    from .errors import ConfigError
-
-    path = memory_dir or (run_dir / "memory" if run_dir else None)
-    if not memory_url and (path is None or not Path(path).is_dir()):
-        raise ConfigError(f"No memory bank at {path}. Pass --run-dir RUN (holding memory/) or --memory-dir DIR.")
-    return MemoryBank.open_client(path, memory_url)
-
-
-def _memory_records(run_dir, memory_dir, memory_url, group):
-    from .agent.memory import MemoryRecord
-
-    from .agent.memory import MemoryBankError
-
-    client = _open_memory(run_dir, memory_dir, memory_url)
-    recs = []
-    try:
-        for col in client.list_collections():
-            c = client.get_collection(col.name if hasattr(col, "name") else col)
-            res = c.get(include=["documents", "metadatas"])
-            recs += [MemoryRecord.from_chroma(i, d, m) for i, d, m in zip(res["ids"], res["documents"],
-                                                                         res["metadatas"])]
-    except Exception as e:  # noqa: BLE001 - a corrupt database fails on first read, not on open
-        raise MemoryBankError(f"Cannot read the memory bank ({type(e).__name__}: {e}). It may be corrupt: move "
-                              "it away to start a fresh memory.") from None
-    if group is not None:
-        recs = [r for r in recs if r.group == group]
-    return recs
 
 
 MemRun = typer.Option(None, "--run-dir", help="An agent output directory (holding memory/).")
@@ -633,7 +364,9 @@ def _memory_table(recs, title: str) -> Table:
 def memory_list(run_dir: Optional[Path] = MemRun, memory_dir: Optional[Path] = MemDir,
                 memory_url: Optional[str] = MemUrl, group: Optional[int] = MemGroup) -> None:
     """Every recorded scheme."""
-    recs = sorted(_memory_records(run_dir, memory_dir, memory_url, group), key=lambda r: (r.run_id, r.group, r.round, r.candidate))
+    from ..agent.bank import memory_records
+
+    recs = sorted(memory_records(run_dir, memory_dir, memory_url, group), key=lambda r: (r.run_id, r.group, r.round, r.candidate))
     console.print(_memory_table(recs, f"memory bank: {len(recs)} records"))
 
 
@@ -642,10 +375,9 @@ def memory_best(run_dir: Optional[Path] = MemRun, memory_dir: Optional[Path] = M
                 memory_url: Optional[str] = MemUrl, group: Optional[int] = MemGroup,
                 k: int = typer.Option(5, "--k", min=1)) -> None:
     """The lowest-loss schemes (per group)."""
-    recs = [r for r in _memory_records(run_dir, memory_dir, memory_url, group) if r.loss is not None and r.status == "ok"]
-    best = []
-    for g in sorted({r.group for r in recs}):
-        best += sorted((r for r in recs if r.group == g), key=lambda r: r.loss)[:k]
+    from ..agent.bank import best_records, memory_records
+
+    best = best_records(memory_records(run_dir, memory_dir, memory_url, group), k)
     console.print(_memory_table(best, f"best {k} per group"))
 
 
@@ -654,27 +386,10 @@ def memory_export(out: Path = typer.Option(..., "--out", help="File to write: .c
                   run_dir: Optional[Path] = MemRun, memory_dir: Optional[Path] = MemDir,
                   memory_url: Optional[str] = MemUrl, group: Optional[int] = MemGroup) -> None:
     """Export all records as CSV or JSON."""
-    import csv
-    import io
+    from ..agent.bank import export_records, memory_records
 
-    from .checkpoint import atomic_write_text
-    from .errors import ConfigError
-
-    recs = _memory_records(run_dir, memory_dir, memory_url, group)
-    if out.suffix == ".json":
-        atomic_write_text(out, json.dumps([r.model_dump() for r in recs], indent=2))
-    elif out.suffix == ".csv":
-        buf = io.StringIO()
-        fields = list(recs[0].model_dump().keys()) if recs else ["id"]
-        w = csv.DictWriter(buf, fieldnames=fields)
-        w.writeheader()
-        for r in recs:
-            d = r.model_dump()
-            d["levels"] = json.dumps(d["levels"])
-            w.writerow(d)
-        atomic_write_text(out, buf.getvalue())
-    else:
-        raise ConfigError(f"--out {out} must end in .csv or .json.")
+    recs = memory_records(run_dir, memory_dir, memory_url, group)
+    export_records(recs, out)
     console.print(f"{len(recs)} records written to {out}")
 
 
@@ -682,7 +397,7 @@ def memory_export(out: Path = typer.Option(..., "--out", help="File to write: .c
 def prompts_show(prompt_dir: Optional[Path] = typer.Option(None, "--prompt-dir"),
                  name: Optional[str] = typer.Argument(None, help="system, round, memory or architecture.")) -> None:
     """Print the templates in effect (defaults overridden by --prompt-dir)."""
-    from .agent.prompts import load_prompts
+    from ..agent.prompts import load_prompts
 
     ps = load_prompts(prompt_dir)
     for n, t in ps.templates.items():
@@ -695,7 +410,7 @@ def prompts_show(prompt_dir: Optional[Path] = typer.Option(None, "--prompt-dir")
 @prompts_app.command("validate")
 def prompts_validate(prompt_dir: Optional[Path] = typer.Option(None, "--prompt-dir")) -> None:
     """Check every template's placeholders (missing or unknown ones are listed)."""
-    from .agent.prompts import load_prompts
+    from ..agent.prompts import load_prompts
 
     ps = load_prompts(prompt_dir)
     console.print(f"prompt templates OK: {', '.join(f'{n} ({p})' for n, p in ps.sources.items())}")
@@ -705,7 +420,7 @@ def prompts_validate(prompt_dir: Optional[Path] = typer.Option(None, "--prompt-d
 def prompts_init(directory: Path = typer.Argument(..., help="Where to copy the default templates."),
                  force: bool = typer.Option(False, "--force", help="Overwrite templates already in DIR.")) -> None:
     """Copy the packaged default templates into DIR for editing; use them with --prompt-dir DIR."""
-    from .agent.prompts import init_prompts
+    from ..agent.prompts import init_prompts
 
     written = init_prompts(directory, force=force)
     console.print(f"wrote {len(written)} prompt templates (use them with --prompt-dir {directory}):", soft_wrap=True)

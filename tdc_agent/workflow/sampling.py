@@ -10,15 +10,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_bytes, load_model
-from .config import SampleConfig, ScheduleConfig
-from .data import to_uint8
-from .diffusion import DenoiseFn, sample
-from .errors import CheckpointError
-from .models import denoise
-from .plots import save_grid
-from .latent import decoder
-from .progress import make_progress
+from ..core.io import atomic_write_bytes
+from ..models.store import load_model
+from ..core.config import SampleConfig, ScheduleConfig
+from ..core.data import to_uint8
+from ..diffusion.process import DenoiseFn
+from ..diffusion.sampling import sample
+from ..core.errors import CheckpointError
+from ..models.unet import denoise
+from ..core.plots import save_grid
+from ..models.latent import decoder
+from ..models.progressive import ProgressiveModel, is_progressive
+from ..core.progress import make_progress
 
 
 @dataclass
@@ -27,6 +30,7 @@ class SampleResult:
     grid_path: Path | None
     npz_path: Path | None
     seconds: float
+    macs: dict[str, float] | None = None  # a progressive model's MACs per image and per step
 
 
 def schedule_of(meta: dict, source: str) -> ScheduleConfig:
@@ -73,17 +77,25 @@ def write_samples(images: torch.Tensor, out_dir: str | Path, name: str = "sample
     return grid, out_dir / f"{name}.npz"
 
 
-def sample_model_dir(model_dir: str | Path, cfg: SampleConfig, out_dir: str | Path, seed: int = 0,
-                     device: torch.device | str = "cpu", progress: bool = True) -> SampleResult:
-    """Load a saved model, sample it, and write the grid and ``.npz`` into ``out_dir``."""
-    model, meta = load_model(model_dir, device)
-    model.eval()
-    schedule = schedule_of(meta, str(model_dir))
-    shape = tuple(meta.get("image_shape") or (model.config.in_channels, model.config.sample_size,
-                                              model.config.sample_size))
+def sample_model(model_dir: str | Path, cfg: SampleConfig, out_dir: str | Path, seed: int = 0,
+                 device: torch.device | str = "cpu", progress: bool = True) -> SampleResult:
+    """Sample a saved model of any kind (a model directory, or a progressive model's directory) and
+    write the grid and ``.npz`` into ``out_dir``; a progressive model also reports its MACs."""
+    macs = None
+    if is_progressive(model_dir):
+        pm = ProgressiveModel.load(model_dir, device)
+        fn, shape, schedule, latent = (lambda x, t: pm(x, t)), pm.image_shape, pm.schedule, pm.latent
+        macs = pm.sampling_macs(cfg.sampler, cfg.steps)
+    else:
+        model, meta = load_model(model_dir, device)
+        model.eval()
+        schedule = schedule_of(meta, str(model_dir))
+        shape = tuple(meta.get("image_shape") or (model.config.in_channels, model.config.sample_size,
+                                                  model.config.sample_size))
+        fn, latent = (lambda x, t: denoise(model, x, t)), meta.get("latent")
     t0 = time.time()
-    images = generate(lambda x, t: denoise(model, x, t), shape, schedule, cfg, seed, device, progress)
-    images = decoder(meta.get("latent"), device)(images)
+    images = generate(fn, shape, schedule, cfg, seed, device, progress)
+    images = decoder(latent, device)(images)
     seconds = time.time() - t0
     grid, npz = write_samples(images, out_dir)
-    return SampleResult(images, grid, npz, seconds)
+    return SampleResult(images, grid, npz, seconds, macs)

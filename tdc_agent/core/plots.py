@@ -11,11 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .checkpoint import atomic_write_bytes  # noqa: E402
-from .schedule import Plan  # noqa: E402
+from .io import atomic_write_bytes  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
     import io
 
     buf = io.BytesIO()
@@ -23,25 +23,6 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
-
-
-def plot_plan(plan: Plan, path: str | Path) -> Path:
-    """SNR(t), the per-timestep budget and the group limits, with group boundaries (paper Fig. 2)."""
-    t = np.arange(plan.timesteps)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    ax1.plot(t, plan.snr, color="tab:blue")
-    ax1.set_ylabel("SNR (dB)")
-    ax1.set_title(f"{plan.schedule} schedule, N={len(plan.groups)}, k={plan.k}, shape={plan.shape}")
-    ax2.plot(t, plan.budget, color="tab:orange", label="budget(t)")
-    limits = np.array([g.limit_fraction for g in plan.groups])[plan.routing_table()]
-    ax2.step(t, limits, where="post", color="tab:green", label=f"group limit ({plan.budget_rule})")
-    ax2.set_ylabel("MACs / F")
-    ax2.set_xlabel("timestep t")
-    ax2.legend(loc="lower right")
-    for g in plan.groups[1:]:
-        for ax in (ax1, ax2):
-            ax.axvline(g.t_start - 0.5, color="grey", lw=0.6, ls="--")
-    return _save(fig, path)
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ScheduleConfig
-from .errors import CheckpointError
+from ..core.config import Config, ScheduleConfig
+from ..core.errors import CheckpointError
 
 
 def read_scheduler_config(spec: str) -> dict[str, Any] | None:

@@ -1,133 +1,30 @@
-"""The one way to save and load models and training state: JSON for structure, safetensors for tensors.
+"""The model store: one way to save and load a model directory (dense or pruned).
 
 Nothing here unpickles. A model directory holds
 
 - ``config.json``: the diffusers ``UNet2DModel`` config (so ``UNet2DModel.from_pretrained`` reads it),
 - ``model.safetensors``: the weights,
-- ``tdc_model.json``: our metadata (format version, noise schedule, image shape, extra records).
+- ``tdc_model.json``: our metadata (format version, noise schedule, image shape, extra records),
+- ``pruning.json`` for a pruned model: its pruning record (:mod:`tdc_agent.models.record`).
 
-All writes are atomic: a file is written to a temporary name, fsynced and renamed; a directory is
-written next to its final place and swapped in.
+A directory is written next to its final place and swapped in (:func:`tdc_agent.core.io.replace_dir`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import save as st_save
-from safetensors.torch import load_file
 
-from .errors import CheckpointError
-from .faults import failpoint
-from .models import build_unet
+from ..core.errors import CheckpointError
+from ..core.io import atomic_write_json, load_tensors, read_json, replace_dir, resolve_dir, save_tensors
+from .record import PRUNING_FILE, attach, record_of, restore_structure
+from .unet import build_unet
 
 FORMAT_VERSION = 1
 MODEL_META = "tdc_model.json"
-PRUNING_FILE = "pruning.json"
-# A pruned model carries its pruning record (torch-pruning history + fix-up version) as this plain
-# attribute, so that every save of it (after fine-tuning, as an EMA copy...) keeps its structure.
-PRUNING_ATTR = "tdc_pruning_record"
-
-
-_UMASK_LOCK = threading.Lock()
-
-
-def _current_umask() -> int:
-    """The process umask, read without changing it where the OS allows."""
-    # Linux reports it in /proc; reading it there cannot race with other threads creating files.
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    # Elsewhere the only way is set-and-restore; the lock keeps our own writers from racing on it.
-    with _UMASK_LOCK:
-        mask = os.umask(0o077)
-        os.umask(mask)
-    return mask
-
-
-def new_file_mode() -> int:
-    """The mode ``open()`` would give a new file: ``0o666`` less the umask."""
-    return 0o666 & ~_current_umask()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
-
-    The file gets the mode a plain ``open()`` would give it (``mkstemp`` alone makes it 0600, which
-    would hide a shared run directory from the group).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.chmod(tmp, new_file_mode())
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        failpoint("write.file")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """:func:`atomic_write_bytes` for an indented JSON document."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: str | Path, what: str = "file") -> Any:
-    """Read a JSON file; a missing or corrupt file is a :class:`CheckpointError` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path} is missing.")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(
-            f"{what} {path} is corrupt ({e}). Delete it (and its directory) to start that step anew."
-        ) from None
-
-
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Atomically save a flat dict of tensors as safetensors (contiguous CPU copies).
-
-    Serialised in memory, then written by :func:`atomic_write_bytes`: one write path, and a full
-    disk is an ``OSError`` (ENOSPC) the CLI can explain, not safetensors' own error type.
-    """
-    data = st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, data)
-
-
-def load_tensors(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} file {path} is missing.")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{what} file {path} is corrupt or not safetensors ({e}). Delete it to redo that step, "
-            "or restore it from a backup."
-        ) from None
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, meta: dict[str, Any] | None = None) -> Path:
@@ -141,30 +38,10 @@ def save_model(directory: str | Path, model: torch.nn.Module, meta: dict[str, An
     atomic_write_json(tmp / "config.json", _jsonable(config))
     save_tensors(tmp / "model.safetensors", model.state_dict())
     atomic_write_json(tmp / MODEL_META, {"format_version": FORMAT_VERSION, **(meta or {})})
-    record = getattr(model, PRUNING_ATTR, None)
+    record = record_of(model)
     if record is not None:
         atomic_write_json(tmp / PRUNING_FILE, record)
     replace_dir(tmp, directory)
-    return directory
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Swap ``src`` in as ``dst``. A crash leaves either the old ``dst``, or ``dst.old`` to recover."""
-    old = dst.with_name(dst.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        os.replace(dst, old)
-        failpoint("write.dir")
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def resolve_dir(directory: str | Path) -> Path:
-    """The directory, or its ``.old`` twin if a crash happened between the two renames."""
-    directory = Path(directory)
-    old = directory.with_name(directory.name + ".old")
-    if not directory.exists() and old.exists():
-        return old
     return directory
 
 
@@ -201,9 +78,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"{directory / 'config.json'} does not describe a buildable UNet2DModel "
                               f"({type(e).__name__}: {e}). Fix it or re-export the model.") from None
     if (directory / PRUNING_FILE).is_file():
-        from .pruning.serialize import restore_structure
-
-        setattr(model, PRUNING_ATTR, restore_structure(model, directory))
+        attach(model, restore_structure(model, directory))
     state = load_tensors(directory / "model.safetensors", "model weights")
     load_state_strict(model, state, directory / "model.safetensors")
     return model.to(device), meta

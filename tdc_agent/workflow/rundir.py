@@ -15,9 +15,9 @@ from typing import Iterator
 
 import yaml
 
-from .checkpoint import atomic_write_text
-from .config import Config, load_yaml, stored_config
-from .errors import CheckpointError, ConfigError
+from ..core.io import atomic_write_text
+from ..core.config import Config, load_yaml, stored_config
+from ..core.errors import CheckpointError, ConfigError
 
 # What decides a stage-1 result, and what decides the whole pipeline's results.
 RESULT_SECTIONS = ("data", "model", "latent", "schedule", "plan", "stage1")
@@ -61,6 +61,56 @@ class RunDir:
     def equal_compute(self) -> Path:
         """The base trained on for stage 2's compute (``evaluation.compare_equal_compute``)."""
         return self.path / "base-equal-compute"
+
+    # Comparison variants (e.g. ``noprune``: TDC without pruning) live beside the main run in
+    # directories with a ``-<variant>`` suffix: ``stage2-noprune/``, ``progressive-noprune/``.
+    @staticmethod
+    def variant_suffix(variant: str = "") -> str:
+        return f"-{variant}" if variant else ""
+
+    def stage2(self, variant: str = "") -> Path:
+        return self.path / ("stage2" + self.variant_suffix(variant))
+
+    def group(self, index: int, variant: str = "") -> Path:
+        """``stage2/g<i>`` (or ``stage2-<variant>/g<i>``): ``pruned/``, ``prune.json``, ``agent/``, ``finetune/``."""
+        return self.stage2(variant) / f"g{index}"
+
+    def agent(self, index: int, variant: str = "") -> Path:
+        """Group ``index``'s agent output directory (transcript, round state, summary)."""
+        return self.group(index, variant) / "agent"
+
+    def agent_memory(self, index: int, variant: str = "") -> Path:
+        """The memory bank group ``index``'s agent uses: the run's :attr:`memory`, except in runs from
+        before the shared memory, which kept one bank per group (``agent/memory``) and resume there."""
+        old = self.agent(index, variant) / "memory"
+        return old if old.is_dir() else self.memory
+
+    def progressive(self, variant: str = "") -> Path:
+        return self.path / ("progressive" + self.variant_suffix(variant))
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.path / "evaluation.json"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def rounds_plot(self) -> Path:
+        return self.path / "agent_rounds.png"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def locks(self) -> Path:
+        return self.path / "locks"
 
     def prepare(self, cfg: Config, sections: tuple[str, ...] = RESULT_SECTIONS) -> None:
         """Create the directory and store the config, or check it against the stored one.
@@ -121,18 +171,18 @@ class RunDir:
         the lock of a step before doing it and re-check whether it is done once they hold it, so
         stage 1, each group and the assembly are done once. Under torchrun only rank 0 locks (the
         other ranks follow it through the collectives)."""
-        from .devices import dist_env
+        from ..core.devices import dist_env
 
         if not dist_env().is_main:
             yield
             return
-        d = self.path / "locks"
+        d = self.locks
         d.mkdir(parents=True, exist_ok=True)
         with open(d / f"{name}.lock", "a") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                from .progress import console
+                from ..core.progress import console
 
                 console.print(f"[yellow]waiting for another job on {self.path} ({name})[/]")
                 self.log(f"waiting for the lock {name} (another job holds it)")
@@ -144,7 +194,7 @@ class RunDir:
 
     def log(self, message: str) -> None:
         """Append a timestamped line to ``logs/run.log``."""
-        logs = self.path / "logs"
+        logs = self.logs
         logs.mkdir(parents=True, exist_ok=True)
         stamp = _dt.datetime.now().isoformat(timespec="seconds")
         with open(logs / "run.log", "a") as f:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import torch
 from diffusers import UNet2DModel
 
-from .errors import CheckpointError, ConfigError
+from ..core.errors import CheckpointError, ConfigError
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(

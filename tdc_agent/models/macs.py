@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..models import eval_mode, example_inputs, param_count
+from .unet import eval_mode, example_inputs, param_count
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Forward process, the ε-prediction loss, and DDIM/DDPM sampling through diffusers' schedulers.
 
-The β schedule comes from :mod:`tdc_agent.schedule` and is handed to diffusers as
+The β schedule comes from :mod:`tdc_agent.diffusion.schedule` and is handed to diffusers as
 ``trained_betas``, so training, grouping and sampling use exactly the same numbers.
 """
 
@@ -10,10 +10,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
 
 from . import schedule as sched
-from .config import ScheduleConfig
+from ..core.config import ScheduleConfig
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -57,51 +56,3 @@ class ForwardProcess:
         eps_loss = ((eps - noise.float()) ** 2).mean()
         kd = ((eps - target) ** 2).mean()
         return eps_loss + weight * kd, eps_loss, kd
-
-
-def make_scheduler(cfg: ScheduleConfig, sampler: str = "ddim") -> DDIMScheduler | DDPMScheduler:
-    """A diffusers scheduler using our β schedule, ε-prediction and x0 clipping to [-1, 1]."""
-    common = dict(
-        num_train_timesteps=cfg.timesteps,
-        trained_betas=betas_for(cfg).tolist(),
-        prediction_type="epsilon",
-        clip_sample=True,
-    )
-    if sampler == "ddim":
-        return DDIMScheduler(**common, set_alpha_to_one=True)
-    if sampler == "ddpm":
-        return DDPMScheduler(**common, variance_type="fixed_small")
-    raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ddpm'")
-
-
-@torch.no_grad()
-def sample(
-    denoise_fn: DenoiseFn,
-    shape: tuple[int, ...],
-    cfg: ScheduleConfig,
-    sampler: str = "ddim",
-    steps: int = 100,
-    seed: int = 0,
-    eta: float = 0.0,
-    device: str | torch.device = "cpu",
-    progress: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Draw samples in [-1, 1]. All randomness comes from one CPU generator seeded with ``seed``,
-    so the same seed gives the same samples on any device (up to kernel numerics)."""
-    scheduler = make_scheduler(cfg, sampler)
-    scheduler.set_timesteps(min(steps, cfg.timesteps))
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen).to(device)
-    for i, t in enumerate(scheduler.timesteps):
-        tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
-        eps = denoise_fn(x, tt).float()
-        if sampler == "ddim":
-            noise = torch.randn(shape, generator=gen).to(device) if eta > 0 else None
-            x = scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
-        else:
-            # diffusers draws DDPM's noise from the generator we pass (on CPU, then moved).
-            x = scheduler.step(eps, t, x, generator=gen).prev_sample
-        if progress is not None:
-            progress(i + 1)
-    return x.clamp(-1, 1)
-

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import resolve_dir, save_model
-from .config import Config
-from .data import ImageDataset
-from .devices import barrier, dist_env
-from .diffusion import ForwardProcess
-from .errors import ConfigError
-from .models import build_unet, load_pretrained_unet, unet_config
-from .runs import RunDir
-from .training import TrainResult, train
+from ..core.io import resolve_dir
+from ..models.store import save_model
+from ..core.config import Config
+from ..core.data import ImageDataset
+from ..core.devices import barrier, dist_env
+from ..diffusion.process import ForwardProcess
+from ..core.errors import ConfigError
+from ..models.unet import build_unet, load_pretrained_unet, unet_config
+from .rundir import RunDir
+from ..training import TrainResult, train
 
 # Training compute of one step relative to its forward pass (forward + backward ≈ 3 forwards).
 STEP_COST = 3.0
@@ -56,7 +57,7 @@ def check_model_takes(cfg: Config, image_shape: tuple[int, int, int]) -> None:
 
 def model_meta(cfg: Config, data: ImageDataset, **extra: object) -> dict:
     """What a saved model needs to be sampled on its own: schedule, input shape, latent decoder."""
-    from .latent import latent_meta
+    from ..models.latent import latent_meta
 
     meta = {"schedule": cfg.schedule.model_dump(mode="json"), "image_shape": list(data.shape), "data": data.name,
             **extra}
@@ -73,7 +74,7 @@ def train_base(cfg: Config, run: RunDir, device: torch.device, data: ImageDatase
     With ``stage1.init`` the pretrained UNet is the starting point; with ``stage1.steps=0`` it is
     the base as it is.
     """
-    from .latent import training_data
+    from ..models.latent import training_data
 
     data = data or training_data(cfg, device=device)
     torch.manual_seed(cfg.run.seed)  # initial weights
@@ -106,7 +107,7 @@ def continue_base(cfg: Config, run: RunDir, total_steps: int, out_dir: Path, dev
     training loop draws every step's batch from (seed, step) and restores AdamW and EMA state, so
     the continuation is exactly what a longer stage 1 would have produced.
     """
-    from .latent import training_data
+    from ..models.latent import training_data
 
     out_dir = Path(out_dir)
     if not (out_dir / "model" / "model.safetensors").is_file() and not (out_dir / "checkpoint").is_dir():

@@ -1,6 +1,7 @@
-"""Noise schedules, SNR, difficulty, MACs budgets and timestep groups (paper Eq. 2-5).
+"""The plan: difficulty, MACs budgets and timestep groups (paper Eq. 3-5) from a noise schedule's SNR.
 
-Everything here is a pure function of numbers: no torch, no models. The plan it produces is the
+Everything here is a pure function of numbers: no torch, no models (the noise schedule and SNR are
+:mod:`tdc_agent.diffusion.schedule`). The plan it produces is the
 single source of truth for which timesteps belong to which group and how many MACs each group's
 model may spend.
 
@@ -12,51 +13,16 @@ makes the largest upper limit ``((N-1)/N + k/N) F < F``, so the hardest timestep
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-ScheduleName = Literal["linear", "cosine"]
+from ..diffusion.schedule import ScheduleName, alphas_cumprod, betas, ddim_timesteps, snr_db
+
 Shape = Literal["paper", "constant", "increasing", "decreasing"]
 Direction = Literal["noisy-hard", "clean-hard"]
 BudgetRule = Literal["upper", "mean"]
-
-
-def betas(
-    name: ScheduleName, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02
-) -> np.ndarray:
-    """Return the β schedule in float64.
-
-    ``linear`` is DDPM's; ``cosine`` is IDDPM's (Nichol & Dhariwal 2021, s = 0.008, β clipped at
-    0.999), identical to diffusers' ``squaredcos_cap_v2``.
-    """
-    if timesteps < 1:
-        raise ValueError("timesteps must be >= 1")
-    if name == "linear":
-        return np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
-    if name == "cosine":
-
-        def alpha_bar(t: float) -> float:
-            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-        out = [
-            min(1 - alpha_bar((i + 1) / timesteps) / alpha_bar(i / timesteps), 0.999)
-            for i in range(timesteps)
-        ]
-        return np.asarray(out, dtype=np.float64)
-    raise ValueError(f"unknown schedule {name!r}; use 'linear' or 'cosine'")
-
-
-def alphas_cumprod(betas_: np.ndarray) -> np.ndarray:
-    """ᾱ_t = Π_{s<=t} (1 - β_s)."""
-    return np.cumprod(1.0 - betas_)
-
-
-def snr_db(alphas_cumprod_: np.ndarray) -> np.ndarray:
-    """Signal-to-noise ratio in dB (Eq. 2): ``10 log10(ᾱ / (1 - ᾱ))``."""
-    return 10.0 * np.log10(alphas_cumprod_ / (1.0 - alphas_cumprod_))
 
 
 def difficulty(
@@ -110,13 +76,6 @@ def group_index(u: np.ndarray, n_groups: int) -> np.ndarray:
     return np.clip(idx, 0, n_groups - 1)
 
 
-def ddim_timesteps(timesteps: int, steps: int) -> np.ndarray:
-    """Timesteps visited by a DDIM run with ``steps`` steps (diffusers' default 'leading' spacing)."""
-    steps = min(steps, timesteps)
-    ratio = timesteps // steps
-    return (np.arange(0, steps) * ratio).round()[::-1].astype(int)
-
-
 @dataclass
 class Group:
     """One timestep group: a contiguous range ``[t_start, t_end]`` (inclusive) and its MACs limit."""
@@ -129,6 +88,12 @@ class Group:
     snr_max: float
     limit_fraction: float
     interval: tuple[float, float]
+
+    @classmethod
+    def span(cls, index: int, t_start: int, t_end: int, snr_min: float, snr_max: float,
+             limit_fraction: float) -> "Group":
+        """A group outside a plan (e.g. all timesteps at one MACs limit: ``tdc-agent prune --macs-fraction``)."""
+        return cls(index, t_start, t_end, t_end - t_start + 1, snr_min, snr_max, limit_fraction, (0.0, 1.0))
 
     @property
     def timesteps(self) -> list[int]:

@@ -16,16 +16,17 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write_json, load_model, load_tensors, read_json, save_model
-from .config import Config
-from .data import ImageDataset
-from .devices import dist_env
-from .diffusion import ForwardProcess
-from .evaluation.quick import quick_loss
-from .pruning.macs import count
-from .runs import RunDir
-from .schedule import Group, Plan
-from .training import train
+from ..core.io import atomic_write_json, load_tensors, read_json
+from ..models.store import load_model, save_model
+from ..core.config import Config
+from ..core.data import ImageDataset
+from ..core.devices import dist_env
+from ..diffusion.process import ForwardProcess
+from ..evaluation.quick import quick_loss
+from ..models.macs import count
+from .rundir import RunDir
+from ..planning.plan import Group, Plan
+from ..training import train
 
 
 @dataclass
@@ -42,25 +43,12 @@ def group_steps(cfg: Config, plan: Plan, group: Group) -> int:
     return max(1, round(cfg.stage2.steps * group.num_timesteps / plan.timesteps))
 
 
-def group_dir(run: RunDir, index: int, variant: str = "") -> Path:
-    """``stage2/g<i>`` (or ``stage2-<variant>/g<i>`` for a comparison variant such as ``noprune``)."""
-    return run.path / ("stage2" + (f"-{variant}" if variant else "")) / f"g{index}"
-
-
-def _task(plan: Plan, g: Group, base_macs: int):
-    from .agent.tools import GroupTask
-
-    neighbours = [i for i in (g.index - 1, g.index + 1) if 0 <= i < len(plan.groups)]
-    return GroupTask(g.index, g.t_start, g.t_end, g.snr_min, g.snr_max, g.limit_fraction * base_macs,
-                     g.limit_fraction, neighbours)
-
-
 def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: torch.nn.Module, meta: dict,
                         device: torch.device, pruner_cache: dict, show: bool = True,
                         variant: str = "") -> dict[str, Any]:
     """The group's starting model in ``pruned/`` (agent, baseline criterion, or the base itself)."""
-    out = group_dir(run, g.index, variant) / "pruned"
-    info_path = group_dir(run, g.index, variant) / "prune.json"
+    out = run.group(g.index, variant) / "pruned"
+    info_path = run.group(g.index, variant) / "prune.json"
     if (out / "model.safetensors").is_file() and info_path.is_file():
         return read_json(info_path, "group pruning summary")
     mode = cfg.stage2.mode
@@ -72,26 +60,20 @@ def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: to
         info: dict[str, Any] = {"mode": mode if mode == "tdc-no-prune" else f"{mode} (full budget: base)",
                                 "levels": {}, "macs_thop": c.thop, "params": c.params}
     elif mode == "tdc":
-        from .agent.proxy import AgentPruning
+        from ..agent.tools import GroupTask
+        from ..models.macs import thop_macs
+        from .prune import prune_with_agent
 
-        agent_dir = group_dir(run, g.index, variant) / "agent"
-        # runs from before the shared memory kept one bank per group: resume those where they are
-        memory = agent_dir / "memory" if (agent_dir / "memory").is_dir() else run.memory
-        ap = AgentPruning(cfg, base, gmeta, agent_dir, cfg.agent.llm, device, show=show, memory_path=memory)
-        outcome, result = ap.prune_group(_task(plan, g, ap.pruner.base_count.thop), model_dir=out)
-        info = {"mode": mode, **outcome.extra["summary"]}
+        task = GroupTask.of(g, thop_macs(base), len(plan.groups))
+        summary, _, _ = prune_with_agent(cfg, base, gmeta, task, run.agent(g.index, variant), device, show, model_dir=out,
+                                         memory_path=run.agent_memory(g.index, variant))
+        info = {"mode": mode, **summary}
     else:
-        from .pruning.pruner import Pruner
-        from .pruning.serialize import save_pruned
+        from .prune import criterion_pruner, prune_with_criterion
 
         if "pruner" not in pruner_cache:
-            from .latent import training_data
-
-            pruner_cache["pruner"] = Pruner(base, training_data(cfg), ForwardProcess(cfg.schedule, device),
-                                            cfg.run.seed)
-        p = pruner_cache["pruner"]
-        result = p.prune(None, p.limit(g.limit_fraction), mode, g.timesteps)
-        save_pruned(out, result, gmeta)
+            pruner_cache["pruner"] = criterion_pruner(cfg, base, mode, device)
+        result = prune_with_criterion(pruner_cache["pruner"], mode, g.limit_fraction, g.timesteps, out, gmeta)
         info = {"mode": mode, **result.summary()}
     atomic_write_json(info_path, json.loads(json.dumps(info, default=str)))
     return info
@@ -116,7 +98,7 @@ def prepare_in_order(cfg: Config, run: RunDir, plan: Plan, g: Group, base: torch
 def finetune_group(cfg: Config, run: RunDir, plan: Plan, g: Group, data: ImageDataset, eval_data: ImageDataset,
                    device: torch.device, show: bool = True, variant: str = "") -> GroupResult:
     """Fine-tune the group's model on its own timesteps; returns where the final model is."""
-    gdir = group_dir(run, g.index, variant)
+    gdir = run.group(g.index, variant)
     model, meta = load_model(gdir / "pruned", device)
     process = ForwardProcess(cfg.schedule, device)
     steps = group_steps(cfg, plan, g)
@@ -141,7 +123,7 @@ def finetune_group(cfg: Config, run: RunDir, plan: Plan, g: Group, data: ImageDa
     loss_after = quick_loss(tuned, eval_data, process, g.timesteps, cfg.agent.eval_timesteps,
                             cfg.agent.eval_batch_size, cfg.run.seed)
     summary = {"group": g.index, "steps": steps, "loss_before": loss_before, "loss_after": loss_after}
-    from .devices import barrier, dist_env
+    from ..core.devices import barrier, dist_env
 
     if dist_env().is_main:
         atomic_write_json(gdir / "finetune.json", summary)

@@ -15,13 +15,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_json, load_model, read_json, replace_dir
-from .config import ScheduleConfig
-from .errors import CheckpointError
-from .faults import failpoint
-from .models import denoise
-from .pruning.macs import thop_macs
-from .schedule import ddim_timesteps
+from ..core.io import atomic_write_json, read_json, replace_dir
+from ..models.store import load_model
+from ..core.config import ScheduleConfig
+from ..core.errors import CheckpointError
+from ..core.faults import failpoint
+from .unet import denoise
+from .macs import thop_macs
+from ..diffusion.schedule import ddim_timesteps
 
 MANIFEST = "manifest.json"
 FORMAT = "tdc-progressive/1"

@@ -6,10 +6,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .checkpoint import atomic_write_json, read_json
-from .config import Config
-from .errors import CheckpointError, ConfigError
-from .schedule import Plan, make_plan
+from ..core.io import atomic_write_json, read_json
+from ..core.config import Config
+from ..core.fmt import fmt_macs_sig3
+from ..core.errors import CheckpointError, ConfigError
+from .plan import Plan, make_plan
 
 
 def build_plan(cfg: Config) -> Plan:
@@ -27,8 +28,6 @@ def build_plan(cfg: Config) -> Plan:
 
 def write_plan(plan: Plan, out_dir: str | Path, base_macs: int | None = None) -> tuple[Path, Path]:
     """Write ``plan.json`` and ``plan.png`` into ``out_dir``."""
-    from .plots import plot_plan
-
     out_dir = Path(out_dir)
     d = plan.to_dict()
     d["base_macs"] = base_macs
@@ -51,13 +50,6 @@ def load_plan(path: str | Path, cfg: Config) -> Plan:
     return stored
 
 
-def _fmt_macs(x: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if x >= div:
-            return f"{x / div:.3g} {unit}"
-    return f"{x:.0f}"
-
-
 def plan_table(plan: Plan, base_macs: int | None = None) -> Table:
     """A rich table: one row per group plus expected mean MACs per step."""
     t = Table(title=f"TDC plan: {plan.schedule} schedule, T={plan.timesteps}, "
@@ -70,12 +62,12 @@ def plan_table(plan: Plan, base_macs: int | None = None) -> Table:
         row = [str(g.index), f"{g.t_start}-{g.t_end}", str(g.num_timesteps),
                f"{g.snr_min:.1f} .. {g.snr_max:.1f}", f"{g.limit_fraction:.3f}"]
         if base_macs:
-            row.append(_fmt_macs(g.limit_fraction * base_macs))
+            row.append(fmt_macs_sig3(g.limit_fraction * base_macs))
         t.add_row(*row)
     d = plan.to_dict()["mean_budget"]
 
     def both(x: float) -> str:
-        return f"{x:.4f}" + (f" ({_fmt_macs(x * base_macs)})" if base_macs else "")
+        return f"{x:.4f}" + (f" ({fmt_macs_sig3(x * base_macs)})" if base_macs else "")
 
     t.caption = (
         f"mean MACs/step as a fraction of F — planned per-timestep budget: uniform t {both(d['uniform_timestep'])}, "
@@ -86,3 +78,27 @@ def plan_table(plan: Plan, base_macs: int | None = None) -> Table:
 
 
 __all__ = ["build_plan", "write_plan", "load_plan", "plan_table"]
+
+
+def plot_plan(plan: Plan, path: str | Path) -> Path:
+    """SNR(t), the per-timestep budget and the group limits, with group boundaries (paper Fig. 2)."""
+    import numpy as np
+    import matplotlib.pyplot as plt
+
+    from ..core.plots import save_figure
+
+    t = np.arange(plan.timesteps)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    ax1.plot(t, plan.snr, color="tab:blue")
+    ax1.set_ylabel("SNR (dB)")
+    ax1.set_title(f"{plan.schedule} schedule, N={len(plan.groups)}, k={plan.k}, shape={plan.shape}")
+    ax2.plot(t, plan.budget, color="tab:orange", label="budget(t)")
+    limits = np.array([g.limit_fraction for g in plan.groups])[plan.routing_table()]
+    ax2.step(t, limits, where="post", color="tab:green", label=f"group limit ({plan.budget_rule})")
+    ax2.set_ylabel("MACs / F")
+    ax2.set_xlabel("timestep t")
+    ax2.legend(loc="lower right")
+    for g in plan.groups[1:]:
+        for ax in (ax1, ax2):
+            ax.axvline(g.t_start - 0.5, color="grey", lw=0.6, ls="--")
+    return save_figure(fig, path)

@@ -19,10 +19,10 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoint import load_tensors, save_tensors
-from .config import Config, DataConfig
-from .data import ImageDataset, load_dataset
-from .errors import CheckpointError
+from ..core.io import load_tensors, save_tensors
+from ..core.config import Config, DataConfig
+from ..core.data import ImageDataset, load_dataset
+from ..core.errors import CheckpointError
 
 _SUBFOLDERS = ("vae", "vqvae")
 
@@ -96,7 +96,7 @@ def _cache_key(data: DataConfig, spec: str, scale: float) -> str:
 
 def training_data(cfg: Config, data: DataConfig | None = None, device: torch.device | str = "cpu") -> ImageDataset:
     """What the denoiser learns: the images, or (latent mode) their cached latents."""
-    from .evaluation.fd import cache_dir
+    from ..core.io import cache_dir
 
     data = data or cfg.data
     if not cfg.latent.vae:

@@ -1,6 +1,6 @@
 """Use a progressive model from diffusers: a UNet adapter that routes timesteps, and a pipeline.
 
-    from tdc_agent.export import TDCPipeline
+    from tdc_agent.pipelines.export import TDCPipeline
     pipe = TDCPipeline.from_progressive("runs/digits/progressive", sampler="ddim")
     images = pipe(batch_size=16, num_inference_steps=100, generator=torch.manual_seed(0)).images
 
@@ -24,8 +24,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .diffusion import make_scheduler
-from .progressive import ProgressiveModel
+from ..diffusion.sampling import denoise_loop, make_scheduler
+from ..models.progressive import ProgressiveModel
 
 
 class ProgressiveUNet(ModelMixin, ConfigMixin):
@@ -68,7 +68,7 @@ class TDCPipeline(DiffusionPipeline):
         pm = ProgressiveModel.load(directory, device)
         vae = None
         if pm.latent:
-            from .latent import load_autoencoder
+            from ..models.latent import load_autoencoder
 
             vae = load_autoencoder(pm.latent["vae"], device)
         pipe = cls(ProgressiveUNet.wrap(pm), make_scheduler(pm.schedule, sampler), vae)
@@ -86,18 +86,10 @@ class TDCPipeline(DiffusionPipeline):
         # drawn on the CPU like tdc-agent's sampler, so a seed gives the same images on any device
         x = randn_tensor(shape, generator=generator, device=torch.device("cpu")).to(device)
         self.scheduler.set_timesteps(min(num_inference_steps, pm.schedule.timesteps))
-        ddim = "DDIM" in type(self.scheduler).__name__
-        for t in self.progress_bar(self.scheduler.timesteps):
-            eps = self.unet(x, int(t)).sample.float()
-            if ddim:
-                noise = randn_tensor(shape, generator=generator, device=torch.device("cpu")).to(device) if eta > 0 \
-                    else None
-                x = self.scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
-            else:
-                x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
-        x = x.clamp(-1, 1)
+        x = denoise_loop(lambda x, t: self.unet(x, t).sample, x, self.scheduler, eta, generator,
+                         iterate=self.progress_bar)
         if self.vae is not None:
-            from .latent import decode
+            from ..models.latent import decode
 
             x = decode(self.vae, x, float(self.latent["scaling_factor"]))
         image = ((x + 1) / 2).clamp(0, 1).cpu()

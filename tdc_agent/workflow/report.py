@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -11,13 +10,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .checkpoint import atomic_write_text, read_json  # noqa: E402
-from .config import Config  # noqa: E402
-from .planning import build_plan  # noqa: E402
-from .plots import _save  # noqa: E402
-from .runs import RunDir  # noqa: E402
+from ..core.io import atomic_write_text, read_json  # noqa: E402
+from ..core.config import Config  # noqa: E402
+from ..core.fmt import fmt_macs_fixed  # noqa: E402
+from ..planning.build import build_plan  # noqa: E402
+from ..core.plots import save_figure  # noqa: E402
+from .results import MODEL_NAMES, Evaluation  # noqa: E402
+from .rundir import RunDir  # noqa: E402
 from .stage1 import STEP_COST  # noqa: E402
-from .stage2 import group_dir  # noqa: E402
+from ..agent.proxy import group_state_dir  # noqa: E402
 
 
 def _rounds_plot(cfg: Config, run: RunDir, n_groups: int) -> Path | None:
@@ -25,7 +26,7 @@ def _rounds_plot(cfg: Config, run: RunDir, n_groups: int) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     drawn = False
     for i in range(n_groups):
-        f = group_dir(run, i) / "agent" / f"group_{i}" / "rounds.json"
+        f = group_state_dir(run.agent(i), i) / "rounds.json"
         if not f.is_file():
             continue
         rounds = read_json(f, "agent rounds")["rounds"]
@@ -42,14 +43,10 @@ def _rounds_plot(cfg: Config, run: RunDir, n_groups: int) -> Path | None:
     ax.set_xlabel("round")
     ax.set_ylabel("quick loss (mean ± std of candidates)")
     ax.legend(fontsize=7)
-    return _save(fig, run.path / "agent_rounds.png")
+    return save_figure(fig, run.rounds_plot)
 
 
-def _fmt_macs(x: float) -> str:
-    return f"{x / 1e6:,.2f} M" if x < 1e9 else f"{x / 1e9:,.3f} G"
-
-
-def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
+def write_report(cfg: Config, run: RunDir, results: Evaluation) -> Path:
     plan = build_plan(cfg)
     lines = [f"# TDC run `{run.path.name}`", "",
              "Training compute = 3 × forward MACs × images for every trained model (a backward costs about two "
@@ -59,9 +56,9 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
              f"(T={cfg.schedule.timesteps}), N={len(plan.groups)} groups, k={cfg.plan.k}, shape `{cfg.plan.shape}`, "
              f"stage 2 mode `{cfg.stage2.mode}`, LLM `{cfg.agent.llm}`.", "",
              "## Summary (Table I form)", ""]
-    p = results["protocol"]
+    p = results.protocol
     fd_note = ""
-    b = results["base"]
+    b = results.models["base"].scores
     if b.get("metric") == "digits-fd":
         fd_note = (f"FD: Fréchet distance in the features of a digits classifier (test accuracy "
                    f"{b['classifier_test_accuracy']:.1%}) against all 1797 real digits; real-vs-real floor at the "
@@ -71,9 +68,9 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
                    f"{b['reference_images']} real images, after 8-bit quantisation; KID in the same features.")
     lines += ["| model | FD | real floor | KID | MACs / step | params | training steps | training compute (MACs) | s / image |",
               "|---|---|---|---|---|---|---|---|---|"]
-    steps = results["training_steps"]
-    tm = results.get("training_macs", {})
-    eq_steps = results.get("equal_compute_steps", 0)
+    steps = results.training_steps
+    tm = results.training_macs
+    eq_steps = results.equal_compute_steps or 0
     s1 = tm.get("stage1", 0.0)
 
     def tdc_compute(suffix: str) -> float:
@@ -87,36 +84,37 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
             ("tdc_no_prune", "TDC without pruning", steps["stage1"] + steps["stage2"], tdc_compute("_noprune")),
             ("tdc", f"TDC ({cfg.stage2.mode})", steps["stage1"] + steps["stage2"], tdc_compute(""))]
     for name, label, st, macs in rows:
-        if name not in results:
+        if name not in results.models:
             continue
-        r = results[name]
+        m = results.models[name]
+        r = m.scores
         fd = f"{r['fd']:.3f}" if "fd" in r else "-"
         floor = f"{r['real_floor']:.3f}" if "real_floor" in r else "-"
         kid = f"{r['kid']:.4g} ± {r['kid_std']:.2g}" if "kid" in r else "-"
-        lines.append(f"| {label} | {fd} | {floor} | {kid} | {_fmt_macs(r['macs_per_step'])} | {r['params'] / 1e6:.3f} M | "
-                     f"{st} | {macs / 1e12:.2f} T | {r['seconds_per_image'] * 1e3:.2f} ms |")
-    t = results["tdc"]
+        lines.append(f"| {label} | {fd} | {floor} | {kid} | {fmt_macs_fixed(m.macs_per_step)} | {m.params / 1e6:.3f} M | "
+                     f"{st} | {macs / 1e12:.2f} T | {m.seconds_per_image * 1e3:.2f} ms |")
+    t = results.models["tdc"]
     lines += ["", f"Protocol: {p['samples']} samples per model, {p['sampler'].upper()} {p['steps']} steps, "
               f"η={p['eta']}, seed {p['seed']} (same noise for all). {fd_note}",
-              f"TDC MACs per step: achieved {_fmt_macs(t['macs_per_step'])} "
-              f"({t['macs_per_step'] / results['base']['macs_per_step']:.3f} × base); planned per-timestep budget "
-              f"{_fmt_macs(t['planned_macs_per_step'])}; group limits {_fmt_macs(t['group_limit_macs_per_step'])}.",
+              f"TDC MACs per step: achieved {fmt_macs_fixed(t.macs_per_step)} "
+              f"({t.macs_per_step / results.models['base'].macs_per_step:.3f} × base); planned per-timestep budget "
+              f"{fmt_macs_fixed(t.planned_macs_per_step)}; group limits {fmt_macs_fixed(t.group_limit_macs_per_step)}.",
               "", "## Plan", "", "![plan](plan.png)", "", "## Groups", "",
               "| group | t range | limit / F | achieved MACs | params | pruned units | loss before FT | loss after FT | FT steps |",
               "|---|---|---|---|---|---|---|---|---|"]
     for g in plan.groups:
-        gd = group_dir(run, g.index)
+        gd = run.group(g.index)
         pr = read_json(gd / "prune.json", "group pruning summary") if (gd / "prune.json").is_file() else {}
         ft = read_json(gd / "finetune.json", "group fine-tune summary") if (gd / "finetune.json").is_file() else {}
         macs = pr.get("macs_thop")
         levels = pr.get("best_levels", pr.get("levels", {})) or {}
         lines.append(
-            f"| {g.index} | {g.t_start}-{g.t_end} | {g.limit_fraction:.3f} | {_fmt_macs(macs) if macs else 'base'} | "
+            f"| {g.index} | {g.t_start}-{g.t_end} | {g.limit_fraction:.3f} | {fmt_macs_fixed(macs) if macs else 'base'} | "
             f"{pr.get('params', 0) / 1e6:.3f} M | {len(levels)} | {ft.get('loss_before', float('nan')):.4f} | "
             f"{ft.get('loss_after', float('nan')):.4f} | {ft.get('steps', '-')} |")
     usage = [(g.index, pr["usage"]) for g in plan.groups
-             if "usage" in (pr := read_json(group_dir(run, g.index) / "prune.json", "group pruning summary")
-                            if (group_dir(run, g.index) / "prune.json").is_file() else {})]
+             if "usage" in (pr := read_json(run.group(g.index) / "prune.json", "group pruning summary")
+                            if (run.group(g.index) / "prune.json").is_file() else {})]
     if usage:
         lines += ["", "## Agent usage", "", f"LLM `{cfg.agent.llm}`. Tokens as the LLM endpoint reported them; cost "
                   "from `agent.prices` (USD per million input/output tokens; `-` where the model has no price).", "",
@@ -129,12 +127,12 @@ def write_report(cfg: Config, run: RunDir, results: dict[str, Any]) -> Path:
     if rounds_png is not None:
         lines += ["", "## Agent rounds", "", "Quick loss of each round's candidates (mean ± std), per group "
                   "(the paper's Fig. 5):", "", "![agent rounds](agent_rounds.png)"]
-    names = [n for n in ("base", "base_equal_compute", "tdc_no_prune", "tdc") if n in results]
+    names = [n for n in MODEL_NAMES if n in results.models]
     labels = {"base": "base", "base_equal_compute": "base (equal compute)", "tdc_no_prune": "TDC w/o pruning",
               "tdc": "TDC"}
     lines += ["", "## Samples", "", "Same seed and noise for every model.", "",
               "| " + " | ".join(labels[n] for n in names) + " |", "|" + "---|" * len(names),
               "| " + " | ".join(f"![{n}](samples/{n}.png)" for n in names) + " |", ""]
-    path = run.path / "report.md"
+    path = run.report
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

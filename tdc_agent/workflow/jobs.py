@@ -1,0 +1,174 @@
+"""The jobs behind the CLI's verbs: each takes a validated config (and the verb's flags), does the
+work, and returns a typed result for the CLI to print. ``tdc_agent.cli`` only parses and prints.
+
+* :func:`plan_job` (``plan``), :func:`train_base_job` (``train-base``), :func:`run_job` (``run``),
+  :func:`assemble_job` (``assemble``), :func:`evaluate_job` (``evaluate``), :func:`inspect_model`
+  (``inspect``). Pruning (``prune``) is :mod:`tdc_agent.workflow.prune`; sampling (``sample``)
+  :func:`tdc_agent.workflow.sampling.sample_model`; the memory bank :mod:`tdc_agent.agent.bank`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..core.config import Config
+from ..core.data import load_dataset
+from ..core.devices import dist_env, resolve_device
+from ..core.errors import ConfigError
+from ..models.latent import decoder, training_data
+from ..models.macs import MacsCount, count, thop_macs
+from ..models.store import load_model
+from ..models.unet import build_unet, denoise, unet_config
+from ..planning.build import build_plan, write_plan
+from ..planning.plan import Plan
+from ..pruning.units import UnitGraph, analyse
+from ..training import TrainResult
+from .pipeline import assemble, check_groups, evaluate_run, run_pipeline, variants
+from .prune import load_base
+from .results import Evaluation, PipelineResult
+from .rundir import PIPELINE_SECTIONS, RunDir
+from .sampling import generate, write_samples
+from .stage1 import check_model_takes, train_base
+
+
+def base_macs(cfg: Config, model: Path | None, preset: str | None) -> int | None:
+    """The thop MACs of a saved model or a preset sized by the config (None when neither is given)."""
+    if model is not None:
+        return thop_macs(load_model(model)[0])
+    if preset is not None:
+        return thop_macs(build_unet(unet_config(preset, cfg.data.image_size, cfg.data.channels)))
+    return None
+
+
+@dataclass
+class PlanJob:
+    plan: Plan
+    base_macs: int | None
+    paths: tuple[Path, Path]  # plan.json, plan.png
+
+
+def plan_job(cfg: Config, model: Path | None = None, preset: str | None = None, out: Path | None = None) -> PlanJob:
+    """Build the plan, and write ``plan.json`` and ``plan.png`` into ``out`` (default: the run directory)."""
+    p = build_plan(cfg)
+    macs = base_macs(cfg, model, preset)
+    paths = write_plan(p, out or RunDir.for_config(cfg).path, macs)
+    return PlanJob(p, macs, paths)
+
+
+@dataclass
+class Stage1Job:
+    result: TrainResult
+    grid: Path
+    seconds: float
+
+
+def train_base_job(cfg: Config, run_dir: Path | None = None, progress: bool = True) -> Stage1Job | None:
+    """Stage 1 in a run directory, then a sample grid. Returns None on the non-main ranks of torchrun."""
+    dev = resolve_device(cfg.run.device)
+    data = training_data(cfg, device=dev)  # fails on missing data before anything is written
+    check_model_takes(cfg, data.shape)
+    run = RunDir.for_config(cfg, run_dir)
+    env = dist_env()
+    if env.is_main:
+        run.prepare(cfg)
+        run.log(f"train-base start device={dev} world_size={env.world_size}")
+    t0 = time.time()
+    result = train_base(cfg, run, dev, data, progress=progress)
+    if env.distributed:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if not env.is_main:
+        return None
+    run.log(f"train-base done steps={result.steps} seconds={result.seconds:.1f}")
+    model, meta = load_model(result.model_dir, dev)
+    images = generate(lambda x, t: denoise(model, x, t), data.shape, cfg.schedule, cfg.sample,
+                      cfg.run.seed, dev, progress=progress)
+    images = decoder(meta.get("latent"), dev)(images)
+    grid, _ = write_samples(images, run.stage1, "samples")
+    return Stage1Job(result, grid, time.time() - t0)
+
+
+def preflight(cfg: Config, groups: Sequence[int] | None) -> None:
+    """What ``run`` checks before it writes anything: the groups, the data, the model, the LLM."""
+    check_groups(build_plan(cfg), groups)  # before run.prepare writes config.yaml and logs/
+    shape = load_dataset(cfg.data).shape  # fails on missing data before anything is written
+    if not cfg.latent.vae:  # (latents get their shape from the autoencoder)
+        check_model_takes(cfg, shape)
+    if cfg.stage2.mode == "tdc":
+        from ..agent.llm import resolve_llm
+
+        resolve_llm(cfg.agent.llm, cfg.agent)  # a missing key or dead server fails before compute
+        if cfg.agent.memory_url:
+            from ..agent.memory import MemoryBank
+
+            MemoryBank.open_client(url=cfg.agent.memory_url)  # a dead server fails before anything is written
+
+
+@dataclass
+class RunJob:
+    run: RunDir
+    pipeline: PipelineResult | None = None  # None on the non-main ranks of torchrun
+    evaluation: Evaluation | None = None
+    seconds: float = 0.0
+
+
+def run_job(cfg: Config, run_dir: Path | None = None, groups: Sequence[int] | None = None, evaluate: bool = True,
+            progress: bool = True) -> RunJob:
+    """The whole TDC job (resumable): preflight, pipeline, and, when every group is done, evaluation."""
+    dev = resolve_device(cfg.run.device)
+    preflight(cfg, groups)
+    run = RunDir.for_config(cfg, run_dir)
+    if dist_env().is_main:
+        run.prepare(cfg, sections=PIPELINE_SECTIONS)
+        run.log(f"run start device={dev} groups={','.join(map(str, groups)) if groups is not None else 'all'}")
+    t0 = time.time()
+    out = run_pipeline(cfg, run, dev, groups, show=progress)
+    if not dist_env().is_main:
+        return RunJob(run)
+    job = RunJob(run, out)
+    if out.complete and evaluate:
+        job.evaluation = evaluate_run(cfg, run, dev, show=progress)
+    job.seconds = time.time() - t0
+    if job.evaluation is not None:
+        run.log(f"run done in {job.seconds:.1f}s")
+    return job
+
+
+def assemble_job(cfg: Config, run_dir: Path | None = None) -> list[Path]:
+    """Build the progressive model(s) of a run from its finished groups."""
+    run = RunDir.for_config(cfg, run_dir)
+    run.prepare(cfg, sections=PIPELINE_SECTIONS)  # the stored config must be this config
+    return [assemble(vcfg, run, resolve_device(cfg.run.device), variant) for variant, vcfg in variants(cfg)]
+
+
+def evaluate_job(cfg: Config, run_dir: Path | None = None, progress: bool = True) -> Evaluation:
+    """Evaluate a run's models and write ``evaluation.json`` and ``report.md``."""
+    run = RunDir.for_config(cfg, run_dir)
+    run.prepare(cfg, sections=PIPELINE_SECTIONS)  # e.g. another schedule would overwrite the results with garbage
+    return evaluate_run(cfg, run, resolve_device(cfg.run.device), show=progress)
+
+
+@dataclass
+class Inspection:
+    graph: UnitGraph
+    macs: MacsCount
+
+
+def inspect_model(cfg: Config, model: Path | None = None, preset: str | None = None) -> Inspection:
+    """The prunable units of a saved model or a preset, and its MACs and parameter counts."""
+    base, _ = load_base(model, preset, cfg)
+    return Inspection(analyse(base), count(base))
+
+
+def parse_groups(groups: str | None) -> list[int] | None:
+    """``"0,1,3"`` to ``[0, 1, 3]`` (sorted, unique); None stays None."""
+    if groups is None:
+        return None
+    try:
+        return sorted({int(x) for x in groups.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--groups {groups!r} must be comma-separated group numbers, e.g. 0,1,3.") from None
