@@ -435,3 +435,19 @@ def test_builtin_searches_with_sensitivity(tmp_path):
     rates = [u["rise_per_macs"] for u in sens["cheapest_first"]]
     assert rates == sorted(rates) and len(rates) > 5
     assert sum(1 for e in _events(ap, "tool_call") if e["tool"] == "unit_sensitivity") == 2  # asked each round, measured once
+
+
+def test_builtin_finds_distinct_candidates_near_the_full_budget(tmp_path):
+    """At 97 % of the base MACs most shapes fit to the same few schemes; the builtin walks shapes that
+    prune one unit only until each round has K distinct candidates (a GPU run failed here once)."""
+    cfg, base, _ = _setup(tmp_path, rounds=3, candidates=3, max_round_retries=0)
+    macs = thop_macs(base)
+    task = GroupTask(Group.span(3, 70, 99, -30.0, -20.0, 0.97), 0.97 * macs, [2])
+    ap = AgentPruning(cfg, base, {"schedule": cfg.schedule.model_dump()}, tmp_path / "near", "builtin",
+                      torch.device("cpu"), show=False)
+    outcome, result = ap.prune_group(task)
+    assert len(outcome.rounds) == 3 and all(len(r.candidates) == 3 for r in outcome.rounds)
+    for r in range(3):
+        levels = [json.dumps(x.levels, sort_keys=True) for x in ap.memory.all({"round": r})]
+        assert len(set(levels)) == len(levels) == 3
+    assert result.macs.thop <= task.limit_macs

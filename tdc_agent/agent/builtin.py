@@ -159,7 +159,7 @@ class BuiltinPolicy(BaseChatModel):
         evaluated: list[str] = []
         fitted: list[dict[str, float]] = []  # this turn's evaluated schemes, as fitted to the limit
         rejected = 0
-        tried: set[str] = set()  # proposals the tool rejected this turn: not proposed again
+        tried: set[str] = set()  # proposals sent this round's turn so far: not proposed again
         attempts = 0
         submitted = False
         calls = {}
@@ -175,12 +175,12 @@ class BuiltinPolicy(BaseChatModel):
                 name = m.name or calls.get(m.tool_call_id, {}).get("name")
                 if name == "evaluate_scheme":
                     attempts += 1
+                    tried.add(_key(calls.get(m.tool_call_id, {}).get("args", {}).get("levels") or {}))
                     if isinstance(data, dict) and "id" in data:
                         evaluated.append(data["id"])
                         fitted.append(dict(data.get("fitted_levels") or {}))
                     else:
                         rejected += 1
-                        tried.add(_key(calls.get(m.tool_call_id, {}).get("args", {}).get("levels") or {}))
                 elif name == "submit_candidates" and isinstance(data, dict) and data.get("round_done"):
                     submitted = True
                 else:
@@ -207,13 +207,20 @@ class BuiltinPolicy(BaseChatModel):
         # On a round's first turn: the whole round's proposals, minus those evaluated before a resume
         # (proposals are a prefix-stable sequence, so this equals what an uninterrupted run evaluates).
         skip = len(done) if attempts == 0 else 0
-        if rejected and fitted:
+        if rejected:
             # Near the full budget, distinct shapes often fit to the same scheme (the tool rejects the
-            # duplicate): move quanta between units of the schemes already fitted this round instead.
-            exclude |= {_key(f) for f in fitted}
-            here = {"best_this_group": [{"levels": f, "loss": 0.0, "id": f"this round #{i}"}
-                                        for i, f in enumerate(fitted)]}
-            props = propose(arch["units"], here, k - len(done), exclude, rng, sens, int(ctx["round"]))
+            # duplicate, or a shape that cannot meet the limit): walk shapes that prune one unit only,
+            # cheapest first (each fits to a scheme of its own), skipping those tried this turn.
+            order = ([x["name"] for x in sens["cheapest_first"]] if sens else
+                     [u["name"] for u in sorted(arch["units"], key=lambda u: -u["macs_share"])])
+            props = [({n_: 0.5}, f"prune {n_} only (shapes near the full budget fit alike)") for n_ in order
+                     if _key({n_: 0.5}) not in tried | exclude][: k - len(done)]
+            if len(props) < k - len(done) and fitted:  # every single unit tried: mutate this round's fits
+                exclude |= {_key(f) for f in fitted} | {_key(lv) for lv, _ in props}
+                here = {"best_this_group": [{"levels": f, "loss": 0.0, "id": f"this round #{i}"}
+                                            for i, f in enumerate(fitted)]}
+                props += propose(arch["units"], here, k - len(done) - len(props), exclude, rng, sens,
+                                 int(ctx["round"]))
         else:
             props = propose(arch["units"], before, k - len(done) + skip, exclude, rng, sens,
                             int(ctx["round"]))[skip:]
