@@ -20,6 +20,7 @@ from typing import Any
 
 from langchain_openai.chat_models.base import _convert_dict_to_message
 
+from fake_http import FakeServer
 from tdc_agent.agent.builtin import BuiltinPolicy
 
 
@@ -166,11 +167,6 @@ class FakeOpenAI:
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout test)
 
-    def __enter__(self) -> "FakeOpenAI":
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    # start and stop like the other fakes
+    __enter__ = FakeServer.__enter__
+    __exit__ = FakeServer.__exit__

@@ -9,8 +9,8 @@ import pytest
 from conftest import ROOT
 
 
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_table1", ROOT / "tools" / "bench_table1.py")
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -19,7 +19,7 @@ def _bench_module():
 @pytest.mark.slow  # ~2 min alone: make bench-smoke / make test-slow
 def test_table1_smoke_runs_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
-    bench = _bench_module()
+    bench = _module("bench_table1")
     args = ["run", "--scale", "smoke", "--jobs", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
     bench.main(args)
     res = json.loads((tmp_path / "out" / "table1-smoke.json").read_text())
@@ -49,13 +49,6 @@ def test_table1_smoke_runs_and_resumes(tmp_path, monkeypatch):
     before = {p: p.stat().st_mtime_ns for p in scores}
     bench.main(args)
     assert before == {p: p.stat().st_mtime_ns for p in scores}
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.slow  # ~2 min alone: make bench-smoke / make test-slow

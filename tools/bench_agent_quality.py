@@ -55,7 +55,6 @@ from tdc_agent.models.macs import count  # noqa: E402
 from tdc_agent.pruning.pruner import Pruner  # noqa: E402
 from tdc_agent.pruning.serialize import save_pruned  # noqa: E402
 from tdc_agent.workflow.rundir import RunDir  # noqa: E402
-from tdc_agent.workflow.stage2 import prepare_in_order  # noqa: E402
 
 CLASSICAL = ("random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor")
 SEEDS = {"cpu": [0, 1, 2], "full": [0, 1, 2], "smoke": [0, 1]}
@@ -69,8 +68,11 @@ class QualityBench(Bench):
         super().__init__(scale, work, device)
         self.llm = llm
 
-    def agent_cfg(self, seed: int, extra: dict[str, Any] | None = None):
-        return self.cfg(seed, {"stage2.mode": "tdc", "agent.llm": self.llm, **(extra or {})})
+    def cfg(self, seed: int, overrides: dict[str, Any] | None = None):
+        return super().cfg(seed, {"agent.llm": self.llm, **(overrides or {})})
+
+    def agent_cfg(self, seed: int):
+        return self.cfg(seed, {"stage2.mode": "tdc"})
 
     def test_loss(self, cfg, model: torch.nn.Module, timesteps: list[int], seed: int) -> float:
         """Mean ε-MSE on the whole test split, ``TEST_TIMESTEPS`` timesteps, fresh noise (other seeds
@@ -81,23 +83,9 @@ class QualityBench(Bench):
                                          seed=10_000 + 97 * seed + d) for d in range(TEST_NOISE_DRAWS)]))
 
     def agent_run(self, seed: int, name: str, memory_from: Path | None = None) -> RunDir:
-        """Stage 2's agent pruning for every group of the seed's plan (``memory_from``: a memory bank
-        copied in first, for the transfer measurement)."""
-        run = RunDir(self.seed_dir(seed) / name)
-        cfg = self.agent_cfg(seed)
-        plan = build_plan(cfg)
-        if all((run.group(g.index) / "prune.json").is_file() for g in plan.groups):
-            return run
-        if not (run.base_model / "model.safetensors").is_file():
-            shutil.copytree(self.base(seed).stage1 / "model", run.base_model, dirs_exist_ok=True)
-        if memory_from is not None and not run.memory.exists():
-            shutil.copytree(memory_from, run.memory)
-        self.log(f"seed {seed}: agent pruning ({name})")
-        base, meta = load_model(run.base_model, self.device)
-        cache: dict = {}
-        for g in plan.groups:
-            prepare_in_order(cfg, run, plan, g, base, meta, self.device, cache, show=False)
-        return run
+        """Stage 2's agent pruning for every group of the seed's plan, in ``<seed>/<name>``
+        (``memory_from``: a memory bank copied in first, for the transfer measurement)."""
+        return self.pruned(seed, name, "tdc", memory_from, dirname=name)
 
     def pairs(self, seed: int) -> list[dict[str, Any]]:
         """Per group: the agent's and every classical criterion's test loss at the agent's MACs."""

@@ -57,7 +57,7 @@ from tdc_agent.models.macs import count  # noqa: E402
 from tdc_agent.workflow.rundir import RunDir  # noqa: E402
 from tdc_agent.workflow.sampling import generate  # noqa: E402
 from tdc_agent.workflow.stage1 import STEP_COST, continue_base, train_base  # noqa: E402
-from tdc_agent.workflow.stage2 import group_steps, prepare_group_model  # noqa: E402
+from tdc_agent.workflow.stage2 import group_steps, prepare_in_order  # noqa: E402
 
 SCALES: dict[str, dict[str, Any]] = {
     # what fits this project's 2-core CPU in about an hour (make bench): lr fixed at the value the
@@ -158,9 +158,12 @@ class Bench:
             train_base(self.cfg(seed), run, self.device, progress=False)
         return run
 
-    def pruned(self, seed: int, name: str, mode: str) -> RunDir:
-        """A run directory holding the seed's base and every group's pruned starting model for ``mode``."""
-        run = RunDir(self.seed_dir(seed) / f"{name}-pruned")
+    def pruned(self, seed: int, name: str, mode: str, memory_from: Path | None = None,
+               dirname: str | None = None) -> RunDir:
+        """A run directory (``<name>-pruned`` unless ``dirname``) holding the seed's base and every
+        group's pruned starting model for ``mode`` (``memory_from``: a memory bank copied in first,
+        so the agent starts with its records)."""
+        run = RunDir(self.seed_dir(seed) / (dirname or f"{name}-pruned"))
         cfg = self.cfg(seed, {"stage2.mode": mode})
         plan = build_plan(cfg)
         if all((run.group(g.index) / "prune.json").is_file() for g in plan.groups):
@@ -168,11 +171,13 @@ class Bench:
         base_run = self.base(seed)
         if not (run.base_model / "model.safetensors").is_file():
             shutil.copytree(base_run.stage1 / "model", run.base_model, dirs_exist_ok=True)
+        if memory_from is not None and not run.memory.exists():
+            shutil.copytree(memory_from, run.memory)
         self.log(f"seed {seed}: pruning for {name} ({mode})")
         base, meta = load_model(run.base_model, self.device)
         cache: dict = {}
         for g in plan.groups:
-            prepare_group_model(cfg, run, plan, g, base, meta, self.device, cache, show=False)
+            prepare_in_order(cfg, run, plan, g, base, meta, self.device, cache, show=False)
         return run
 
     def stage2_row(self, seed: int, name: str, mode: str, distill: bool, lr: float, source: RunDir,
