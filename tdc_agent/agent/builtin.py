@@ -175,7 +175,9 @@ class BuiltinPolicy(BaseChatModel):
                 name = m.name or calls.get(m.tool_call_id, {}).get("name")
                 if name == "evaluate_scheme":
                     attempts += 1
-                    tried.add(_key(calls.get(m.tool_call_id, {}).get("args", {}).get("levels") or {}))
+                    sent = (calls.get(m.tool_call_id) or {}).get("args", {}).get("levels")
+                    if isinstance(sent, dict):  # in a shared conversation, other replies may be malformed
+                        tried.add(_key(sent))
                     if isinstance(data, dict) and "id" in data:
                         evaluated.append(data["id"])
                         fitted.append(dict(data.get("fitted_levels") or {}))
