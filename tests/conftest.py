@@ -25,6 +25,9 @@ def tiny_config_dict(tmp_path: Path, **sections: dict) -> dict:
         "stage1": {"steps": 12, "batch_size": 16, "lr": 1e-3, "warmup": 2, "ckpt_every": 4,
                    "log_every": 1, "ema_decay": 0.9},
         "sample": {"steps": 5, "num": 8},
+        # no floor and no extra steps: tests pick their stage-2 steps exactly (tests/test_recipe.py
+        # checks the floor and the member-vs-base check themselves)
+        "stage2": {"min_steps": 0, "extra_steps": 0},
     }
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)

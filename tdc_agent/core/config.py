@@ -162,9 +162,18 @@ class TrainConfig(_Section):
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
     # steps over which the EMA window grows to 1/(1-ema_decay); 0 = the full decay from step 0
     ema_warmup: int = Field(default=500, ge=0)
+    # average only the weights this run trains (Adam-style bias correction): see training.ema
+    ema_bias_correction: bool = False
     ckpt_every: int = Field(default=500, ge=1)
     log_every: int = Field(default=25, ge=1)
     amp: bool = True
+
+    @model_validator(mode="after")
+    def _one_ema_start(self) -> "TrainConfig":
+        if self.ema_bias_correction and self.ema_warmup > 0:
+            raise ValueError("ema_bias_correction and ema_warmup > 0 both shape the EMA's start; set ema_warmup=0 "
+                             "with bias correction (it already gives the starting weights no share)")
+        return self
 
 
 class Stage1Config(TrainConfig):
@@ -178,9 +187,15 @@ class Stage2Config(TrainConfig):
     """Stage 2: each group's model, pruned (or not) and fine-tuned on the group's timesteps (Eq. 8).
 
     ``steps`` is per group with ``steps_rule: equal``; with ``proportional`` it is the total,
-    shared out by the groups' sizes. ``optimizer: fresh`` starts AdamW anew for every group (what
-    worked in our measurements); ``carried`` starts from the base's AdamW state (only possible when
-    the group model keeps the base architecture, i.e. mode tdc-no-prune).
+    shared out by the groups' sizes. Either way every group gets at least ``min_steps`` (default:
+    the lr warm-up plus one EMA window), so a group with few timesteps is not left inside its
+    warm-up. ``optimizer: fresh`` starts AdamW anew for every group (what worked in our
+    measurements); ``carried`` starts from the base's AdamW state (only possible when the group
+    model keeps the base architecture, i.e. mode tdc-no-prune).
+
+    After its steps each member's held-out loss on its timesteps is checked against the base's:
+    above ``max_loss_ratio`` x the base's it trains on, ``min_steps`` at a time, for at most
+    ``extra_steps`` more; a member still worse then is flagged in the console and the report.
     """
 
     mode: str = "tdc"  # tdc | tdc-no-prune | random | magnitude | l1 | taylor | diff-pruning | group-taylor
@@ -192,7 +207,18 @@ class Stage2Config(TrainConfig):
     optimizer: Literal["fresh", "carried"] = "fresh"
     ema_decay: float = Field(default=0.99, ge=0, lt=1)
     ema_warmup: int = Field(default=0, ge=0)
+    ema_bias_correction: bool = True
     distill: float = Field(default=0.0, ge=0)
+    min_steps: Optional[int] = Field(default=None, ge=0)  # None: warmup + 1/(1 - ema_decay)
+    max_loss_ratio: float = Field(default=1.02, gt=0)
+    extra_steps: int = Field(default=500, ge=0)
+
+    @property
+    def floor_steps(self) -> int:
+        """Steps every group gets at least: ``min_steps``, or the warm-up plus one EMA window."""
+        if self.min_steps is not None:
+            return self.min_steps
+        return self.warmup + round(1.0 / (1.0 - self.ema_decay))
 
 
 class SampleConfig(_Section):

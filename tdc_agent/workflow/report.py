@@ -100,18 +100,35 @@ def write_report(cfg: Config, run: RunDir, results: Evaluation) -> Path:
               f"({t.macs_per_step / results.models['base'].macs_per_step:.3f} × base); planned per-timestep budget "
               f"{fmt_macs_fixed(t.planned_macs_per_step)}; group limits {fmt_macs_fixed(t.group_limit_macs_per_step)}.",
               "", "## Plan", "", "![plan](plan.png)", "", "## Groups", "",
-              "| group | t range | limit / F | achieved MACs | params | pruned units | loss before FT | loss after FT | FT steps |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "Held-out quick loss (ε-MSE on the val split at the group's timesteps, fixed noise): the base's, the "
+              "member's as pruned (before fine-tuning) and after; a member above stage2.max_loss_ratio x the base's "
+              "trains on for up to stage2.extra_steps (steps: planned + extra).", "",
+              "| group | t range | limit / F | achieved MACs | params | pruned units | base loss | pruned loss | "
+              "loss after FT | after / base | FT steps |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    worse = []
     for g in plan.groups:
         gd = run.group(g.index)
         pr = read_json(gd / "prune.json", "group pruning summary") if (gd / "prune.json").is_file() else {}
         ft = read_json(gd / "finetune.json", "group fine-tune summary") if (gd / "finetune.json").is_file() else {}
         macs = pr.get("macs_thop")
         levels = pr.get("best_levels", pr.get("levels", {})) or {}
+        ratio = ft.get("loss_ratio")
+        flag = ""
+        if ft.get("worse_than_base"):
+            flag = " **WORSE than the base**"
+            worse.append(g.index)
+        steps_cell = (f"{ft['planned_steps']} + {ft['extra_steps']}" if "planned_steps" in ft else str(ft.get("steps", "-")))
         lines.append(
             f"| {g.index} | {g.t_start}-{g.t_end} | {g.limit_fraction:.3f} | {fmt_macs_fixed(macs) if macs else 'base'} | "
-            f"{pr.get('params', 0) / 1e6:.3f} M | {len(levels)} | {ft.get('loss_before', float('nan')):.4f} | "
-            f"{ft.get('loss_after', float('nan')):.4f} | {ft.get('steps', '-')} |")
+            f"{pr.get('params', 0) / 1e6:.3f} M | {len(levels)} | {ft.get('loss_base', float('nan')):.4f} | "
+            f"{ft.get('loss_before', float('nan')):.4f} | {ft.get('loss_after', float('nan')):.4f} | "
+            f"{f'{ratio:.3f}' if ratio is not None else '-'}{flag} | {steps_cell} |")
+    if worse:
+        lines += ["", f"**Warning: groups {worse} end stage 2 worse than the base on their own timesteps** (after "
+                  f"every extra step allowed, stage2.extra_steps={cfg.stage2.extra_steps}). The progressive model "
+                  "ships them as trained; raise stage2.extra_steps, give the groups more budget (plan.k) or prune "
+                  "less."]
     usage = [(g.index, pr["usage"]) for g in plan.groups
              if "usage" in (pr := read_json(run.group(g.index) / "prune.json", "group pruning summary")
                             if (run.group(g.index) / "prune.json").is_file() else {})]
