@@ -594,6 +594,8 @@ def run_job(b: Bench, a: argparse.Namespace, timeout: float) -> None:
         b.base_worker(a.seed, timeout)
     elif a.role == "equal":
         b.equal_worker(a.seed, timeout)
+    elif a.role == "tunebase":  # a tuning seed's base, scored (its FD by sampler steps)
+        b.score_base(a.seed, "base", b.base(a.seed).base_model, b.s["stage1"])
     else:
         b.row_worker(a.seed, a.row, timeout)
 
@@ -607,7 +609,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes (0: one per seed / grid point)")
     ap.add_argument("--deadline-s", type=float, default=None, help="stop workers after this many seconds")
-    ap.add_argument("--role", choices=["tune", "base", "row", "equal"])
+    ap.add_argument("--role", choices=["tune", "base", "row", "equal", "tunebase"])
+    ap.add_argument("--choice", type=Path, default=None,
+                    help="carry a recipe chosen earlier on the tuning seeds (a tune/choice.json) instead of tuning")
     ap.add_argument("--row", help="row name (role row)")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--lr", type=float)
@@ -633,8 +637,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     t0 = time.time()
     digits_classifier()  # train the FD classifier once, before workers race for its cache
-    jobs = [["--role", "tune", "--seed", str(sd), "--lr", str(lr), "--rule", rule, "--distill", str(int(d))]
-            for lr, rule, d in b.grid() for sd in b.s["tune_seeds"]]  # seeds interleaved: bases train in parallel
+    if a.choice is not None and not (work / "tune" / "choice.json").is_file():
+        # a recipe chosen earlier on the tuning seeds (never on reported seeds), carried over whole
+        carried = read_json(a.choice, "carried tuning choice")
+        atomic_write_json(work / "tune" / "choice.json", {**carried, "carried_from": str(a.choice)})
+    if (work / "tune" / "choice.json").is_file() and "carried_from" in read_json(work / "tune" / "choice.json", "choice"):
+        jobs = []  # the tuning seeds' bases are still scored, after the reported seeds (role tunebase)
+    else:
+        jobs = [["--role", "tune", "--seed", str(sd), "--lr", str(lr), "--rule", rule, "--distill", str(int(d))]
+                for lr, rule, d in b.grid() for sd in b.s["tune_seeds"]]  # seeds interleaved: bases train in parallel
     # row names do not depend on the choice's values, only on which distillation setting is headline:
     # name both settings explicitly so jobs can start before the choice exists
     names = {"all": ROW_NAMES, "headline": [r for r in ROW_NAMES if not r.endswith("-other")],
@@ -647,6 +658,8 @@ def main(argv: list[str] | None = None) -> None:
         jobs += [["--role", "base", "--seed", str(sd)]]
         jobs += [["--role", "row", "--seed", str(sd), "--row", r] for r in names]
         jobs += [["--role", "equal", "--seed", str(sd)]]
+    if not any(j[1] == "tune" for j in jobs):
+        jobs += [["--role", "tunebase", "--seed", str(sd)] for sd in b.s["tune_seeds"]]
     # tuning jobs come first, so with fewer slots than jobs no report worker waits on a queued grid point
     n_par = len(jobs) if a.jobs <= 0 else a.jobs
     if n_par == 1:  # one job at a time: in this process, in order (no start-up cost per job)
