@@ -652,10 +652,15 @@ def main(argv: list[str] | None = None) -> None:
              "core": list(HEADLINE)}[a.rows]
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "rows.json", {"rows": names})
-    # seed by seed (base, rows, equal compute), so a run cut short leaves whole seeds, not 8 half ones;
-    # an equal-compute job waits only on rows queued before it, so no slot waits on a queued job
-    for sd in b.s["seeds"]:
-        jobs += [["--role", "base", "--seed", str(sd)]]
+    # seed by seed, so a run cut short leaves whole seeds, not 8 half ones: the base of seed k+1 is
+    # queued before the rows and equal-compute base of seed k, so while seed k's rows wait for its
+    # pruned models the other slot trains the next base; every job waits only on jobs queued before it
+    seeds = b.s["seeds"]
+    for i, sd in enumerate(seeds):
+        if i == 0:
+            jobs += [["--role", "base", "--seed", str(sd)]]
+        if i + 1 < len(seeds):
+            jobs += [["--role", "base", "--seed", str(seeds[i + 1])]]
         jobs += [["--role", "row", "--seed", str(sd), "--row", r] for r in names]
         jobs += [["--role", "equal", "--seed", str(sd)]]
     if not any(j[1] == "tune" for j in jobs):
