@@ -20,7 +20,7 @@ import torch
 from chromadb import Documents, EmbeddingFunction, Embeddings
 from pydantic import BaseModel, Field
 
-from ..core.redaction import redact_url
+from ..core.redaction import redact, redact_url
 from ..core.errors import TDCError
 from ..core.faults import failpoint
 
@@ -69,6 +69,9 @@ class KeepLevelEmbedding(EmbeddingFunction):
         return KeepLevelEmbedding(config["unit_names"])
 
 
+TEXT_FIELDS = ("rationale", "error", "llm", "run_id")  # what can carry text from outside
+
+
 class MemoryRecord(BaseModel):
     """One evaluated scheme and how it did."""
 
@@ -95,6 +98,11 @@ class MemoryRecord(BaseModel):
     levels: dict[str, float] = Field(default_factory=dict)
     rationale: str = ""
 
+    def scrubbed(self) -> "MemoryRecord":
+        """This record with its free-text fields scrubbed of credentials: an LLM can echo a key into a
+        rationale, and a failure's error text can quote a server's reply."""
+        return self.model_copy(update={f: redact(getattr(self, f)) for f in TEXT_FIELDS})
+
     def metadata(self) -> dict[str, Any]:
         d = self.model_dump(exclude={"id", "levels"})
         d["loss"] = -1.0 if self.loss is None else float(self.loss)  # Chroma metadata cannot hold None
@@ -104,7 +112,8 @@ class MemoryRecord(BaseModel):
     def from_chroma(cls, id_: str, doc: str, meta: dict[str, Any]) -> "MemoryRecord":
         d = dict(meta)
         d["loss"] = None if d.get("loss", -1.0) < 0 else d["loss"]
-        return cls(id=id_, levels=json.loads(doc), **d)
+        # scrubbed on the way out too: banks written before the scrubber reached them may hold a key
+        return cls(id=id_, levels=json.loads(doc), **d).scrubbed()
 
 
 BUDGET_BAND = 0.05  # two records' budgets are alike when their limit fractions differ by at most this
@@ -204,7 +213,8 @@ class MemoryBank:
         return self._index  # type: ignore[return-value]
 
     def add(self, record: MemoryRecord) -> None:
-        """Insert or replace (same id) one record; durable when this returns."""
+        """Insert or replace (same id) one record (scrubbed of credentials); durable when this returns."""
+        record = record.scrubbed()
         self.collection.upsert(ids=[record.id], documents=[json.dumps(record.levels, sort_keys=True)],
                                metadatas=[record.metadata()])
         failpoint("memory.write")

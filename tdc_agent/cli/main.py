@@ -500,6 +500,9 @@ def run(argv: list[str] | None = None) -> int:
 
     Everything written to stdout/stderr meanwhile goes through the secret scrubber.
     """
+    from pydantic import ValidationError
+
+    from ..core.config import format_validation_error
     from ..core.redaction import RedactingStream
 
     click_error, click_exit, click_abort = _click_exceptions()
@@ -520,6 +523,10 @@ def run(argv: list[str] | None = None) -> int:
         # the usual "Usage: ..." line and "Error: ..." (exit 2 for usage errors, as click's own)
         e.show()
         return e.exit_code
+    except ValidationError as e:
+        # a setting built from command-line options (e.g. `sample --eta inf`) that the config refuses
+        _error(format_validation_error(e, "the command-line options"))
+        return 2
     except OSError as e:
         # A full disk, a read-only folder, a file where a directory belongs...: the user's to fix.
         _error(os_error_paragraph(e))

@@ -169,6 +169,10 @@ def parse_groups(groups: str | None) -> list[int] | None:
     if groups is None:
         return None
     try:
-        return sorted({int(x) for x in groups.split(",") if x.strip()})
+        picked = sorted({int(x) for x in groups.split(",") if x.strip()})
     except ValueError:
         raise ConfigError(f"--groups {groups!r} must be comma-separated group numbers, e.g. 0,1,3.") from None
+    if not picked:  # "" would run stage 1 and then no group at all, and call that a success
+        raise ConfigError(f"--groups {groups!r} names no group. Give comma-separated group numbers (e.g. 0,1,3), "
+                          "or leave --groups out for all groups.")
+    return picked
