@@ -33,8 +33,8 @@ _KEY_PATTERNS = [
     # not inside a word: "task-0123456789" holds no key
     re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{8,}"),
     # "Authorization: Basic abc==" - the whole header value, scheme word and token alike
-    re.compile(r"(?i)(authorization|proxy-authorization)(['\"]?\s*[:=]\s*['\"]?)"
-               r"(?:(?:bearer|basic|token|digest)\s+)?[^'\"\s,}]+"),
+    re.compile(r"(?i)(authorization|proxy-authorization)(['\"]?\s*[:=]\s*['\"]?"
+               r"(?:(?:bearer|basic|token|digest)\s+)?)[^'\"\s,;}]+"),
     re.compile(r"(?i)(api[_-]?key|x-api-key)(['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+"),
 ]
 SECRET_ENV_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
