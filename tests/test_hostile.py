@@ -328,31 +328,38 @@ def test_read_only_and_full_banks_are_named_so():
 
 
 @pytest.mark.skipif(os.geteuid() == 0 and not Path("/usr/bin/setpriv").exists(), reason="needs a non-root user")
-def test_memory_list_reads_a_read_only_bank(tmp_path):
+def test_memory_export_reads_a_read_only_bank():
+    """A bank its reader may not write (here: another user's, read-only) is listed and exported as it is."""
+    import shutil
+    import tempfile
+
     from tdc_agent.agent.memory import MemoryBank, MemoryRecord
 
-    mem = tmp_path / "mem"
-    bank = MemoryBank(["a"], "h", path=str(mem))
-    bank.add(MemoryRecord(id="r0", run_id="x", group=0, t_start=0, t_end=3, limit_macs=1.0, levels={"a": 0.5}))
-    del bank
-    before = files_of(mem)
-    for p in [mem, *mem.rglob("*")]:
-        p.chmod(0o555 if p.is_dir() else 0o444)
-    tmp_path.chmod(0o755)
+    root = Path(tempfile.mkdtemp(prefix="tdc-ro-"))  # pytest's tmp dirs are private to root
+    root.chmod(0o755)
+    mem, out = root / "mem", root / "out"
+    out.mkdir()
+    out.chmod(0o777)
     try:
-        cmd = ["memory", "export", "--memory-dir", mem, "--out", Path("/tmp") / f"ro-export-{os.getpid()}.json"]
+        bank = MemoryBank(["a"], "h", path=str(mem))
+        bank.add(MemoryRecord(id="r0", run_id="x", group=0, t_start=0, t_end=3, limit_macs=1.0, levels={"a": 0.5}))
+        del bank
+        before = files_of(mem)
+        for p in [mem, *mem.rglob("*")]:
+            p.chmod(0o555 if p.is_dir() else 0o444)
         prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
-        e = python_env()
-        with probe(8, "memory export of a read-only bank", tmp_path):
-            p = subprocess.run([*prefix, PYTHON, "-m", "tdc_agent.cli", *map(str, cmd)], env=e, capture_output=True,
-                               text=True, timeout=300, cwd="/tmp")
+        env = {**python_env(), "HOME": str(out), "TDC_AGENT_CACHE": str(out / "cache")}
+        with probe(8, "memory export of a read-only bank", root):
+            p = subprocess.run([*prefix, PYTHON, "-m", "tdc_agent.cli", "memory", "export", "--memory-dir", str(mem),
+                                "--out", str(out / "e.json")], env=env, capture_output=True, text=True, timeout=300,
+                               cwd=str(out))
             assert p.returncode == 0, p.stderr
-            assert json.loads(Path(cmd[-1]).read_text())[0]["id"] == "r0"
+            assert json.loads((out / "e.json").read_text())[0]["id"] == "r0"
             assert files_of(mem) == before
     finally:
-        Path(cmd[-1]).unlink(missing_ok=True)
-        for p in [mem, *mem.rglob("*")]:
+        for p in [root, *root.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # --- 9: smaller --------------------------------------------------------------------------------------------

@@ -452,8 +452,10 @@ _OS_ADVICE = {
     errno.ENOSPC: "The disk is full: free some space (or choose another --run-dir / --out)",
     errno.EDQUOT: "The disk quota is used up: free some of it (or choose another --run-dir / --out)",
     errno.EROFS: "The file system is read-only: choose a writable --run-dir / --out",
-    errno.EACCES: "Permission denied: choose a --run-dir / --out you may write to, or fix its permissions",
-    errno.EPERM: "Permission denied: choose a --run-dir / --out you may write to, or fix its permissions",
+    errno.EACCES: "Permission denied: choose a path you may use (--run-dir / --out / --memory-dir), or fix its "
+                  "permissions",
+    errno.EPERM: "Permission denied: choose a path you may use (--run-dir / --out / --memory-dir), or fix its "
+                 "permissions",
     errno.EEXIST: "Something else is in the way there (e.g. a file where a directory belongs): move it away or "
                   "choose another path",
     errno.ENOTDIR: "A part of that path is a file, not a directory: choose a path whose parents are directories "
