@@ -49,7 +49,7 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
     plan = build_plan(cfg)
     check_groups(plan, groups)
     for w in plan.warnings:
-        console.print(f"[yellow]plan warning:[/] {w}")
+        console.print(f"[yellow]plan warning:[/] {escape(w)}")
     data = training_data(cfg, device=device)
     eval_data = held_out(cfg)
     run.log("run: stage 1")

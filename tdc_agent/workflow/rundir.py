@@ -186,7 +186,9 @@ class RunDir:
             except BlockingIOError:
                 from ..core.progress import console
 
-                console.print(f"[yellow]waiting for another job on {self.path} ({name})[/]")
+                from rich.markup import escape
+
+                console.print(f"[yellow]waiting for another job on {escape(str(self.path))} ({name})[/]")
                 self.log(f"waiting for the lock {name} (another job holds it)")
                 fcntl.flock(f, fcntl.LOCK_EX)
             try:
