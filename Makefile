@@ -37,7 +37,7 @@ test-faults: $(STAMP)
 	rm -f benchmarks/results/faults.jsonl
 	TDC_FAULT_CHAINS=6 TDC_FAULT_KILLS=6 TDC_CHAOS_RUNS=3 TDC_FAULT_ALL=1 TDC_FUZZ_EXAMPLES=200 \
 		TDC_FAULT_SUMMARY=$(CURDIR)/benchmarks/results/faults.jsonl \
-		$(PY) -m pytest -q tests/test_faults.py tests/test_security.py
+		$(PY) -m pytest -q tests/test_faults.py tests/test_security.py tests/test_hostile.py
 	$(PY) tools/reliability_report.py benchmarks/results/faults.jsonl
 
 # Table I at the paper's DDIM-100 (and DDIM-25/50, same noise): the recipe tuned earlier on seeds

@@ -126,6 +126,9 @@ class FakeOpenAI:
     def _respond(self, h: BaseHTTPRequestHandler, body: dict[str, Any], action: Any) -> None:
         if isinstance(action, dict) and "status" in action:
             body = action.get("body", {"error": {"message": "injected fault", "type": "server_error"}})
+            if action.get("echo_auth"):  # a server that quotes the request's credentials back
+                body = {"error": {"message": f"Unauthorized: you sent Authorization: {h.headers.get('Authorization')}"
+                                             f" to {h.path}", "type": "invalid_request_error"}}
             payload = json.dumps(body).encode()
             h.send_response(action["status"])
             h.send_header("Content-Type", "application/json")

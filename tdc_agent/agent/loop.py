@@ -24,6 +24,7 @@ from langchain.agents.middleware import AgentMiddleware, ModelCallLimitMiddlewar
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from rich.markup import escape
 from rich.table import Table
 
 from ..core.io import atomic_write_json, read_json
@@ -347,8 +348,9 @@ class RoundLoop:
                 note = shortfall or _diagnose(messages, session)
                 self.transcript.event("round_retry", attempt=attempt + 1, reason=note)
                 if self.show:
-                    console.print(f"[yellow]group {session.task.index} round {r + 1}: {note}; retrying "
-                                  f"({attempt + 1}/{self.cfg.max_round_retries})[/]")
+                    # the note may quote the LLM's words: text, never markup
+                    console.print(f"[yellow]group {session.task.index} round {r + 1}: {escape(note)}; retrying "
+                                  f"({attempt + 1}/{self.cfg.max_round_retries})[/]", emoji=False)
             chosen = session.round_candidates()
             if len(chosen) < self.cfg.candidates:
                 self._save(state_path, rounds, meter)

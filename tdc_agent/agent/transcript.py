@@ -82,13 +82,19 @@ class Transcript(BaseCallbackHandler):
         self.event("tool_error", run=str(run_id), error=f"{type(error).__name__}: {error}")
 
 
+# A long agent run writes a few MB; a file far larger is not a transcript we wrote.
+MAX_TRANSCRIPT_BYTES = 256 * 2**20
+
+
 def read_transcript(path: str | Path) -> list[dict[str, Any]]:
     """All events of a transcript; a corrupt line is an error naming the file and line."""
     from ..core.errors import TDCError
+    from ..core.io import check_size
 
     path = Path(path)
     if not path.is_file():
         raise TDCError(f"Transcript {path} does not exist.")
+    check_size(path, MAX_TRANSCRIPT_BYTES, "Transcript")
     try:
         text = path.read_text()
     except UnicodeDecodeError:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 import re
 from importlib.resources import files
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .errors import ConfigError
-from .redaction import redact_url
+from .errors import ConfigError, ResourceError
+from .redaction import redact_url, register_url_secrets
 
 # package data, read with importlib.resources (a Traversable: a real path only when installed unzipped)
 DEFAULT_CONFIG = files("tdc_agent") / "configs" / "digits.yaml"
@@ -28,14 +29,69 @@ DEFAULT_CONFIG = files("tdc_agent") / "configs" / "digits.yaml"
 MAX_TIMESTEPS = 100_000
 # torch.manual_seed and our step generators take a signed 64-bit seed
 MAX_SEED = 2**63
+# Bounds on what allocates: far above any real use (the paper's largest images are 256 px; LDM latents
+# are smaller), far below what turns a typo (image_size=4096, batch_size=2e9) into an allocator crash.
+MAX_IMAGE_SIZE = 1024
+MAX_BATCH_SIZE = 65_536
+# A config file is a few KB; YAML aliases can make a 1 KB file expand to gigabytes ("billion laughs").
+MAX_CONFIG_BYTES = 1_000_000
+MAX_YAML_ALIASES = 100  # alias uses (*name) per document: configs need a handful for shared values
+MAX_YAML_NODES = 100_000  # nodes after expansion
+# Too few samples make a Fréchet distance meaningless (a covariance from 2 points is rank 1).
+MIN_FD_SAMPLES = 8
+# The names of the agent's tools (tdc_agent.agent.tools builds exactly these): what agent.tool_choice may name.
+TOOL_NAMES = ("inspect_architecture", "group_context", "query_memory", "unit_sensitivity", "count_macs",
+              "evaluate_scheme", "submit_candidates")
+TOOL_CHOICE_WORDS = ("auto", "any", "required", "none")
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A YAML mapping names the same key twice (plain YAML loaders silently keep the last)."""
 
 
+class YamlBombError(yaml.constructor.ConstructorError):
+    """A YAML document expands far beyond any config (aliases of aliases: "billion laughs")."""
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a mapping with a duplicate key, naming the key and its lines."""
+    """``yaml.SafeLoader`` that refuses a mapping with a duplicate key, naming the key and its lines,
+    and a document whose aliases expand it beyond :data:`MAX_YAML_NODES` nodes."""
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        self._check_expansion(node)
+        return node
+
+    def _check_expansion(self, root: yaml.Node) -> None:
+        # Count the nodes the constructed document would have (an alias counts its whole target
+        # again); composing is cheap (aliases share nodes), constructing is what explodes.
+        sizes: dict[int, int] = {}
+        aliases = 0
+
+        def size(node: yaml.Node, depth: int = 0) -> int:
+            nonlocal aliases
+            if depth > 200:
+                raise YamlBombError(None, None, "the document nests deeper than 200 levels", node.start_mark)
+            key = id(node)
+            if key in sizes:
+                aliases += 1
+                if aliases > MAX_YAML_ALIASES:
+                    raise YamlBombError(None, None, f"the document uses more than {MAX_YAML_ALIASES} aliases",
+                                        node.start_mark)
+                return sizes[key]
+            n = 1
+            if isinstance(node, yaml.SequenceNode):
+                n += sum(size(c, depth + 1) for c in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                n += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+            sizes[key] = n
+            if n > MAX_YAML_NODES:
+                raise YamlBombError(None, None, f"the document expands to more than {MAX_YAML_NODES:,} values "
+                                    "through its aliases", node.start_mark)
+            return n
+
+        if root is not None:
+            size(root)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
@@ -66,7 +122,18 @@ def load_yaml(text: str) -> Any:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: inf/nan in a float field (eta, lr...) is a typo that silently ruins a run
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_int(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 for an int field: `stage1.steps=true` must not mean one step
+        if isinstance(v, bool) and info.field_name:
+            ann = str(cls.model_fields[info.field_name].annotation)
+            if ("int" in ann or "float" in ann) and "bool" not in ann:
+                raise ValueError(f"expects a number, not {str(v).lower()}")
+        return v
 
 
 class RunConfig(_Section):
@@ -96,7 +163,7 @@ class DataConfig(_Section):
     name: Literal["digits", "cifar10", "imagefolder", "npz"] = "digits"
     root: Optional[str] = None
     download: bool = False
-    image_size: Optional[int] = Field(default=None, ge=4)
+    image_size: Optional[int] = Field(default=None, ge=4, le=MAX_IMAGE_SIZE)
     channels: Optional[int] = Field(default=None, ge=1, le=4)
     # train: what stages 1 and 2 learn from; val: the agent's quick evaluation; test: benchmarks'
     # scoring of chosen schemes; heldout = val + test; all = everything (see data.split_indices)
@@ -114,7 +181,7 @@ class LatentConfig(_Section):
 
     vae: Optional[str] = None  # diffusers AutoencoderKL / VQModel folder (or pipeline folder) or hub id
     scaling_factor: Optional[float] = Field(default=None, gt=0)  # default: the autoencoder config's
-    batch_size: int = Field(default=64, ge=1)  # images per encoder/decoder call
+    batch_size: int = Field(default=64, ge=1, le=MAX_BATCH_SIZE)  # images per encoder/decoder call
 
 
 class ScheduleConfig(_Section):
@@ -154,7 +221,7 @@ class PlanConfig(_Section):
 
 class TrainConfig(_Section):
     steps: int = Field(default=2000, ge=1)
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=64, ge=1, le=MAX_BATCH_SIZE)
     lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     warmup: int = Field(default=100, ge=0)
@@ -225,21 +292,21 @@ class SampleConfig(_Section):
     sampler: Literal["ddim", "ddpm"] = "ddim"
     steps: int = Field(default=100, ge=1)
     num: int = Field(default=64, ge=1)
-    batch_size: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=500, ge=1, le=MAX_BATCH_SIZE)
     eta: float = Field(default=0.0, ge=0)
 
 
 class EvaluationConfig(_Section):
     """The pinned evaluation protocol: samples per model (sampler and steps come from ``sample``)."""
 
-    samples: int = Field(default=1000, ge=2)
+    samples: int = Field(default=1000, ge=MIN_FD_SAMPLES)
     compare_no_prune: bool = False  # also train TDC without pruning (Table I's middle row) for the report
     # also train the base on for TDC's stage-2 compute, from stage 1's checkpoint (the fair comparison)
     compare_equal_compute: bool = True
     # auto: the digits-classifier FD for 8x8 digits, Inception FID/KID for every other dataset
     metric: Literal["auto", "digits-fd", "fid", "none"] = "auto"
     inception_weights: Optional[str] = None  # .pth or .safetensors; default: downloaded once into the cache
-    reference_samples: Optional[int] = Field(default=None, ge=2)  # real images for FID (default: all)
+    reference_samples: Optional[int] = Field(default=None, ge=MIN_FD_SAMPLES)  # real images for FID (default: all)
 
     def resolved_metric(self, data: "DataConfig", shape: tuple[int, ...]) -> str:
         if self.metric != "auto":
@@ -270,7 +337,7 @@ class AgentConfig(_Section):
     max_retries: int = Field(default=3, ge=0)  # HTTP retries with backoff (429, 5xx, timeouts)
     timeout_s: float = Field(default=60.0, gt=0)
     eval_timesteps: int = Field(default=8, ge=1)
-    eval_batch_size: int = Field(default=128, ge=1)
+    eval_batch_size: int = Field(default=128, ge=1, le=MAX_BATCH_SIZE)
     recovery_steps: int = Field(default=0, ge=0)
     sensitivity_images: int = Field(default=32, ge=1)  # images per unit_sensitivity measurement
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # model -> $/1M tokens (in, out)
@@ -279,6 +346,32 @@ class AgentConfig(_Section):
     protocol: Literal["tools", "json"] = "tools"
     # passed to bind_tools where the model takes it: auto, any (= required), none, or a tool's name
     tool_choice: Optional[str] = None
+
+    @field_validator("base_url", "memory_url")
+    @classmethod
+    def _http_url(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        register_url_secrets(v)  # its password is scrubbed from every sink from now on
+        try:
+            u = urlsplit(v)
+            port = u.port  # raises ValueError for a port out of 0-65535 or not a number
+        except ValueError as e:
+            raise ValueError(f"{redact_url(v)!r} is not a valid URL ({e}); write http://host:port/path "
+                             "(IPv6 hosts in brackets: http://[::1]:8000/v1)") from None
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"{redact_url(v)!r} is not an http(s) URL; write http://host:port/path")
+        if port == 0:
+            raise ValueError(f"{redact_url(v)!r} has port 0; use the server's port (1-65535)")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _known_tool(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and v not in TOOL_CHOICE_WORDS + TOOL_NAMES:
+            raise ValueError(f"must be one of {', '.join(TOOL_CHOICE_WORDS)} or a tool's name "
+                             f"({', '.join(TOOL_NAMES)})")
+        return v
 
 
 class Config(_Section):
@@ -313,6 +406,9 @@ class Config(_Section):
                              "parameter shapes than the base's optimizer state)")
         if self.model.preset is None and self.stage1.init is None:
             raise ValueError("set model.preset (tiny, ddpm-cifar10, iddpm-cifar10) or stage1.init")
+        if self.sample.steps > self.schedule.timesteps:
+            raise ValueError(f"sample.steps={self.sample.steps} exceeds schedule.timesteps="
+                             f"{self.schedule.timesteps}: a sampler takes at most one step per timestep")
         if self.stage1.steps == 0 and self.stage1.init is None:
             raise ValueError("stage1.steps=0 needs stage1.init (a pretrained model to use as the base)")
         return self
@@ -346,14 +442,17 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling against examples/digits.yaml)"
-        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden"
+        got = e.get("input")
+        got = redact_url(got) if isinstance(got, str) else got  # a URL's password is not echoed
+        # the whole config is no useful "got" for a cross-check of the top level
+        lines.append(f"  {loc}: {msg} (got {got!r})" if e["type"] != "extra_forbidden" and e["loc"]
                      else f"  {loc}: {msg}")
     return (
         f"Invalid configuration in {source}:\n" + "\n".join(lines)
@@ -367,6 +466,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist. Pass --config with an existing YAML "
                           "file, or leave --config out for the packaged default (digits).")
+    if isinstance(path, Path) and path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ResourceError(f"Config file {path} is {path.stat().st_size:,} bytes; a config is a few KB "
+                            f"(at most {MAX_CONFIG_BYTES:,}). Pass the YAML config, not a data file.")
     try:
         data = load_yaml(path.read_text()) or {}
     except UnicodeDecodeError:
@@ -374,6 +476,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except DuplicateKeyError as e:
         raise ConfigError(f"Config file {path} has a {e.problem}; YAML would silently keep the last one. "
                           "Remove or merge the repeated key.") from None
+    except YamlBombError as e:
+        raise ResourceError(f"Config file {path} is refused: {e.problem} (line {e.problem_mark.line + 1}). "
+                            "Write the values out instead of nesting aliases.") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"Config file {path} is not valid YAML: {e}. Fix the syntax.") from None
     if not isinstance(data, dict):
@@ -387,7 +492,7 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source)) from None
 
 
 def stored_config(cfg: Config) -> dict:

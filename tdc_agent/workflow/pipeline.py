@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from rich.markup import escape
 
 from ..core.io import atomic_write_json
 from ..models.store import load_model
 from ..core.config import Config
 from ..core.devices import barrier, dist_env, rank0_says
 from ..models.latent import training_data
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, TDCError
 from ..planning.build import build_plan, write_plan
 from ..core.progress import console
 from ..models.progressive import ProgressiveModel, member_from_dir
@@ -48,7 +49,7 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
     plan = build_plan(cfg)
     check_groups(plan, groups)
     for w in plan.warnings:
-        console.print(f"[yellow]plan warning:[/] {w}")
+        console.print(f"[yellow]plan warning:[/] {escape(w)}")
     data = training_data(cfg, device=device)
     eval_data = held_out(cfg)
     run.log("run: stage 1")
@@ -132,7 +133,12 @@ def _assemble(cfg: Config, run: RunDir, device: torch.device, variant: str) -> P
     plan = build_plan(cfg)
     target = run.progressive(variant)
     if (target / "manifest.json").is_file():
-        return target
+        problem = _manifest_problem(target, plan, device)
+        if problem is None:
+            return target
+        # `evaluate` tells the user to assemble again when the manifest is bad: do rebuild it
+        console.print(f"[yellow]note:[/] rebuilding {escape(str(target))}: {escape(problem)}", emoji=False)
+        run.log(f"assemble: rebuilding {target}: {problem}")
     missing = [g.index for g in plan.groups if not (run.group(g.index, variant) / "finetune.json").is_file()]
     if missing:
         raise ConfigError(f"Cannot assemble: groups {missing} are not finished. Run `tdc-agent run --groups "
@@ -149,6 +155,19 @@ def _assemble(cfg: Config, run: RunDir, device: torch.device, variant: str) -> P
     pm.save(target, dirs)
     run.log("run: assembled progressive model")
     return target
+
+
+def _manifest_problem(target: Path, plan: Any, device: torch.device) -> str | None:
+    """Why an existing progressive model is not this plan's (None when it is, and loads cleanly)."""
+    try:
+        pm = ProgressiveModel.load(target, device)
+    except TDCError as e:
+        return str(e)
+    have = sorted((m.group, m.t_start, m.t_end) for m in pm.members)
+    want = sorted((g.index, g.t_start, g.t_end) for g in plan.groups)
+    if have != want:
+        return f"its members cover groups/timesteps {have}, the plan's groups are {want}"
+    return None
 
 
 def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = True) -> Evaluation:
