@@ -81,7 +81,7 @@ def test_agent_tokens_counts_what_the_server_was_sent(tmp_path):
     r = bench.measure("tiny", rounds=1, candidates=2)
     assert r["units"] == 22 and len(r["groups"]) == 2
     for g in r["groups"]:
-        assert g["llm_calls"] == 2  # one reply proposes, one submits
+        assert g["llm_calls"] == 1  # one reply proposes; the round closes once they are evaluated
         # the client's reported usage is the server's own estimate of the same bytes
         assert abs(g["input_tokens_reported"] - g["input_bytes"] / 4) <= g["requests"]
     # the second group's prompt carries its neighbour's records: it is the larger one
