@@ -240,3 +240,32 @@ def test_run_seed_reaches_the_builtin(tmp_path):
     assert (s1, s2) == (1, 2)
     assert a == b, "one seed, one search"
     assert a[2:] != c[2:], "another seed searches differently after round 1"
+
+
+# --- 6. the report's agent-rounds plot ---------------------------------------------------------------
+
+def test_rounds_plot_is_relative_to_each_groups_base_with_whole_round_ticks(tmp_path):
+    """Groups whose losses differ 100-fold are drawn relative to their own base's loss (so each is
+    readable on one axis), on whole-number round ticks."""
+    from tdc_agent.agent.proxy import group_state_dir
+    from tdc_agent.core.io import atomic_write_json
+    from tdc_agent.workflow.report import rounds_figure
+    from tdc_agent.workflow.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    bases = {0: 0.01, 1: 0.1, 2: 1.0}
+    for i, base in bases.items():
+        d = group_state_dir(run.agent(i), i)
+        rounds = [{"round": r, "candidates": ["a", "b"], "losses": [base * (1.2 - 0.05 * r), base * (1.3 - 0.05 * r)],
+                   "macs": [1.0, 1.0], "attempts": 1, "seconds": 1.0} for r in range(3)]
+        atomic_write_json(d / "rounds.json", {"rounds": rounds})
+        atomic_write_json(d / "agent.json", {"base_loss": base})
+    fig = rounds_figure(run, 3)
+    ax = fig.axes[0]
+    ys = [c.lines[0].get_ydata() for c in ax.containers]  # each errorbar's data line (not its caps)
+    assert len(ys) == 3
+    for y in ys:  # every group: 1.25, 1.20, 1.15 times its base, whatever its scale
+        assert list(map(float, y)) == pytest.approx([1.25, 1.2, 1.15])
+    ticks = [t for t in ax.get_xticks() if 0.5 <= t <= 3.5]
+    assert ticks == [1, 2, 3]
+    assert "base" in ax.get_ylabel()

@@ -62,16 +62,17 @@ def _message_payload(m: Any) -> dict[str, Any]:
 
 def _reported_usage(response: Any) -> tuple[int, int] | None:
     """(input, output) tokens as the provider reported them: the message's ``usage_metadata``, else
-    the ``token_usage`` of the response's ``llm_output``; None when it reported none."""
+    the ``token_usage`` of the response's ``llm_output``; None when it reported none (or only zeros:
+    no real request has no input tokens, so a zero is a missing figure, not a free call)."""
     gen = response.generations[0][0] if response.generations and response.generations[0] else None
-    usage = getattr(getattr(gen, "message", None), "usage_metadata", None)
-    if usage:
-        return int(usage.get("input_tokens", 0) or 0), int(usage.get("output_tokens", 0) or 0)
+    usage = getattr(getattr(gen, "message", None), "usage_metadata", None) or {}
+    got = (int(usage.get("input_tokens", 0) or 0), int(usage.get("output_tokens", 0) or 0))
+    if got[0] > 0:
+        return got
     tu = (getattr(response, "llm_output", None) or {}).get("token_usage") or {}
-    if tu:
-        return (int(tu.get("prompt_tokens", tu.get("input_tokens", 0)) or 0),
-                int(tu.get("completion_tokens", tu.get("output_tokens", 0)) or 0))
-    return None
+    got = (int(tu.get("prompt_tokens", tu.get("input_tokens", 0)) or 0),
+           int(tu.get("completion_tokens", tu.get("output_tokens", 0)) or 0))
+    return got if got[0] > 0 else None
 
 
 class UsageMeter(BaseCallbackHandler):
