@@ -73,10 +73,11 @@ def shape_from(weights: dict[str, float], alpha: float, depth: float = 0.6) -> d
 
 def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int, exclude: set[str],
             rng: np.random.Generator, sensitivity: dict[str, Any] | None = None,
-            round_: int = 0) -> list[tuple[dict[str, float], str]]:
+            round_: int = 0, breed: bool | None = None) -> list[tuple[dict[str, float], str]]:
     """``n`` new schemes (levels, rationale) that are not in ``exclude``, for round ``round_`` (0-based):
     round 0 the sensitivity shapes (never memory), round 1 the transfer seeds then evolution, later
-    rounds evolution."""
+    rounds evolution. ``breed=True`` breeds from ``memory["best_this_group"]`` in any round (the
+    fallback that mutates a round's own fits when shapes keep fitting to the same scheme)."""
     steps = {u["name"]: max(1, u["channels"] // u["quantum"]) for u in units}
     names = [u["name"] for u in units]
     cheap = sensitivity_weights(units, sensitivity)
@@ -109,7 +110,7 @@ def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int, exclude
             lv[b] = min(1.0, lv[b] + 1 / steps[b])
         return lv
 
-    if round_ == 0 or not best:
+    if not best or (round_ == 0 and not breed):
         # the policy's own first guesses, the same with a fresh or a shared memory
         first = [(shape_from(cheap, a), f"pruning amount ~ (MACs saved per loss)^{a:g}") for a in ALPHAS]
         first += [({}, "prune every unit alike (the classical criteria's shape)")]
@@ -126,7 +127,7 @@ def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int, exclude
         # memory transfer: what the memory adds, tried once, with at least one slot kept for the search
         for levels, why in seeds[: max(1, n - 1)]:
             add(levels, why)
-    # later rounds: evolution over the comparable records (the seeds had their chance in round 1)
+    # later rounds: evolution over the comparable records
     scale = max(1, 3 - round_ // 2)  # smaller steps as the search narrows
     tries = 0
     while len(out) < n and tries < 500:
@@ -232,7 +233,7 @@ class BuiltinPolicy(BaseChatModel):
                 here = {"best_this_group": [{"levels": f, "loss": 0.0, "id": f"this round #{i}"}
                                             for i, f in enumerate(fitted)]}
                 props += propose(arch["units"], here, k - len(done) - len(props), exclude, rng, sens,
-                                 int(ctx["round"]))
+                                 int(ctx["round"]), breed=True)
         else:
             props = propose(arch["units"], before, k - len(done) + skip, exclude, rng, sens,
                             int(ctx["round"]))[skip:]
