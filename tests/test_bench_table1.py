@@ -92,9 +92,11 @@ def test_agent_quality_smoke_writes_pairs_fd_and_transfer(tmp_path, monkeypatch)
     assert ci[0] <= res["fd"]["paired_difference_agent_minus_classical"]["mean"] <= ci[1]
     transfer = [k for k in res if "transfer" in k]
     assert transfer and len(res["memory_transfer"]["groups"]) == len(res["pairs"])
-    # the transfer run really had the other seed's records in its memory
+    # the transfer run really had the other seed's records in its memory (offered as shapes; at one
+    # round they are not tried: round 1 is the policy's own, the memory adds candidates from round 2)
     warm = tmp_path / "work" / "s1" / "agent-memory-from-s0"
-    assert "memory transfer" in (warm / "stage2" / "g0" / "agent" / "transcript.jsonl").read_text()
+    text = (warm / "stage2" / "g0" / "agent" / "transcript.jsonl").read_text()
+    assert '\\"other_bases\\": [{' in text or "memory transfer" in text
     assert "Win rate" in (tmp_path / "out" / "agent_quality.md").read_text()
 
 
@@ -103,7 +105,7 @@ def test_agent_tokens_counts_what_the_server_was_sent(tmp_path):
     r = bench.measure("tiny", rounds=1, candidates=2)
     assert r["units"] == 22 and len(r["groups"]) == 2
     for g in r["groups"]:
-        assert g["llm_calls"] == 2  # one reply proposes, one submits
+        assert g["llm_calls"] == 1  # one reply proposes; the round closes once they are evaluated
         # the client's reported usage is the server's own estimate of the same bytes
         assert abs(g["input_tokens_reported"] - g["input_bytes"] / 4) <= g["requests"]
     # the second group's prompt carries its neighbour's records: it is the larger one

@@ -24,11 +24,12 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from chromadb import Documents, EmbeddingFunction, Embeddings
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ..core.redaction import redact, redact_url
 from ..core.errors import TDCError
 from ..core.faults import failpoint
+from ..core.bounds import ERROR_CHARS, RATIONALE_CHARS, cut
 
 
 class MemoryBankError(TDCError):
@@ -147,6 +148,18 @@ class MemoryRecord(BaseModel):
         rationale, and a failure's error text can quote a server's reply."""
         return self.model_copy(update={f: redact(getattr(self, f)) for f in TEXT_FIELDS})
 
+    # LLM-written text is bounded where it enters the bank (and when an older, unbounded record is
+    # read back): every later prompt, query and export carries it
+    @field_validator("rationale")
+    @classmethod
+    def _bound_rationale(cls, v: str) -> str:
+        return cut(v, RATIONALE_CHARS)
+
+    @field_validator("error")
+    @classmethod
+    def _bound_error(cls, v: str) -> str:
+        return cut(v, ERROR_CHARS)
+
     def metadata(self) -> dict[str, Any]:
         d = self.model_dump(exclude={"id", "levels"})
         d["loss"] = -1.0 if self.loss is None else float(self.loss)  # Chroma metadata cannot hold None
@@ -160,14 +173,20 @@ class MemoryRecord(BaseModel):
         return cls(id=id_, levels=json.loads(doc), **d).scrubbed()
 
 
-BUDGET_BAND = 0.05  # two records' budgets are alike when their limit fractions differ by at most this
+# Two budgets are the same when their limit fractions differ by at most this (float noise; a plan
+# gives every run of one config the same fractions). Only then are losses ranked together: a scheme
+# at a looser budget keeps more channels and would outrank every scheme at this one.
+SAME_BUDGET = 5e-4
+BUDGET_BAND = 0.05  # a shape transfers between budgets this close (it is refitted to the new limit)
 
 
 @dataclass(frozen=True)
 class Like:
-    """What a group's records are compared with: the same base weights, split and timesteps, and a
-    budget within :data:`BUDGET_BAND`. Records of *another* base (same architecture) still carry
-    transferable shapes, but their losses are not comparable and are never used to pick a scheme."""
+    """What a group's records are compared with. *Comparable* (losses ranked together): the same
+    base weights, split and timesteps and the same budget. *Transferable* (shapes only, losses never
+    used to pick or rank): the rest of this architecture's records with overlapping timesteps and a
+    budget within :data:`BUDGET_BAND` — another base, or another budget, whose shapes the fit scales
+    to this group's limit."""
 
     base_hash: str
     split: str
@@ -178,19 +197,25 @@ class Like:
     def budget_alike(self, meta: dict[str, Any]) -> bool:
         return abs(float(meta.get("limit_fraction", -1.0)) - self.limit_fraction) <= BUDGET_BAND + 1e-9
 
+    def same_budget(self, meta: dict[str, Any]) -> bool:
+        return abs(float(meta.get("limit_fraction", -1.0)) - self.limit_fraction) <= SAME_BUDGET
+
     def overlaps(self, meta: dict[str, Any]) -> bool:
         lo, hi = max(self.t_start, int(meta.get("t_start", 0))), min(self.t_end, int(meta.get("t_end", -1)))
         return hi - lo + 1 >= 0.5 * (self.t_end - self.t_start + 1)
 
     def comparable(self, meta: dict[str, Any]) -> bool:
-        """Same base, same split, same timesteps, budget in band: the losses can be ranked together."""
+        """Same base, same split, same timesteps, same budget: the losses can be ranked together."""
         return (meta.get("base_hash") == self.base_hash and meta.get("split") == self.split
                 and int(meta.get("t_start", -1)) == self.t_start and int(meta.get("t_end", -1)) == self.t_end
-                and self.budget_alike(meta))
+                and self.same_budget(meta))
 
     def transferable(self, meta: dict[str, Any]) -> bool:
-        """Another base (or older record) of this architecture, overlapping timesteps, budget in band."""
-        return meta.get("base_hash") != self.base_hash and self.overlaps(meta) and self.budget_alike(meta)
+        """Not comparable, but a shape worth trying here: overlapping timesteps, budget in band
+        (another base of this architecture, another budget, or both). Records written before the
+        budget was stored (no limit fraction) are neither."""
+        return (float(meta.get("limit_fraction", -1.0)) >= 0 and self.overlaps(meta) and self.budget_alike(meta)
+                and not self.comparable(meta))
 
 
 class MemoryBank:

@@ -34,6 +34,8 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the
 OverridesArg = typer.Argument(None, help="Config overrides, e.g. plan.groups=4 stage1.steps=500.")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (overrides run.device).")
 RunDirOpt = typer.Option(None, "--run-dir", help="Run directory (default: run.output_dir/run.name).")
+MaxTokensOpt = typer.Option(None, "--max-tokens-per-group", min=1,
+                            help="agent: LLM token budget per group (agent.max_tokens_per_group; default 150000).")
 
 
 def kv_table(title: str, rows: dict[str, str]) -> Table:
@@ -135,12 +137,16 @@ def run_cmd(
     groups: Optional[str] = typer.Option(None, "--groups", help="Only these groups (e.g. 3,4), to spread groups over jobs."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Stop after assembling (no sampling, FD or report)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    max_tokens_per_group: Optional[int] = MaxTokensOpt,
 ) -> None:
     """The whole TDC job: plan, stage 1, per-group agent pruning and fine-tuning, progressive model,
     evaluation against the base, report. Rerun the same command to resume after a kill."""
     from ..workflow.jobs import parse_groups, run_job
 
-    cfg = _config(config, overrides, device)
+    extra = list(overrides or [])
+    if max_tokens_per_group is not None:
+        extra.append(f"agent.max_tokens_per_group={max_tokens_per_group}")
+    cfg = _config(config, extra, device)
     job = run_job(cfg, run_dir, parse_groups(groups), evaluate=not no_eval, progress=not quiet)
     out = job.pipeline
     if out is None:  # a non-main torchrun rank
@@ -291,6 +297,7 @@ def prune(
                                                     "models without tool calling)."),
     tool_choice: Optional[str] = typer.Option(None, "--tool-choice",
                                               help="agent: passed to bind_tools: auto, any/required, or a tool name."),
+    max_tokens_per_group: Optional[int] = MaxTokensOpt,
 ) -> None:
     """Prune a base model to a MACs budget (classical criteria or the agent) and save it (pickle-free)."""
     from ..workflow.prune import agent_prune_to_target, prune_to_target
@@ -299,7 +306,8 @@ def prune(
     for key, val in (("agent.llm", llm), ("agent.base_url", llm_base_url), ("agent.rounds", rounds),
                      ("agent.candidates", candidates), ("agent.prompt_dir", prompt_dir),
                      ("agent.memory_dir", memory_dir), ("agent.memory_url", memory_url),
-                     ("agent.protocol", llm_protocol), ("agent.tool_choice", tool_choice)):
+                     ("agent.protocol", llm_protocol), ("agent.tool_choice", tool_choice),
+                     ("agent.max_tokens_per_group", max_tokens_per_group)):
         if val is not None:
             extra.append(f"{key}={val}")
     cfg = _config(config, extra, device)

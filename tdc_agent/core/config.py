@@ -332,7 +332,9 @@ class AgentConfig(_Section):
     max_tool_calls_per_round: int = Field(default=30, ge=1)
     max_llm_calls_per_group: int = Field(default=100, ge=1)
     max_tool_calls_per_group: int = Field(default=300, ge=1)
-    max_tokens_per_group: Optional[int] = Field(default=None, ge=1)
+    # input + output tokens of one group's LLM calls (provider-reported, else estimated): a batching
+    # model needs ~41k for a ddpm-cifar10 group; null lifts the cap. Not counted for builtin/replay.
+    max_tokens_per_group: Optional[int] = Field(default=150_000, ge=1)
     max_round_retries: int = Field(default=2, ge=0)
     max_retries: int = Field(default=3, ge=0)  # HTTP retries with backoff (429, 5xx, timeouts)
     timeout_s: float = Field(default=60.0, gt=0)
