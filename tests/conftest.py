@@ -6,6 +6,11 @@ import os
 import sys
 from pathlib import Path
 
+# The suite runs offline (no test needs the hub): a hub id in a config (examples/cifar10_pretrained.yaml,
+# whose schedule load_config resolves) must fail at once, not after the hub client's network retries.
+# Set before diffusers/huggingface_hub are imported, which read it once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 import torch
 import yaml

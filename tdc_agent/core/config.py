@@ -4,12 +4,18 @@ The embedded default ships inside the package (``tdc_agent/configs/digits.yaml``
 ``examples/digits.yaml`` links to it). Every section has defaults, so a config file only
 needs what differs. Invalid values become a :class:`~tdc_agent.core.errors.ConfigError` that names the
 field and says how to fix it.
+
+:func:`load_config` (and :func:`config_from_dict`) also *resolve* the config: what its sources imply
+is filled in before anyone plans with it (:func:`resolve_config`: a pretrained ``stage1.init``
+brings its noise schedule). What resolution changed or assumed is reported as a :class:`ConfigNote`
+warning, which ``tdc-agent`` prints as a note.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -18,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .pretrained import read_scheduler_config, schedule_from_scheduler_config
 from .redaction import redact_url
 
 # package data, read with importlib.resources (a Traversable: a real path only when installed unzipped)
@@ -357,11 +364,48 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_dict(data: dict, source: str = "config") -> Config:
-    """Validate a plain dict into a :class:`Config`."""
+    """Validate a plain dict into a :class:`Config` and resolve it (:func:`resolve_config`)."""
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from None
+    return resolve_config(cfg)
+
+
+class ConfigNote(UserWarning):
+    """Something config resolution changed or assumed (e.g. the schedule taken from ``stage1.init``)."""
+
+
+def resolve_config(cfg: Config) -> Config:
+    """``cfg`` with what its sources imply filled in; idempotent (a resolved config comes back as is).
+
+    A pretrained start (``stage1.init``) sets the schedule: a DDPM checkpoint is only meaningful with
+    the β schedule it was trained with. This runs inside :func:`load_config`, so ``tdc-agent plan``,
+    ``tdc-agent run`` and library callers plan with the same schedule. A change, or a checkpoint
+    without a scheduler config, is reported as a :class:`ConfigNote` warning.
+    """
+    if not cfg.stage1.init:
+        return cfg
+    sc = read_scheduler_config(cfg.stage1.init)
+    if sc is None:
+        warnings.warn(ConfigNote(
+            f"stage1.init {cfg.stage1.init} has no scheduler config that could be read (for a hub id: none on the "
+            "hub, or the hub unreachable); using the config's schedule "
+            f"({cfg.schedule.name}, T={cfg.schedule.timesteps}). Make sure it is the one the model was trained with."),
+            stacklevel=2)
+        return cfg
+    sched = ScheduleConfig.model_validate(schedule_from_scheduler_config(sc, cfg.stage1.init))
+    if sched == cfg.schedule:
+        return cfg
+    # validated anew: the cross-checks (e.g. plan.groups <= timesteps) must hold for the new schedule
+    try:
+        new = Config.model_validate({**cfg.model_dump(), "schedule": sched.model_dump()})
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, f"{cfg.stage1.init}'s schedule")) from None
+    warnings.warn(ConfigNote(
+        f"schedule taken from stage1.init: {sched.name}, T={sched.timesteps}, β {sched.beta_start:g}"
+        f"→{sched.beta_end:g} (the config said {cfg.schedule.name}, T={cfg.schedule.timesteps})."), stacklevel=2)
+    return new
 
 
 def stored_config(cfg: Config) -> dict:

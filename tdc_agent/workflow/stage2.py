@@ -20,7 +20,7 @@ from ..core.io import atomic_write_json, load_tensors, read_json
 from ..models.store import load_model, save_model
 from ..core.config import Config
 from ..core.data import ImageDataset
-from ..core.devices import dist_env
+from ..core.devices import barrier, dist_env
 from ..diffusion.process import ForwardProcess
 from ..evaluation.quick import quick_loss
 from ..models.macs import count
@@ -123,8 +123,6 @@ def finetune_group(cfg: Config, run: RunDir, plan: Plan, g: Group, data: ImageDa
     loss_after = quick_loss(tuned, eval_data, process, g.timesteps, cfg.agent.eval_timesteps,
                             cfg.agent.eval_batch_size, cfg.run.seed)
     summary = {"group": g.index, "steps": steps, "loss_before": loss_before, "loss_after": loss_after}
-    from ..core.devices import barrier, dist_env
-
     if dist_env().is_main:
         atomic_write_json(gdir / "finetune.json", summary)
     barrier()
