@@ -16,7 +16,11 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One torch thread per test process when pytest-xdist runs several (`make test`: 2 workers on 2 cores):
+# oversubscribed cores make torch's thread pools spin and wait, which measured 10x slower, not 2x.
+# A serial run may use the cores itself.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 
 def tiny_config_dict(tmp_path: Path, **sections: dict) -> dict:

@@ -271,7 +271,9 @@ def inspect(
 
 @app.command()
 def prune(
-    method: str = typer.Option("magnitude", "--method", help="random, magnitude, l1, taylor, diff-pruning, group-taylor."),
+    method: str = typer.Option("magnitude", "--method",
+                               help="agent, or a pruning criterion: random, magnitude, l1, taylor, diff-pruning, "
+                                    "group-taylor, or one registered (README: Pruning criteria)."),
     macs_fraction: Optional[float] = typer.Option(None, "--macs-fraction", help="MACs limit as a fraction of the base."),
     group: Optional[int] = typer.Option(None, "--group", help="Use this plan group's limit (and timesteps)."),
     base: Optional[Path] = typer.Option(None, "--base", help="Saved base model directory (e.g. RUN/stage1/model)."),

@@ -23,6 +23,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .criteria import check_criterion
 from .errors import ConfigError
 from .pretrained import read_scheduler_config, schedule_from_scheduler_config
 from .redaction import redact_url
@@ -190,7 +191,8 @@ class Stage2Config(TrainConfig):
     the group model keeps the base architecture, i.e. mode tdc-no-prune).
     """
 
-    mode: str = "tdc"  # tdc | tdc-no-prune | random | magnitude | l1 | taylor | diff-pruning | group-taylor
+    # tdc (the agent prunes) | tdc-no-prune | a pruning criterion's name (core/criteria.py: built-in or registered)
+    mode: str = "tdc"
     steps: int = Field(default=250, ge=0)
     lr: float = Field(default=5e-4, gt=0)
     warmup: int = Field(default=25, ge=0)
@@ -237,8 +239,9 @@ class AgentConfig(_Section):
     temperature: float = Field(default=0.2, ge=0, le=2)
     rounds: int = Field(default=5, ge=1)
     candidates: int = Field(default=3, ge=1)
-    # which channels go inside a unit when a scheme is built (the agent decides how many)
-    criterion: Literal["random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor"] = "group-taylor"
+    # which channels go inside a unit when a scheme is built (the agent decides how many): a pruning
+    # criterion's name, built-in or registered (core/criteria.py), so not a Literal
+    criterion: str = "group-taylor"
     prompt_dir: Optional[str] = None
     memory_dir: Optional[str] = None
     memory_url: Optional[str] = None
@@ -260,6 +263,11 @@ class AgentConfig(_Section):
     protocol: Literal["tools", "json"] = "tools"
     # passed to bind_tools where the model takes it: auto, any (= required), none, or a tool's name
     tool_choice: Optional[str] = None
+
+    @field_validator("criterion")
+    @classmethod
+    def _known_criterion(cls, v: str) -> str:
+        return check_criterion(v, "agent.criterion")
 
 
 class Config(_Section):
@@ -286,9 +294,8 @@ class Config(_Section):
             )
         if self.schedule.beta_end <= self.schedule.beta_start:
             raise ValueError("schedule.beta_end must be larger than schedule.beta_start")
-        modes = ("tdc", "tdc-no-prune", "random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor")
-        if self.stage2.mode not in modes:
-            raise ValueError(f"stage2.mode must be one of {', '.join(modes)}; got {self.stage2.mode!r}")
+        if self.stage2.mode not in ("tdc", "tdc-no-prune"):
+            check_criterion(self.stage2.mode, "stage2.mode (tdc, tdc-no-prune, or pruning by a criterion)")
         if self.stage2.optimizer == "carried" and self.stage2.mode != "tdc-no-prune":
             raise ValueError("stage2.optimizer=carried needs stage2.mode=tdc-no-prune (a pruned model has other "
                              "parameter shapes than the base's optimizer state)")
