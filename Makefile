@@ -18,13 +18,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tdc-agent run --config examples/digits.yaml
 
-# The layers contract (pyproject's [tool.importlinter]) first, then the default suite (<= 15 min).
+# Test processes (pytest-xdist workers, one torch thread each: tests/conftest.py). JOBS=0 runs the
+# suite serially in one process. loadgroup: tests go to whichever worker is free, except the modules
+# that tests/conftest.py keeps on one worker (ONE_WORKER_MODULES).
+JOBS ?= 2
+XDIST := -n $(JOBS) --dist loadgroup
+
+# The layers contract (pyproject's [tool.importlinter]) first, then the default suite in parallel (<= 8 min).
 test: lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 # The unit tests only (<= 3 min): no end-to-end runs, subprocesses, wheel builds or fuzzing.
 test-fast: lint-imports
-	$(PY) -m pytest -q -m "fast and not slow"
+	$(PY) -m pytest -q $(XDIST) -m "fast and not slow"
 
 lint-imports: $(STAMP)
 	$(VENV)/bin/lint-imports

@@ -6,12 +6,21 @@ import os
 import sys
 from pathlib import Path
 
+# The suite runs offline (no test needs the hub): a hub id in a config (examples/cifar10_pretrained.yaml,
+# whose schedule load_config resolves) must fail at once, not after the hub client's network retries.
+# Set before diffusers/huggingface_hub are imported, which read it once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One torch thread per test process when pytest-xdist runs several (`make test`: 2 workers on 2 cores):
+# oversubscribed cores make torch's thread pools spin and wait, which measured 10x slower, not 2x.
+# A serial run may use the cores itself.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 
 def tiny_config_dict(tmp_path: Path, **sections: dict) -> dict:
@@ -32,6 +41,18 @@ def tiny_config_dict(tmp_path: Path, **sections: dict) -> dict:
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)
     return cfg
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory):
+    """Each test process gets its own ``$TDC_AGENT_CACHE`` (digits classifier, FID statistics, latents)
+    under its own base temp directory (per xdist worker): parallel workers never write the same cache
+    files, and no test reads what the user's runs left in ``~/.cache/tdc-agent``. Tests that need a
+    cache of their own still set one with monkeypatch; subprocesses inherit it through python_env()."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TDC_AGENT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
 
 
 @pytest.fixture
@@ -77,7 +98,19 @@ FAST_MODULES = {
 }
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in FAST_MODULES:
-            item.add_marker(pytest.mark.fast)
+# `make test` runs the suite on 2 pytest-xdist workers with --dist loadgroup: tests go to whichever
+# worker is free, except that the tests of these modules stay together on one worker, because each
+# builds an expensive module-scoped fixture (a reference run, a wheel, a pruner) that two workers would
+# both build.
+ONE_WORKER_MODULES = {"test_faults", "test_packaging", "test_pruning"}
+
+
+def pytest_itemcollected(item):
+    # marked as each test is collected, so before any pytest_collection_modifyitems: pytest-xdist's
+    # (which reads xdist_group) ran before ours there, even with tryfirst
+    module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+    if module in FAST_MODULES:
+        item.add_marker(pytest.mark.fast)
+    if module in ONE_WORKER_MODULES:
+        item.add_marker(pytest.mark.xdist_group(module))
+

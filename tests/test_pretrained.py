@@ -86,3 +86,49 @@ def test_gpu_example_configs_validate(name):
 
     cfg = load_config(ROOT / "examples" / name)
     assert cfg.run.device == "cuda"
+
+
+def test_plan_run_and_library_callers_plan_alike_with_a_pretrained_start(tmp_path, cli, make_config, monkeypatch):
+    """Config resolution (a pretrained start sets the schedule) is the library's: `tdc-agent plan`,
+    `tdc-agent run` and `load_config` give the same plan (issue 22, item 2)."""
+    import warnings
+
+    from tdc_agent.core.config import ConfigNote, load_config
+    from tdc_agent.planning.build import build_plan
+
+    monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
+    save_ddpm_pipeline(tmp_path / "ddpm", timesteps=100)  # β 2e-4 -> 0.03 over 100 steps
+    cfg = make_config(schedule={"name": "linear", "timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
+                      stage1={"init": str(tmp_path / "ddpm"), "steps": 0},
+                      stage2={"mode": "tdc-no-prune", "steps": 0},  # the run itself is not what is tested
+                      agent={"eval_batch_size": 8, "eval_timesteps": 1},
+                      evaluation={"compare_equal_compute": False})
+    code, out, err = cli("plan", "--config", cfg, "--json", "--out", tmp_path / "planned")
+    assert code == 0, err
+    assert "schedule taken from stage1.init" in err  # the note goes to stderr; stdout stays JSON
+    planned = json.loads(out)
+    assert planned["timesteps"] == 100
+    run = tmp_path / "run"
+    code, _, err = cli("run", "--config", cfg, "--run-dir", run, "--no-eval", "-q")
+    assert code == 0, err
+    ran = json.loads((run / "plan.json").read_text())
+
+    def comparable(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in ("base_macs", "created")}
+
+    assert comparable(ran)["groups"] == comparable(planned)["groups"]
+    assert {k: ran[k] for k in ("schedule", "timesteps", "n_groups")} == \
+        {k: planned[k] for k in ("schedule", "timesteps", "n_groups")}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        library = load_config(cfg)
+    assert any(issubclass(w.category, ConfigNote) and "T=100" in str(w.message) for w in caught)
+    assert library.schedule.timesteps == 100 and library.schedule.beta_end == 0.03
+    assert [g.to_dict() for g in build_plan(library).groups] == planned["groups"]
+    # resolving a resolved config changes nothing and says nothing
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from tdc_agent.core.config import resolve_config
+
+        assert resolve_config(library) == library
+    assert not [w for w in caught if issubclass(w.category, ConfigNote)]

@@ -18,7 +18,9 @@ from tdc_agent.diffusion.sampling import sample
 from tdc_agent.core.errors import CheckpointError
 from tdc_agent.models.unet import build_unet, denoise, unet_config
 from tdc_agent.pruning.apply import fit_levels
-from tdc_agent.pruning.importance import CRITERIA, select_pruned
+from tdc_agent.core.criteria import BUILTIN_CRITERIA
+from tdc_agent.pruning.criteria import get_criterion
+from tdc_agent.pruning.importance import select_pruned
 from tdc_agent.models.macs import count
 from tdc_agent.pruning.pruner import Pruner
 from tdc_agent.pruning.scheme import PruningScheme, SchemeError
@@ -112,12 +114,12 @@ def test_select_pruned_removes_equally_per_block():
     assert select_pruned(scores, 4, 4) == []
 
 
-@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("criterion", BUILTIN_CRITERIA)
 def test_every_criterion_prunes(criterion):
     torch.manual_seed(0)
     data = ImageDataset(load_dataset(DataConfig(name="digits", split="all")).images[:64], "digits")
     p = Pruner(build_unet(unet_config("tiny")), data, ForwardProcess(SCHED), seed=0)
-    ts = list(range(10, 40)) if criterion == "group-taylor" else None
+    ts = list(range(10, 40)) if get_criterion(criterion).gradients == "group" else None
     a = p.prune(None, p.limit(0.6), criterion, ts)
     b = p.prune(None, p.limit(0.6), criterion, ts)
     assert a.macs.thop <= p.limit(0.6)

@@ -52,11 +52,12 @@ from tdc_agent.evaluation.stats import paired_bootstrap_ratio, percentile_interv
 from tdc_agent.models.latent import training_data  # noqa: E402
 from tdc_agent.planning.build import build_plan  # noqa: E402
 from tdc_agent.models.macs import count  # noqa: E402
+from tdc_agent.pruning.criteria import criterion_names  # noqa: E402
 from tdc_agent.pruning.pruner import Pruner  # noqa: E402
 from tdc_agent.pruning.serialize import save_pruned  # noqa: E402
 from tdc_agent.workflow.rundir import RunDir  # noqa: E402
 
-CLASSICAL = ("random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor")
+CLASSICAL = criterion_names()  # every registered criterion (tdc_agent/pruning/criteria.py)
 SEEDS = {"cpu": [0, 1, 2], "full": [0, 1, 2], "smoke": [0, 1]}
 TEST_TIMESTEPS = {"cpu": 32, "full": 32, "smoke": 3}  # the agent's quick loss uses agent.eval_timesteps (8)
 TEST_NOISE_DRAWS = 3

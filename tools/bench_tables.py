@@ -41,7 +41,7 @@ from tdc_agent.models.unet import denoise
 from tdc_agent.workflow.pipeline import evaluate_run, run_pipeline, scorer, training_macs
 from tdc_agent.planning.build import build_plan
 from tdc_agent.models.progressive import ProgressiveModel, member_from_dir
-from tdc_agent.pruning.importance import CRITERIA
+from tdc_agent.pruning.criteria import criterion_names
 from tdc_agent.models.macs import count
 from tdc_agent.workflow.rundir import RunDir
 from tdc_agent.workflow.sampling import generate
@@ -49,7 +49,8 @@ from tdc_agent.workflow.stage1 import continue_base, train_base
 from tdc_agent.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
-CLASSICAL = [c for c in ("random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor") if c in CRITERIA]
+# every registered criterion (built-in, from code, or by entry point: tdc_agent/pruning/criteria.py)
+CLASSICAL = list(criterion_names())
 
 SCALES: dict[str, dict[str, Any]] = {
     "full": {"seeds": [0, 1, 2], "timesteps": 1000, "groups": 4, "stage1": 1000, "stage2": 50, "single_steps": 200,

@@ -7,9 +7,9 @@ turns user errors into one paragraph and exit code 2.
 from __future__ import annotations
 
 import errno
-
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..core.config import Config, load_config
+from ..core.config import Config, ConfigNote, load_config
 from ..core.errors import TDCError
 from ..core.progress import console
 from ..core.redaction import redact, register_secret_env
@@ -49,16 +49,20 @@ def kv_table(title: str, rows: dict[str, str]) -> Table:
 
 
 def _config(config: Optional[Path], overrides: Optional[List[str]], device: Optional[str] = None) -> Config:
+    """The resolved config every verb works with (the library's :func:`load_config`; its notes printed)."""
     extra = list(overrides or [])
     if device is not None:
         extra.append(f"run.device={device}")
-    from ..models.pretrained import apply_init
-
-    cfg, note = apply_init(load_config(config, extra))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigNote)  # shown every time, not once per process
+        cfg = load_config(config, extra)
     # the key's variable may have any name: scrub its value from whatever this process prints or logs
     register_secret_env(cfg.agent.api_key_env)
-    if note:
-        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True, emoji=False)
+    for w in caught:
+        if issubclass(w.category, ConfigNote):
+            console.print(f"[yellow]note:[/] {escape(str(w.message))}", soft_wrap=True, emoji=False)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return cfg
 
 
@@ -85,7 +89,7 @@ def plan(
                      ("schedule.name", schedule), ("plan.shape", shape)):
         if val is not None:
             extra.append(f"{key}={val}")
-    job = plan_job(load_config(config, extra), model, preset, out)
+    job = plan_job(_config(config, extra), model, preset, out)
     if as_json:
         d = job.plan.to_dict()
         d["base_macs"] = job.base_macs
@@ -274,7 +278,9 @@ def inspect(
 
 @app.command()
 def prune(
-    method: str = typer.Option("magnitude", "--method", help="random, magnitude, l1, taylor, diff-pruning, group-taylor."),
+    method: str = typer.Option("magnitude", "--method",
+                               help="agent, or a pruning criterion: random, magnitude, l1, taylor, diff-pruning, "
+                                    "group-taylor, or one registered (README: Pruning criteria)."),
     macs_fraction: Optional[float] = typer.Option(None, "--macs-fraction", help="MACs limit as a fraction of the base."),
     group: Optional[int] = typer.Option(None, "--group", help="Use this plan group's limit (and timesteps)."),
     base: Optional[Path] = typer.Option(None, "--base", help="Saved base model directory (e.g. RUN/stage1/model)."),

@@ -4,12 +4,18 @@ The embedded default ships inside the package (``tdc_agent/configs/digits.yaml``
 ``examples/digits.yaml`` links to it). Every section has defaults, so a config file only
 needs what differs. Invalid values become a :class:`~tdc_agent.core.errors.ConfigError` that names the
 field and says how to fix it.
+
+:func:`load_config` (and :func:`config_from_dict`) also *resolve* the config: what its sources imply
+is filled in before anyone plans with it (:func:`resolve_config`: a pretrained ``stage1.init``
+brings its noise schedule). What resolution changed or assumed is reported as a :class:`ConfigNote`
+warning, which ``tdc-agent`` prints as a note.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from importlib.resources import files
 from urllib.parse import urlsplit
 from pathlib import Path
@@ -18,7 +24,9 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from .criteria import check_criterion
 from .errors import ConfigError, ResourceError
+from .pretrained import read_scheduler_config, schedule_from_scheduler_config
 from .redaction import redact_url, register_url_secrets
 
 # package data, read with importlib.resources (a Traversable: a real path only when installed unzipped)
@@ -265,7 +273,8 @@ class Stage2Config(TrainConfig):
     ``extra_steps`` more; a member still worse then is flagged in the console and the report.
     """
 
-    mode: str = "tdc"  # tdc | tdc-no-prune | random | magnitude | l1 | taylor | diff-pruning | group-taylor
+    # tdc (the agent prunes) | tdc-no-prune | a pruning criterion's name (core/criteria.py: built-in or registered)
+    mode: str = "tdc"
     steps: int = Field(default=250, ge=0)
     lr: float = Field(default=5e-4, gt=0)
     warmup: int = Field(default=25, ge=0)
@@ -323,8 +332,9 @@ class AgentConfig(_Section):
     temperature: float = Field(default=0.2, ge=0, le=2)
     rounds: int = Field(default=5, ge=1)
     candidates: int = Field(default=3, ge=1)
-    # which channels go inside a unit when a scheme is built (the agent decides how many)
-    criterion: Literal["random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor"] = "group-taylor"
+    # which channels go inside a unit when a scheme is built (the agent decides how many): a pruning
+    # criterion's name, built-in or registered (core/criteria.py), so not a Literal
+    criterion: str = "group-taylor"
     prompt_dir: Optional[str] = None
     memory_dir: Optional[str] = None
     memory_url: Optional[str] = None
@@ -375,6 +385,11 @@ class AgentConfig(_Section):
                              f"({', '.join(TOOL_NAMES)})")
         return v
 
+    @field_validator("criterion")
+    @classmethod
+    def _known_criterion(cls, v: str) -> str:
+        return check_criterion(v, "agent.criterion")
+
 
 class Config(_Section):
     """The whole run configuration."""
@@ -400,9 +415,8 @@ class Config(_Section):
             )
         if self.schedule.beta_end <= self.schedule.beta_start:
             raise ValueError("schedule.beta_end must be larger than schedule.beta_start")
-        modes = ("tdc", "tdc-no-prune", "random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor")
-        if self.stage2.mode not in modes:
-            raise ValueError(f"stage2.mode must be one of {', '.join(modes)}; got {self.stage2.mode!r}")
+        if self.stage2.mode not in ("tdc", "tdc-no-prune"):
+            check_criterion(self.stage2.mode, "stage2.mode (tdc, tdc-no-prune, or pruning by a criterion)")
         if self.stage2.optimizer == "carried" and self.stage2.mode != "tdc-no-prune":
             raise ValueError("stage2.optimizer=carried needs stage2.mode=tdc-no-prune (a pruned model has other "
                              "parameter shapes than the base's optimizer state)")
@@ -490,11 +504,48 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_dict(data: dict, source: str = "config") -> Config:
-    """Validate a plain dict into a :class:`Config`."""
+    """Validate a plain dict into a :class:`Config` and resolve it (:func:`resolve_config`)."""
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+    return resolve_config(cfg)
+
+
+class ConfigNote(UserWarning):
+    """Something config resolution changed or assumed (e.g. the schedule taken from ``stage1.init``)."""
+
+
+def resolve_config(cfg: Config) -> Config:
+    """``cfg`` with what its sources imply filled in; idempotent (a resolved config comes back as is).
+
+    A pretrained start (``stage1.init``) sets the schedule: a DDPM checkpoint is only meaningful with
+    the β schedule it was trained with. This runs inside :func:`load_config`, so ``tdc-agent plan``,
+    ``tdc-agent run`` and library callers plan with the same schedule. A change, or a checkpoint
+    without a scheduler config, is reported as a :class:`ConfigNote` warning.
+    """
+    if not cfg.stage1.init:
+        return cfg
+    sc = read_scheduler_config(cfg.stage1.init)
+    if sc is None:
+        warnings.warn(ConfigNote(
+            f"stage1.init {cfg.stage1.init} has no scheduler config that could be read (for a hub id: none on the "
+            "hub, or the hub unreachable); using the config's schedule "
+            f"({cfg.schedule.name}, T={cfg.schedule.timesteps}). Make sure it is the one the model was trained with."),
+            stacklevel=2)
+        return cfg
+    sched = ScheduleConfig.model_validate(schedule_from_scheduler_config(sc, cfg.stage1.init))
+    if sched == cfg.schedule:
+        return cfg
+    # validated anew: the cross-checks (e.g. plan.groups <= timesteps) must hold for the new schedule
+    try:
+        new = Config.model_validate({**cfg.model_dump(), "schedule": sched.model_dump()})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, f"{cfg.stage1.init}'s schedule")) from None
+    warnings.warn(ConfigNote(
+        f"schedule taken from stage1.init: {sched.name}, T={sched.timesteps}, β {sched.beta_start:g}"
+        f"→{sched.beta_end:g} (the config said {cfg.schedule.name}, T={cfg.schedule.timesteps})."), stacklevel=2)
+    return new
 
 
 def stored_config(cfg: Config) -> dict:

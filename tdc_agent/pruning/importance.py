@@ -1,4 +1,5 @@
-"""Which channels go: per-channel importance of every unit, from torch-pruning's criteria.
+"""Which channels go: per-channel importance of every unit, from a registered criterion
+(:mod:`tdc_agent.pruning.criteria`; users add their own there). The built-ins:
 
 - ``random``: torch-pruning's RandomImportance (seeded).
 - ``magnitude`` (L2) and ``l1``: GroupMagnitudeImportance, p = 2 / 1.
@@ -15,6 +16,9 @@ channel, where contributions of opposite sign cancel. Our ``diff-pruning`` keeps
 but not that variant (the benchmarks in the README were measured so). The three criteria differ
 only in *which* timesteps' gradients are summed (uniform draws / the early-t window / the group's own).
 
+A criterion's ``gradients`` rule (uniform / early-t / group) is what the three Taylor criteria
+differ in; a registered criterion of a user's picks one of these rules or none.
+
 Scores are computed once on the dense model; a unit's channel indices do not change when other
 units are pruned, so the same scores serve every scheme built from that model.
 """
@@ -26,33 +30,18 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch_pruning as tp
 
 from ..core.data import ImageDataset
 from ..diffusion.process import ForwardProcess
 from ..core.errors import ConfigError
 from ..models.unet import denoise
+from .criteria import GradientRule, get_criterion
 from .units import UnitGraph, build_graph
-
-CRITERIA = ("random", "magnitude", "l1", "taylor", "diff-pruning", "group-taylor")
-GRADIENT_CRITERIA = ("taylor", "diff-pruning", "group-taylor")
-
-
-def _importance(criterion: str) -> tp.importance.Importance:
-    if criterion == "random":
-        return tp.importance.RandomImportance()
-    if criterion == "magnitude":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if criterion == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if criterion in GRADIENT_CRITERIA:
-        return tp.importance.GroupTaylorImportance()
-    raise ConfigError(f"Unknown importance criterion {criterion!r}; use one of {', '.join(CRITERIA)}.")
 
 
 def accumulate_gradients(
     model: torch.nn.Module,
-    criterion: str,
+    rule: GradientRule,
     data: ImageDataset,
     process: ForwardProcess,
     timesteps: Sequence[int] | None = None,
@@ -61,7 +50,7 @@ def accumulate_gradients(
     threshold: float = 0.05,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Fill ``.grad`` of every parameter for a Taylor-type criterion; returns what was done."""
+    """Fill ``.grad`` of every parameter by ``rule`` (a criterion's ``gradients``); returns what was done."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     model.zero_grad(set_to_none=False)
@@ -74,12 +63,12 @@ def accumulate_gradients(
                             t.to(device), noise.to(device))
 
     T = process.timesteps
-    if criterion == "taylor":
+    if rule == "uniform":
         used = torch.randint(T, (n_timesteps * batch_size,), generator=g).view(n_timesteps, batch_size)
         for t in used:
             (loss_at(t) / n_timesteps).backward()
         info = {"batches": float(n_timesteps)}
-    elif criterion == "diff-pruning":
+    elif rule == "early-t":
         grid = np.unique(np.linspace(0, T - 1, max(2, n_timesteps * 5)).round().astype(int))
         max_loss, used_n = 0.0, 0
         for t in grid:
@@ -90,14 +79,17 @@ def accumulate_gradients(
             loss.backward()
             used_n += 1
         info = {"batches": float(used_n), "t_stop": float(t)}
-    else:  # group-taylor
+    elif rule == "group":
         if not timesteps:
-            raise ConfigError("group-taylor needs the group's timesteps (use --group with a plan).")
+            raise ConfigError("This criterion scores on the group's own timesteps, so it needs them "
+                              "(use --group with a plan).")
         ts = np.asarray(list(timesteps))
         pick = ts[np.unique(np.linspace(0, len(ts) - 1, min(len(ts), n_timesteps)).round().astype(int))]
         for t in pick:
             (loss_at(torch.full((batch_size,), int(t))) / len(pick)).backward()
         info = {"batches": float(len(pick))}
+    else:
+        raise ValueError(f"unknown gradient rule {rule!r}")
     for p in model.parameters():  # Taylor reads .grad; a parameter without one would crash it
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -113,14 +105,16 @@ def channel_scores(
     timesteps: Sequence[int] | None = None,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Importance of every channel of every unit (higher = keep), computed on a copy of ``model``."""
-    imp = _importance(criterion)
+    """Importance of every channel of every unit (higher = keep) by the registered ``criterion``,
+    computed on a copy of ``model``."""
+    crit = get_criterion(criterion)
+    imp = crit.importance()
     work = copy.deepcopy(model)
-    if criterion in GRADIENT_CRITERIA:
+    if crit.gradients is not None:
         if data is None or process is None:
             raise ConfigError(f"criterion {criterion!r} needs data and a noise schedule "
                               "(pass --base with a trained model and --config).")
-        accumulate_gradients(work, criterion, data, process, timesteps, seed=seed)
+        accumulate_gradients(work, crit.gradients, data, process, timesteps, seed=seed)
     torch.manual_seed(seed)  # RandomImportance draws from the global generator
     dg = build_graph(work)
     modules = dict(work.named_modules())

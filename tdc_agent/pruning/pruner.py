@@ -9,6 +9,7 @@ import torch
 from ..core.data import ImageDataset
 from ..diffusion.process import ForwardProcess
 from .apply import PruneResult, prune_to_budget
+from .criteria import get_criterion
 from .importance import channel_scores
 from ..models.macs import MacsCount, count
 from .scheme import PruningScheme
@@ -39,7 +40,9 @@ class Pruner:
         self._scores: dict[tuple[str, tuple[int, ...] | None], dict[str, torch.Tensor]] = {}
 
     def scores(self, criterion: str, timesteps: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-        key = (criterion, tuple(timesteps) if criterion == "group-taylor" and timesteps else None)
+        # only a criterion that scores on the group's timesteps has scores per timestep set
+        per_group = get_criterion(criterion).gradients == "group"
+        key = (criterion, tuple(timesteps) if per_group and timesteps else None)
         if key not in self._scores:
             self._scores[key] = channel_scores(self.base, self.graph, criterion, self.data, self.process,
                                                timesteps, self.seed)

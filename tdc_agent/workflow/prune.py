@@ -2,8 +2,8 @@
 ``tdc-agent prune``, stage 2 (:mod:`tdc_agent.workflow.stage2`) and ``tools/``.
 
 * :func:`criterion_pruner` and :func:`prune_with_criterion`: a base model pruned to a group's MACs
-  limit with a classical criterion (random, magnitude, l1, taylor, diff-pruning, group-taylor) and
-  saved with its pruning record.
+  limit with a criterion from the registry (:mod:`tdc_agent.pruning.criteria`: random, magnitude, l1,
+  taylor, diff-pruning, group-taylor, or one a user registered) and saved with its pruning record.
 * :func:`prune_with_agent`: the agent's rounds for one group, the best candidate saved.
 * :func:`prune_to_target` / :func:`agent_prune_to_target`: what the CLI verb does with its flags (a
   saved model or preset, ``--group i`` or ``--macs-fraction f``), returning typed results.
@@ -33,7 +33,7 @@ from ..models.unet import build_unet, unet_config
 from ..planning.build import build_plan
 from ..planning.plan import Group
 from ..pruning.apply import PruneResult
-from ..pruning.importance import CRITERIA, GRADIENT_CRITERIA
+from ..pruning.criteria import Criterion, criterion_names, get_criterion
 from ..pruning.pruner import Pruner
 from ..pruning.scheme import PruningScheme
 from ..pruning.serialize import save_pruned
@@ -83,12 +83,18 @@ def target_group(cfg: Config, macs_fraction: float | None, group: int | None) ->
                       macs_fraction), 1
 
 
+def method_criterion(method: str) -> Criterion:
+    """The registered criterion that ``--method`` (or ``stage2.mode``) names."""
+    if method not in criterion_names():
+        raise ConfigError(f"--method {method!r} is unknown; use agent or one of {', '.join(criterion_names())} "
+                          "(criteria of your own: README, Pruning criteria).")
+    return get_criterion(method)  # an entry point's package is imported here, and may fail to load
+
+
 def criterion_pruner(cfg: Config, base: torch.nn.Module, criterion: str,
                      device: torch.device | str = "cpu") -> Pruner:
     """A :class:`Pruner` of ``base`` for ``criterion`` (gradient criteria get the training data)."""
-    if criterion not in CRITERIA:
-        raise ConfigError(f"--method {criterion!r} is unknown; use agent or one of {', '.join(CRITERIA)}.")
-    gradient = criterion in GRADIENT_CRITERIA
+    gradient = method_criterion(criterion).gradients is not None
     return Pruner(base, training_data(cfg) if gradient else None,
                   ForwardProcess(cfg.schedule, device) if gradient else None, cfg.run.seed)
 
@@ -160,8 +166,7 @@ def prune_to_target(cfg: Config, method: str, out: Path, base_dir: Path | None =
                     scheme_file: Path | None = None) -> CriterionPruning:
     """Prune a saved model or preset with a classical criterion to ``--group``'s limit or
     ``--macs-fraction``; writes ``out/model`` and ``out/prune.json`` (with a quick held-out loss)."""
-    if method not in CRITERIA:
-        raise ConfigError(f"--method {method!r} is unknown; use agent or one of {', '.join(CRITERIA)}.")
+    method_criterion(method)  # an unknown name fails before any model is loaded
     if (macs_fraction is None) == (group is None):
         raise ConfigError("Give exactly one of --macs-fraction f or --group i.")
     if macs_fraction is not None and not 0 < macs_fraction <= 1:
