@@ -618,6 +618,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--distill", type=int)
     ap.add_argument("--rule", choices=["equal", "proportional"])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seeds", default=None, help="run only these reported seeds (comma-separated; e.g. to finish "
+                                                  "whole seeds first); the tables still report every complete seed")
     ap.add_argument("--rows", choices=["all", "headline", "core"], default="all",
                     help="headline: only the tuned recipe's rows (no with/without-distillation variants); "
                          "core: only tdc-agent and tdc-no-prune (no group-Taylor row)")
@@ -655,7 +657,7 @@ def main(argv: list[str] | None = None) -> None:
     # seed by seed, so a run cut short leaves whole seeds, not 8 half ones: the base of seed k+1 is
     # queued before the rows and equal-compute base of seed k, so while seed k's rows wait for its
     # pruned models the other slot trains the next base; every job waits only on jobs queued before it
-    seeds = b.s["seeds"]
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else b.s["seeds"]
     for i, sd in enumerate(seeds):
         if i == 0:
             jobs += [["--role", "base", "--seed", str(sd)]]
