@@ -382,9 +382,9 @@ def test_chaos_llm_run_completes_or_fails_clearly_and_resumes(tmp_path, cli, mon
     monkeypatch.chdir(tmp_path)  # an executed injection would create ./PWNED here
     rate = float(os.environ.get("TDC_CHAOS_RATE", "0.35"))
     with FakeOpenAI(chaos=random.Random(SEED * 1000 + chaos_run), chaos_rate=rate) as srv:
-        # 3 rounds: enough requests (3 LLM calls a round since a round ends at its accepted submit)
-        # for the seeded chaos to inject several kinds of fault
-        agent = {**CFG["agent"], "rounds": 3, "llm": "openai:fake-model", "base_url": srv.url, "timeout_s": 1.0,
+        # 5 rounds: enough requests for the seeded chaos to inject several kinds of fault (a round now
+        # closes itself once it has its candidates, so a scripted model makes ~2 LLM calls a round)
+        agent = {**CFG["agent"], "rounds": 5, "llm": "openai:fake-model", "base_url": srv.url, "timeout_s": 1.0,
                  "max_retries": 2, "max_round_retries": 3, "max_llm_calls_per_round": 12}
         cfg = tmp_path / "cfg.yaml"
         cfg.write_text(yaml.safe_dump(tiny_config_dict(tmp_path, **{**CFG, "agent": agent})))

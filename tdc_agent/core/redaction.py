@@ -35,7 +35,8 @@ _KEY_PATTERNS = [
     # "Authorization: Basic abc==" - the whole header value, scheme word and token alike
     re.compile(r"(?i)(authorization|proxy-authorization)(['\"]?\s*[:=]\s*['\"]?"
                r"(?:(?:bearer|basic|token|digest)\s+)?)[^'\"\s,;}]+"),
-    re.compile(r"(?i)(api[_-]?key|x-api-key)(['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+"),
+    # the value ends at a URL's next parameter too ("api_key=...&api-version=2024-06-01")
+    re.compile(r"(?i)(api[_-]?key|x-api-key)(['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}&#]+"),
 ]
 SECRET_ENV_HINTS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 # a query parameter whose name contains one of these carries a credential (?key=, ?access_token=)
