@@ -48,7 +48,7 @@ test-faults: $(STAMP)
 
 # Table I at the paper's DDIM-100 (and DDIM-25/50, same noise): the recipe tuned earlier on seeds
 # 100-101, 8 fresh seeds, 2000 samples per model, paired FD and eps-loss ratios vs the equal-compute
-# base with 95 % CIs (~4-5 h on 2 cores: ~30 min per seed alone; resumable, seed by seed). Not in CI.
+# base with 95 % CIs (~80 CPU-minutes per seed, so ~5 h on 2 cores; resumable, seed by seed). Not in CI.
 # On a GPU: `$(PY) tools/bench_table1.py run --scale full --device cuda --jobs 0`.
 bench: $(STAMP)
 	$(PY) tools/bench_table1.py run --jobs 2 --threads 1 --rows core --choice benchmarks/results/table1-tuning-ddim25.json
