@@ -24,6 +24,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from .backbones import DEFAULT_BACKBONE, backbone_names, backbone_presets, check_backbone, check_preset
 from .criteria import check_criterion
 from .errors import ConfigError, ResourceError
 from .pretrained import read_scheduler_config, schedule_from_scheduler_config
@@ -179,9 +180,36 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The base architecture (a preset sized to the data); ``stage1.init`` starts from a pretrained one."""
+    """The base architecture: a backbone's preset sized to the data; ``stage1.init`` starts from a
+    pretrained one (of that backbone)."""
 
-    preset: Optional[Literal["tiny", "ddpm-cifar10", "iddpm-cifar10"]] = "tiny"
+    # a backbone's name, built-in or registered (core/backbones.py), so not a Literal; declared before
+    # ``preset``, whose validator reads it
+    backbone: str = DEFAULT_BACKBONE
+    # one of the backbone's presets; left out, the backbone's first (``tiny`` for unet2d)
+    preset: Optional[str] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "preset" not in data:
+            name = data.get("backbone", DEFAULT_BACKBONE)
+            if isinstance(name, str) and name in backbone_names():
+                data = {**data, "preset": backbone_presets(name)[0]}
+        return data
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        return check_backbone(v)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        backbone = info.data.get("backbone")
+        if v is not None and backbone is not None:  # an unknown backbone is reported by its own field
+            check_preset(backbone, v)
+        return v
 
 
 class LatentConfig(_Section):
@@ -421,7 +449,7 @@ class Config(_Section):
             raise ValueError("stage2.optimizer=carried needs stage2.mode=tdc-no-prune (a pruned model has other "
                              "parameter shapes than the base's optimizer state)")
         if self.model.preset is None and self.stage1.init is None:
-            raise ValueError("set model.preset (tiny, ddpm-cifar10, iddpm-cifar10) or stage1.init")
+            raise ValueError(f"set model.preset ({', '.join(backbone_presets(self.model.backbone))}) or stage1.init")
         if self.sample.steps > self.schedule.timesteps:
             raise ValueError(f"sample.steps={self.sample.steps} exceeds schedule.timesteps="
                              f"{self.schedule.timesteps}: a sampler takes at most one step per timestep")

@@ -14,7 +14,7 @@ import torch
 
 from ..core.data import ImageDataset
 from ..diffusion.process import ForwardProcess
-from ..models.unet import denoise, eval_mode
+from ..models.backbone import denoise, eval_mode
 
 
 def eval_timesteps(timesteps: Sequence[int], n: int) -> list[int]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .unet import eval_mode, example_inputs, param_count
+from .backbone import eval_mode, example_inputs, param_count
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def op_level_macs(model: torch.nn.Module) -> int:
 
 
 def count(model: torch.nn.Module) -> MacsCount:
-    """Both MACs counts and the parameter count of a UNet."""
+    """Both MACs counts and the parameter count of a denoiser (on its backbone's example input)."""
     return MacsCount(thop=thop_macs(model), op_level=op_level_macs(model), params=param_count(model))
 
 

@@ -20,7 +20,7 @@ from ..models.store import load_model
 from ..core.config import ScheduleConfig
 from ..core.errors import CheckpointError
 from ..core.faults import failpoint
-from .unet import denoise
+from .backbone import denoise, input_shape
 from .macs import thop_macs
 from ..diffusion.schedule import ddim_timesteps
 
@@ -129,7 +129,7 @@ class ProgressiveModel(torch.nn.Module):
                 if isinstance(own, dict) and ScheduleConfig.model_validate(own) != schedule:
                     raise ValueError(f"member {e['dir']} was trained with another noise schedule ({own}) than the "
                                      f"manifest's ({schedule.model_dump()}), so its timesteps mean something else")
-                channels = model.config.in_channels
+                channels = input_shape(model)[0]
                 if channels != shape[0]:
                     raise ValueError(f"member {e['dir']} takes {channels}-channel inputs, the manifest says "
                                      f"image_shape {shape}")

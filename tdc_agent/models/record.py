@@ -19,13 +19,10 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from diffusers.models.attention_processor import Attention
-from diffusers.models.downsampling import Downsample2D
-from diffusers.models.upsampling import Upsample2D
 
 from ..core.errors import CheckpointError
 from ..core.io import read_json
-from .unet import eval_mode, example_inputs
+from .backbone import backbone_of, eval_mode, example_inputs, output_tensor
 
 PRUNING_FILE = "pruning.json"
 PRUNING_ATTR = "tdc_pruning_record"
@@ -35,31 +32,17 @@ MAX_HISTORY = 2000
 
 
 def build_graph(model: torch.nn.Module) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of a diffusers UNet (traced on one example input)."""
+    """torch-pruning's dependency graph of a denoiser (traced on its backbone's example input)."""
     with eval_mode(model):
         return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_inputs(model), forward_fn=lambda m, inputs: m(*inputs).sample,
+            model, example_inputs=example_inputs(model), forward_fn=lambda m, inputs: output_tensor(m(*inputs)),
         )
 
 
 def fix_up(model: torch.nn.Module) -> None:
-    """Update diffusers attributes that torch-pruning does not know about.
-
-    ``Attention.scale`` is deliberately left at its trained value: the pruned model then computes the
-    same attention logits from the channels it kept, which is closer to the base model than
-    rescaling by the new head size.
-    """
-    for m in model.modules():
-        if isinstance(m, (Downsample2D, Upsample2D)) and getattr(m, "conv", None) is not None:
-            conv = m.conv
-            m.channels = conv.in_channels
-            m.out_channels = conv.out_channels
-        elif isinstance(m, Attention):
-            m.inner_dim = m.to_q.out_features
-            if hasattr(m, "inner_kv_dim"):
-                m.inner_kv_dim = m.to_k.out_features
-            m.query_dim = m.to_q.in_features
-            m.out_dim = m.to_out[0].out_features
+    """Update the attributes torch-pruning does not know about after channels were removed
+    (:meth:`tdc_agent.models.backbone.Backbone.fix_up`; for a UNet: resampler and attention sizes)."""
+    backbone_of(model).fix_up(model)
 
 
 def make_record(history: list[list[Any]], levels: dict[str, float], kept_channels: dict[str, int]) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 Nothing here unpickles. A model directory holds
 
-- ``config.json``: the diffusers ``UNet2DModel`` config (so ``UNet2DModel.from_pretrained`` reads it),
+- ``config.json``: the model's dense structure as its backbone gives it
+  (:meth:`tdc_agent.models.backbone.Backbone.structure`), with ``_class_name`` naming the model class,
+  which is how loading finds the backbone; for a UNet it is the diffusers ``UNet2DModel`` config (so
+  ``UNet2DModel.from_pretrained`` reads it),
 - ``model.safetensors``: the weights,
 - ``tdc_model.json``: our metadata (format version, noise schedule, image shape, extra records),
 - ``pruning.json`` for a pruned model: its pruning record (:mod:`tdc_agent.models.record`).
@@ -20,21 +23,23 @@ import torch
 
 from ..core.errors import CheckpointError
 from ..core.io import atomic_write_json, load_tensors, read_json, replace_dir, resolve_dir, save_tensors
+from .backbone import backbone_for_class, backbone_of
 from .record import PRUNING_FILE, attach, record_of, restore_structure
-from .unet import build_unet, check_unet_config
 
 FORMAT_VERSION = 1
 MODEL_META = "tdc_model.json"
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, meta: dict[str, Any] | None = None) -> Path:
-    """Save a UNet as config.json + model.safetensors + tdc_model.json, atomically as a directory."""
+    """Save a model of any registered backbone as config.json + model.safetensors + tdc_model.json
+    (+ pruning.json when pruned), atomically as a directory."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
-    config["_class_name"] = type(model).__name__
+    backbone = backbone_of(model)
+    config = dict(backbone.structure(model))
+    config["_class_name"] = backbone.module_type.__name__
     atomic_write_json(tmp / "config.json", _jsonable(config))
     save_tensors(tmp / "model.safetensors", model.state_dict())
     atomic_write_json(tmp / MODEL_META, {"format_version": FORMAT_VERSION, **(meta or {})})
@@ -70,12 +75,17 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     if not directory.is_dir():
         raise CheckpointError(f"Model directory {directory} does not exist.")
     meta = load_model_meta(directory)
-    config = read_json(directory / "config.json", "model config")
-    check_unet_config(config, directory / "config.json")
+    config_path = directory / "config.json"
+    config = read_json(config_path, "model config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} must hold a JSON object (the model's structure, e.g. a diffusers "
+                              f"UNet2DModel config), not {type(config).__name__}. Re-export the model.")
+    backbone = backbone_for_class(config.get("_class_name"), config_path)
+    backbone.check_config(config, config_path)
     try:
-        model = build_unet(config)
+        model = backbone.build({k: v for k, v in config.items() if not k.startswith("_")})
     except (TypeError, ValueError, KeyError, ZeroDivisionError, RuntimeError, AttributeError) as e:
-        raise CheckpointError(f"{directory / 'config.json'} does not describe a buildable UNet2DModel "
+        raise CheckpointError(f"{config_path} does not describe a buildable {backbone.module_type.__name__} "
                               f"({type(e).__name__}: {e}). Fix it or re-export the model.") from None
     if (directory / PRUNING_FILE).is_file():
         attach(model, restore_structure(model, directory))

@@ -1,4 +1,6 @@
-"""Denoiser models: diffusers ``UNet2DModel`` presets, loading, and the one ``denoise`` adapter.
+"""The ``unet2d`` backbone: diffusers ``UNet2DModel`` presets, building, loading, and what pruning
+needs to know about it (:class:`UNet2DBackbone`, the first implementation of
+:class:`tdc_agent.models.backbone.Backbone`).
 
 Presets:
 
@@ -13,14 +15,19 @@ Presets:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from diffusers import UNet2DModel
+from diffusers.models.attention_processor import Attention
+from diffusers.models.downsampling import Downsample2D
+from diffusers.models.upsampling import Upsample2D
 
 from ..core.errors import CheckpointError, ConfigError
+from .backbone import Backbone
+# the backbone-independent calls, importable from here too (they lived here before the interface)
+from .backbone import denoise, eval_mode, example_inputs, param_count  # noqa: F401
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
@@ -145,40 +152,76 @@ def load_pretrained_unet(path_or_id: str) -> UNet2DModel:
         ) from None
 
 
-def param_count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+class UNet2DBackbone(Backbone):
+    """diffusers ``UNet2DModel``: the presets above, ``stage1.init`` from any published one."""
 
+    name = "unet2d"
+    module_type = UNet2DModel
+    presets = tuple(PRESETS)
 
-def denoise(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The one adapter every caller uses: noisy images and timesteps in, predicted ε out.
+    def preset_config(self, preset: str, sample_size: int | None = None, channels: int | None = None) -> dict:
+        return unet_config(preset, sample_size, channels)
 
-    Works for a diffusers UNet (which returns an output object), a DDP wrapper of one, or anything
-    returning a tensor. Models with learned variances (2C output channels) keep the ε half.
-    """
-    if t.ndim == 0:
-        t = t.expand(x.shape[0])
-    out = model(x, t)
-    eps = out.sample if hasattr(out, "sample") else out
-    if eps.shape[1] == 2 * x.shape[1]:
-        eps = eps[:, : x.shape[1]]
-    return eps
+    def check_config(self, config: Any, path: Path | str) -> None:
+        check_unet_config(config, path)
 
+    def build(self, config: dict) -> UNet2DModel:
+        return build_unet(config)
 
-def example_inputs(model: torch.nn.Module, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """A zero image batch and timestep 1 on the model's device: what tracing and counting run."""
-    cfg = model.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    device = next(model.parameters()).device
-    return (torch.zeros(batch, cfg.in_channels, size, size, device=device),
-            torch.ones(batch, dtype=torch.long, device=device))
+    def structure(self, model: torch.nn.Module) -> dict:
+        # diffusers keeps the constructor arguments in ``model.config``; pruning leaves it as it was
+        return {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
 
+    def load_pretrained(self, path_or_id: str) -> UNet2DModel:
+        return load_pretrained_unet(path_or_id)
 
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Run a block with the model in eval mode (no dropout), restoring its mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
+    def input_shape(self, model: torch.nn.Module) -> tuple[int, int, int]:
+        size = model.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else (size[0], size[1])
+        return model.config.in_channels, h, w
+
+    def fit_hint(self, model: torch.nn.Module) -> str:
+        levels = len(model.config.block_out_channels)
+        return (f"Its {levels} resolution levels need a height and width divisible by {2 ** (levels - 1)}: resize "
+                "the data (data.image_size=...) or pick another preset.")
+
+    def ignored_layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        # The output conv must keep one output channel per image channel.
+        return [model.conv_out]
+
+    def attention_heads(self, model: torch.nn.Module) -> dict[torch.nn.Module, int]:
+        heads: dict[torch.nn.Module, int] = {}
+        for m in model.modules():
+            if isinstance(m, Attention):
+                for proj in (m.to_q, m.to_k, m.to_v):
+                    heads[proj] = m.heads
+        return heads
+
+    def fix_up(self, model: torch.nn.Module) -> None:
+        """Update diffusers attributes that torch-pruning does not know about.
+
+        ``Attention.scale`` is deliberately left at its trained value: the pruned model then computes
+        the same attention logits from the channels it kept, which is closer to the base model than
+        rescaling by the new head size.
+        """
+        for m in model.modules():
+            if isinstance(m, (Downsample2D, Upsample2D)) and getattr(m, "conv", None) is not None:
+                conv = m.conv
+                m.channels = conv.in_channels
+                m.out_channels = conv.out_channels
+            elif isinstance(m, Attention):
+                m.inner_dim = m.to_q.out_features
+                if hasattr(m, "inner_kv_dim"):
+                    m.inner_kv_dim = m.to_k.out_features
+                m.query_dim = m.to_q.in_features
+                m.out_dim = m.to_out[0].out_features
+
+    def unit_role(self, unit: str) -> str:
+        """One of "time embedding", "attention", "resnet inner", "block output"."""
+        if unit.startswith("time_embedding"):
+            return "time embedding"
+        if ".attentions." in unit and any(unit.endswith(p) for p in ("to_q", "to_k", "to_v")):
+            return "attention"
+        if ".resnets." in unit and unit.endswith("conv1"):
+            return "resnet inner"
+        return "block output"

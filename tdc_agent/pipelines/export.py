@@ -5,7 +5,10 @@
     images = pipe(batch_size=16, num_inference_steps=100, generator=torch.manual_seed(0)).images
 
 ``ProgressiveUNet`` looks like a ``UNet2DModel`` to diffusers code (``config.sample_size``,
-``config.in_channels``, ``unet(x, t).sample``) and sends each sample to its group's member.
+``config.in_channels``, ``unet(x, t).sample``) and sends each sample to its group's member. The
+members may be of any registered backbone (:mod:`tdc_agent.models.backbone`): they are reached only
+through ``denoise``, and the wrapper keeps the ``unet`` name because that is the component
+diffusers' pipelines call.
 ``TDCPipeline`` is a ``DiffusionPipeline`` running DDIM or DDPM with our β schedule, decoding
 latents through the recorded autoencoder for latent-diffusion models. Under the same generator
 it gives exactly the samples of ``tdc-agent sample``.

@@ -1,1 +1,1 @@
-"""Structured pruning of diffusers UNets and the one MACs counter."""
+"""Structured pruning of denoisers (any registered backbone; diffusers UNets built in)."""

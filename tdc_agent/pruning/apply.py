@@ -1,12 +1,12 @@
-"""Turn a scheme into a working pruned UNet that meets a MACs limit.
+"""Turn a scheme into a working pruned denoiser that meets a MACs limit.
 
 1. ``fit_levels``: the least pruning that keeps the scheme's shape and meets the limit. The scheme's
    pruning amounts (1 - level) are scaled by one factor, found by bisection, floored to each unit's
    quantum; then units are stepped back up one quantum at a time while the limit holds, so the
    achieved MACs land close under it. Predictions come from the layer geometry
    (:meth:`UnitGraph.predict_macs`).
-2. ``build_pruned``: torch-pruning removes the chosen channels group by group, then the diffusers
-   fix-ups (Down/Upsample ``channels``, attention ``inner_dim``) and a forward check.
+2. ``build_pruned``: torch-pruning removes the chosen channels group by group, then the backbone's
+   fix-ups (for a UNet: Down/Upsample ``channels``, attention ``inner_dim``) and a forward check.
 3. ``prune_to_budget``: both, then *measure* MACs with thop; if the measurement exceeds the limit,
    one more quantum is removed and the model rebuilt. Achieved MACs are always measured, never
    taken from the prediction.
@@ -24,7 +24,7 @@ import torch
 from .importance import select_pruned
 from ..models.macs import MacsCount, count
 from .scheme import PruningScheme, SchemeError
-from ..models.unet import eval_mode, example_inputs
+from ..models.backbone import eval_mode, example_inputs, output_tensor
 from ..models.record import attach, fix_up, make_record
 from .units import UnitGraph, build_graph
 
@@ -58,7 +58,7 @@ def build_pruned(
 def _forward_check(model: torch.nn.Module) -> None:
     with torch.no_grad(), eval_mode(model):
         x, t = example_inputs(model)
-        out = model(x, t).sample
+        out = output_tensor(model(x, t))
     if out.shape != x.shape or not torch.isfinite(out).all():
         raise RuntimeError(f"pruned model failed its forward check: output {tuple(out.shape)} for input "
                            f"{tuple(x.shape)}")  # a bug in the engine, not a user error

@@ -34,7 +34,7 @@ import torch
 from ..core.data import ImageDataset
 from ..diffusion.process import ForwardProcess
 from ..core.errors import ConfigError
-from ..models.unet import denoise
+from ..models.backbone import denoise
 from .criteria import GradientRule, get_criterion
 from .units import UnitGraph, build_graph
 

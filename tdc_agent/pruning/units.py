@@ -1,8 +1,11 @@
-"""Prunable units of a UNet: coupled channel groups from torch-pruning's dependency graph.
+"""Prunable units of a denoiser: coupled channel groups from torch-pruning's dependency graph.
 
-A UNet's skip connections couple many layers into one dependency group (removing a channel from
-a block output removes it from every conv that reads or adds to it), so the thing a scheme controls
-is a coupled group, named after its root module (e.g. ``down_blocks.1.resnets.0.conv1``).
+Discovery is the same for every backbone (:mod:`tdc_agent.models.backbone`): groups rooted at a
+``Conv2d`` or ``Linear``; the backbone names the layers that must keep their channels, the attention
+head counts and each unit's role. A UNet's skip connections couple many layers into one dependency
+group (removing a channel from a block output removes it from every conv that reads or adds to it),
+so the thing a scheme controls is a coupled group, named after its root module (e.g.
+``down_blocks.1.resnets.0.conv1``).
 
 Each unit keeps a whole number of *steps* of ``quantum`` channels: the least common multiple of
 the GroupNorm group counts and attention head counts in the group, because channels must be
@@ -18,20 +21,18 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from diffusers.models.attention_processor import Attention
 from pydantic import BaseModel
 
+from ..models.backbone import backbone_of
 from ..models.macs import thop_layer_ops
 from ..models.record import build_graph  # noqa: F401  (units and importance trace with it)
-
-ROLES = ("time embedding", "attention", "resnet inner", "block output")
 
 
 class Unit(BaseModel):
     """One prunable unit as the agent and the user see it."""
 
     name: str
-    role: str
+    role: str  # the backbone's word for it (a UNet: time embedding, attention, resnet inner, block output)
     channels: int
     quantum: int
     macs_share: float  # fraction of the model's MACs that depend on this unit's channels
@@ -77,33 +78,18 @@ class LayerMacs:
 
 
 def attention_heads(model: torch.nn.Module) -> dict[torch.nn.Module, int]:
-    """``num_heads`` for torch-pruning: each attention's q/k/v projections and their head count."""
-    heads: dict[torch.nn.Module, int] = {}
-    for m in model.modules():
-        if isinstance(m, Attention):
-            for proj in (m.to_q, m.to_k, m.to_v):
-                heads[proj] = m.heads
-    return heads
+    """``num_heads`` for torch-pruning: each attention projection and its head count (from the backbone)."""
+    return backbone_of(model).attention_heads(model)
 
 
 def ignored_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    # The output conv must keep one output channel per image channel.
-    return [model.conv_out]
+    """Layers whose output channels stay (from the backbone: at least the one writing ε)."""
+    return backbone_of(model).ignored_layers(model)
 
 
 def _groups(dg: tp.DependencyGraph, model: torch.nn.Module):
     yield from dg.get_all_groups(ignored_layers=ignored_layers(model),
                                  root_module_types=[torch.nn.Conv2d, torch.nn.Linear])
-
-
-def _role(name: str) -> str:
-    if name.startswith("time_embedding"):
-        return "time embedding"
-    if ".attentions." in name and any(name.endswith(p) for p in ("to_q", "to_k", "to_v")):
-        return "attention"
-    if ".resnets." in name and name.endswith("conv1"):
-        return "resnet inner"
-    return "block output"
 
 
 def _quantum(group, heads: dict[torch.nn.Module, int]) -> int:
@@ -155,8 +141,9 @@ class UnitGraph:
 
 def analyse(model: torch.nn.Module) -> UnitGraph:
     """Find the units of ``model`` and the per-layer MACs geometry (the model is not modified)."""
+    backbone = backbone_of(model)
     dg = build_graph(model)
-    heads = attention_heads(model)
+    heads = backbone.attention_heads(model)
     name_of = {m: n for n, m in model.named_modules()}
     layer_ops = thop_layer_ops(model)
 
@@ -197,7 +184,7 @@ def analyse(model: torch.nn.Module) -> UnitGraph:
                     layer.out_unit = uname
                 else:  # input channels, or a norm over (possibly concatenated) channels
                     layer.in_units[uname] = len(set(idxs))
-        units.append(Unit(name=uname, role=_role(uname), channels=channels, quantum=quantum,
+        units.append(Unit(name=uname, role=backbone.unit_role(uname), channels=channels, quantum=quantum,
                           macs_share=0.0, params=int(params), members=members))
     graph = UnitGraph(units, list(layers.values()), int(base))
     full = graph.predict_macs({})

@@ -30,7 +30,7 @@ from ..core.devices import barrier, init_distributed
 from ..core.faults import failpoint
 from ..diffusion.process import ForwardProcess
 from ..core.errors import CheckpointError, TDCError
-from ..models.unet import denoise
+from ..models.backbone import denoise
 from ..core.progress import make_progress
 from .ema import EMA
 from .optim_state import load_optimizer_state, optimizer_tensors

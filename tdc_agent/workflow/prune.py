@@ -29,7 +29,7 @@ from ..evaluation.quick import quick_loss
 from ..models.latent import training_data
 from ..models.macs import thop_macs
 from ..models.store import load_model
-from ..models.unet import build_unet, unet_config
+from ..models.backbone import build_preset, input_shape
 from ..planning.build import build_plan
 from ..planning.plan import Group
 from ..pruning.apply import PruneResult
@@ -49,7 +49,7 @@ def load_base(model_dir: Path | None, preset: str | None, cfg: Config,
         return load_model(model_dir, device)
     torch.manual_seed(cfg.run.seed)
     # a preset is sized by data.image_size/channels when set, else by its own default (8x8x1, 32x32x3)
-    model = build_unet(unet_config(preset, cfg.data.image_size, cfg.data.channels))
+    model = build_preset(cfg.model.backbone, preset, cfg.data.image_size, cfg.data.channels)
     return model.to(device), {"schedule": cfg.schedule.model_dump()}
 
 
@@ -58,8 +58,7 @@ def check_fits_data(model: torch.nn.Module, cfg: Config, what: str) -> None:
     if cfg.latent.vae:  # latents: their shape is only known after encoding
         return
     c, h, w = load_dataset(cfg.data).shape
-    mc, ms = model.config.in_channels, model.config.sample_size
-    ms = ms if isinstance(ms, int) else ms[0]
+    mc, ms, _ = input_shape(model)
     if (mc, ms) != (c, h):
         raise ConfigError(
             f"{what} takes {mc}-channel {ms}x{ms} images, but the config's data ({cfg.data.name}) are {c}x{h}x{w}: "

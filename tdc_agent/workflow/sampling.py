@@ -18,7 +18,7 @@ from ..core.errors import ConfigError
 from ..diffusion.process import DenoiseFn
 from ..diffusion.sampling import sample
 from ..core.errors import CheckpointError
-from ..models.unet import denoise
+from ..models.backbone import denoise, input_shape
 from ..core.plots import save_grid
 from ..models.latent import decoder
 from ..models.progressive import ProgressiveModel, is_progressive
@@ -96,8 +96,7 @@ def sample_model(model_dir: str | Path, cfg: SampleConfig, out_dir: str | Path, 
         model, meta = load_model(model_dir, device)
         model.eval()
         schedule = schedule_of(meta, str(model_dir))
-        shape = tuple(meta.get("image_shape") or (model.config.in_channels, model.config.sample_size,
-                                                  model.config.sample_size))
+        shape = tuple(meta.get("image_shape") or input_shape(model))
         fn, latent = (lambda x, t: denoise(model, x, t)), meta.get("latent")
     t0 = time.time()
     images = generate(fn, shape, schedule, cfg, seed, device, progress)

@@ -15,7 +15,7 @@ from ..core.data import ImageDataset
 from ..core.devices import barrier, dist_env
 from ..diffusion.process import ForwardProcess
 from ..core.errors import ConfigError
-from ..models.unet import build_unet, load_pretrained_unet, unet_config
+from ..models.backbone import build_preset, get_backbone
 from .rundir import RunDir
 from ..training import TrainResult, train
 
@@ -24,18 +24,19 @@ STEP_COST = 3.0
 
 
 def build_model(cfg: Config, image_shape: tuple[int, int, int]) -> torch.nn.Module:
-    """The base UNet a config asks for, sized to the data; errors if the two disagree."""
+    """The base denoiser a config asks for (``model.backbone``), sized to the data; errors if the two disagree."""
     c, h, _ = image_shape
     if cfg.stage1.init:
-        model = load_pretrained_unet(cfg.stage1.init)
-        if model.config.in_channels != c or model.config.sample_size not in (h, [h, h], (h, h)):
+        backbone = get_backbone(cfg.model.backbone)
+        model = backbone.load_pretrained(cfg.stage1.init)
+        mc, mh, mw = backbone.input_shape(model)
+        if (mc, mh, mw) != (c, h, h):
             raise ConfigError(
-                f"stage1.init {cfg.stage1.init} expects {model.config.in_channels}-channel inputs of size "
-                f"{model.config.sample_size}, but the training data are {c}x{h}x{h}. Set data.image_size and "
-                "data.channels (or the latent autoencoder) to match."
+                f"stage1.init {cfg.stage1.init} expects {mc}-channel inputs of size {mh}x{mw}, but the training "
+                f"data are {c}x{h}x{h}. Set data.image_size and data.channels (or the latent autoencoder) to match."
             )
         return model
-    return build_unet(unet_config(cfg.model.preset or "tiny", sample_size=h, channels=c))
+    return build_preset(cfg.model.backbone, cfg.model.preset, sample_size=h, channels=c)
 
 
 def check_model_takes(cfg: Config, image_shape: tuple[int, int, int]) -> None:
@@ -47,12 +48,11 @@ def check_model_takes(cfg: Config, image_shape: tuple[int, int, int]) -> None:
         with torch.no_grad():
             model(torch.zeros(1, *image_shape), torch.zeros(1, dtype=torch.long))
     except (RuntimeError, ValueError) as e:
-        levels = len(model.config.block_out_channels)
+        backbone = get_backbone(cfg.model.backbone)
         raise ConfigError(
-            f"The {cfg.stage1.init or cfg.model.preset} UNet cannot take the data's {'x'.join(map(str, image_shape))} "
-            f"images ({type(e).__name__}: {str(e).splitlines()[0][:160]}). Its {levels} resolution levels need a "
-            f"height and width divisible by {2 ** (levels - 1)}: resize the data (data.image_size=...) or pick "
-            "another preset.") from None
+            f"The {cfg.stage1.init or cfg.model.preset} {backbone.module_type.__name__} cannot take the data's "
+            f"{'x'.join(map(str, image_shape))} images ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
+            f"{backbone.fit_hint(model)}") from None
 
 
 def model_meta(cfg: Config, data: ImageDataset, **extra: object) -> dict:
