@@ -88,7 +88,7 @@ def report(recs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
           "printed, or an exception that escaped. Slowest refusal: the most wall-clock and the most CPU seconds "
           "one exit-2 command of the class took on the machine that ran the sweep (recorded, not asserted; an "
           "in-process command's CPU time is the test process's, so the first one pays the imports).", "",
-          "| class | probes tried | held | tracebacks seen | refusals (exit codes) | slowest refusal: wall s "
+          "| class | probes tried | held | tracebacks seen | refusal probes (their commands' exit codes) | slowest refusal: wall s "
           "| CPU s | broke |",
           "|---|---|---|---|---|---|---|---|"]
     for k, c in classes.items():
