@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 # The suite runs offline (no test needs the hub): a hub id in a config (examples/cifar10_pretrained.yaml,
@@ -69,12 +70,16 @@ def make_config(tmp_path: Path):
 
 @pytest.fixture
 def cli(capsys):
-    """Run ``tdc-agent`` in-process; returns (exit code, stdout, stderr)."""
+    """Run ``tdc-agent`` in-process; returns (exit code, stdout, stderr). Inside a hostile-input
+    probe (tests/probes.py) the call's exit code, time and output are reported to it."""
+    from probes import seen
     from tdc_agent.cli.main import run
 
     def _run(*args: str) -> tuple[int, str, str]:
+        t0, c0 = time.monotonic(), time.process_time()
         code = run([str(a) for a in args])
         out = capsys.readouterr()
+        seen(out.out, out.err, code=code, seconds=time.monotonic() - t0, cpu_s=time.process_time() - c0)
         return code, out.out, out.err
 
     return _run

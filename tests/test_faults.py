@@ -417,7 +417,7 @@ def test_chaos_llm_run_completes_or_fails_clearly_and_resumes(tmp_path, cli, mon
 def test_assemble_rebuilds_a_bad_manifest_and_whole_numbers_are_required(reference, tmp_path, cli):
     import shutil
 
-    from test_hostile import probe, refused
+    from probes import TRACEBACK, probe, refused
     from tdc_agent.models.progressive import ProgressiveModel
 
     cfg, root, _, _ = reference
@@ -429,15 +429,34 @@ def test_assemble_rebuilds_a_bad_manifest_and_whole_numbers_are_required(referen
     overlapping["members"][0]["t_end"] = overlapping["members"][1]["t_start"]
     path.write_text(json.dumps(overlapping))
     sample = ("sample", "--model", run / "progressive", "--num", "2", "--steps", "2", "-q", "--out", tmp_path / "s")
-    with probe(7, "overlapping members: assemble rebuilds the manifest", tmp_path):
+    with probe(7, "overlapping members: sample refuses, assemble rebuilds the manifest"):
         refused(*cli(*sample)[::2], "overlap", "assemble")
+        assert not (tmp_path / "s").exists()
         code, _, err = cli("assemble", "--config", cfg, "--run-dir", run)
-        assert code == 0 and "rebuilding" in err, err
+        assert code == 0 and "rebuilding" in err and TRACEBACK not in err, err
         assert json.loads(path.read_text())["members"] == good["members"]
         ProgressiveModel.load(run / "progressive")
+
+    def corrupt_json() -> None:
+        path.write_text("{not json")
+
+    def member_deleted() -> None:
+        shutil.rmtree(run / "progressive" / good["members"][0]["dir"])
+
+    def group_dropped() -> None:
+        path.write_text(json.dumps({**good, "members": good["members"][:-1]}))
+
+    for breakage in (corrupt_json, member_deleted, group_dropped):
+        breakage()
+        with probe(7, f"{breakage.__name__.replace('_', ' ')}: assemble rebuilds the manifest"):
+            code, _, err = cli("assemble", "--config", cfg, "--run-dir", run)
+            assert code == 0 and "rebuilding" in err and TRACEBACK not in err, err
+            assert json.loads(path.read_text())["members"] == good["members"]
+            ProgressiveModel.load(run / "progressive")
+
     fractional = json.loads(path.read_text())
     fractional["members"][0]["t_end"] += 0.7
     path.write_text(json.dumps(fractional))
-    with probe(4, "manifest t_end 30.7", tmp_path):
+    with probe(4, "manifest t_end 30.7"):
         refused(*cli(*sample)[::2], "not a whole number", str(path))
         assert not (tmp_path / "s").exists()

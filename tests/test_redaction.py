@@ -37,3 +37,49 @@ def test_the_cli_error_format_is_scrubbed():
     out = redact(msg, [])
     assert "sk-live-0123456789abcdef" not in out and "abcdefgh12345678" not in out
     assert "Error code: 401" in out and "rerun the same command" in out
+
+
+# --- what the scrubber may touch: text sinks, never state that tdc-agent reads back (issue 21) ------
+
+def test_state_is_written_verbatim_when_a_secret_is_a_common_word(tmp_path, monkeypatch):
+    """An environment secret can be an ordinary word, and a word seen after "Bearer" in a server's
+    text is remembered as a token: a model directory holding either must load as it was saved, while
+    a report (a text sink) is still scrubbed."""
+    import torch
+
+    from tdc_agent.core.io import atomic_write_text
+    from tdc_agent.models.store import load_model, save_model
+    from tdc_agent.models.unet import build_unet, denoise, unet_config
+
+    monkeypatch.setenv("TDC_TEST_TOKEN", "DownBlock2D")  # a *TOKEN* variable: a secret, and a block type
+    assert redact("server said: Bearer UNetMidBlock2D") == "server said: Bearer [REDACTED]"  # remembered now
+    torch.manual_seed(0)
+    m = build_unet(unet_config("tiny")).eval()
+    save_model(tmp_path / "m", m, {"data": "DownBlock2D-digits", "schedule": {"name": "linear"}})
+    cfg_text = (tmp_path / "m" / "config.json").read_text()
+    assert "DownBlock2D" in cfg_text and "UNetMidBlock2D" in cfg_text and "[REDACTED]" not in cfg_text
+    back, meta = load_model(tmp_path / "m")
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 50])
+    assert torch.equal(denoise(m, x, t), denoise(back.eval(), x, t))
+    assert meta["data"] == "DownBlock2D-digits"
+    atomic_write_text(tmp_path / "report.md", "blocks: DownBlock2D, UNetMidBlock2D\n")
+    assert (tmp_path / "report.md").read_text() == "blocks: [REDACTED], [REDACTED]\n"
+
+
+def test_config_yaml_keeps_a_path_that_contains_a_secret_and_the_run_resumes(tmp_path, monkeypatch):
+    import yaml
+    from conftest import tiny_config_dict
+
+    from tdc_agent.core.config import config_from_dict
+    from tdc_agent.workflow.rundir import RunDir
+
+    monkeypatch.setenv("TDC_TEST_SECRET", "shared-datasets")  # a secret that is also a folder name
+    root = tmp_path / "shared-datasets" / "d.npz"
+    cfg = config_from_dict(tiny_config_dict(tmp_path, data={"name": "npz", "root": str(root)},
+                                            agent={"base_url": "http://alice:pw-in-url-123@h:8000/v1"}))
+    run = RunDir(tmp_path / "run")
+    run.prepare(cfg)
+    stored = yaml.safe_load(run.config_path.read_text())
+    assert stored["data"]["root"] == str(root)
+    assert stored["agent"]["base_url"] == "http://***@h:8000/v1"  # credentials still masked, field by field
+    run.prepare(cfg)  # the resume check compares like with like: no "data differ"

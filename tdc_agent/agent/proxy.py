@@ -62,7 +62,7 @@ def run_id_for(out_dir: Path) -> str:
     if f.is_file():
         return f.read_text().strip()
     rid = uuid.uuid4().hex[:8]
-    atomic_write_text(f, rid)
+    atomic_write_text(f, rid, scrub=False)
     return rid
 
 

@@ -250,7 +250,7 @@ class PruningSession:
         self.eval_seconds += time.time() - t0
         self._sensitivity = {"keep_level": keep_level, "reference_loss": _fmt(ref), "images": n,
                              "cheapest_first": units}
-        atomic_write_json(cache, self._sensitivity)
+        atomic_write_json(cache, self._sensitivity, scrub=False)  # a cache of our numbers and unit names
         return self._sensitivity
 
     def count_macs(self, levels: dict[str, float]) -> dict[str, Any]:

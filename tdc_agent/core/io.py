@@ -73,15 +73,25 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """:func:`atomic_write_bytes` for UTF-8 text, scrubbed of credentials first (the file sink of the
-    one scrubber, :func:`~tdc_agent.core.redaction.redact`: reports, results, exports, config.yaml)."""
-    atomic_write_bytes(path, redact(text).encode())
+def atomic_write_text(path: str | Path, text: str, *, scrub: bool = True) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text.
+
+    ``scrub=True`` (the default): a sink of the one scrubber,
+    :func:`~tdc_agent.core.redaction.redact` — reports, results, summaries, exports: files for people
+    that can carry a server's or an LLM's text. ``scrub=False``: state that tdc-agent reads back
+    (model config and metadata, pruning records, manifests, checkpoints, ``config.yaml``), written
+    verbatim. The scrubber replaces any text equal to a secret's value, and an environment secret can
+    be a common word ("DownBlock2D", a folder name) or a word seen after "Bearer": rewriting state
+    with it would corrupt a model or block a resume. State holds only our numbers, names and paths;
+    the one place a credential can enter it, a URL in the config, is masked field by field
+    (:func:`~tdc_agent.core.config.stored_config`).
+    """
+    atomic_write_bytes(path, (redact(text) if scrub else text).encode())
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """:func:`atomic_write_bytes` for an indented JSON document."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, *, scrub: bool = True) -> None:
+    """:func:`atomic_write_bytes` for an indented JSON document (``scrub``: see :func:`atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", scrub=scrub)
 
 
 # Every JSON file we write (manifests, pruning records, metadata, results) is far smaller: a

@@ -1,9 +1,11 @@
 """The one secret scrubber: every sink goes through :func:`redact`.
 
-Sinks: the terminal (the CLI wraps stdout/stderr in :class:`RedactingStream`), text files
-(:func:`tdc_agent.core.io.atomic_write_text`, the run log, the transcript), memory records (their
-rationale and error fields, before Chroma stores them and again on export), reports and exception
-messages (:class:`tdc_agent.core.errors.TDCError` scrubs its own text).
+Sinks: the terminal (the CLI wraps stdout/stderr in :class:`RedactingStream`), text files for
+people (:func:`tdc_agent.core.io.atomic_write_text`, the run log, the transcript), memory records
+(their rationale and error fields, before Chroma stores them and again on export), reports and
+exception messages (:class:`tdc_agent.core.errors.TDCError` scrubs its own text). Not a sink: state
+tdc-agent reads back (model directories, manifests, checkpoints, ``config.yaml``), written with
+``scrub=False``, since any text equal to a secret's value is replaced and a value can be a common word.
 
 A plain module (no LangChain import), so the CLI can scrub an error message cheaply. What counts as
 a secret: the values of environment variables that look like credentials (``*KEY*``, ``*TOKEN*``...),

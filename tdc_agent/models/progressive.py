@@ -99,7 +99,7 @@ class ProgressiveModel(torch.nn.Module):
                             "macs_thop": m.macs, "limit_fraction": m.limit_fraction})
         atomic_write_json(tmp / MANIFEST, {"format": FORMAT, "schedule": self.schedule.model_dump(mode="json"),
                                            "image_shape": list(self.image_shape), "latent": self.latent,
-                                           "members": entries})
+                                           "members": entries}, scrub=False)  # state: verbatim
         replace_dir(tmp, directory)
         return directory
 

@@ -40,12 +40,13 @@ def save_model(directory: str | Path, model: torch.nn.Module, meta: dict[str, An
     backbone = backbone_of(model)
     config = dict(backbone.structure(model))
     config["_class_name"] = backbone.module_type.__name__
-    atomic_write_json(tmp / "config.json", _jsonable(config))
+    # state read back: verbatim (see atomic_write_text: a secret can be a common word)
+    atomic_write_json(tmp / "config.json", _jsonable(config), scrub=False)
     save_tensors(tmp / "model.safetensors", model.state_dict())
-    atomic_write_json(tmp / MODEL_META, {"format_version": FORMAT_VERSION, **(meta or {})})
+    atomic_write_json(tmp / MODEL_META, {"format_version": FORMAT_VERSION, **(meta or {})}, scrub=False)
     record = record_of(model)
     if record is not None:
-        atomic_write_json(tmp / PRUNING_FILE, record)
+        atomic_write_json(tmp / PRUNING_FILE, record, scrub=False)
     replace_dir(tmp, directory)
     return directory
 

@@ -31,7 +31,7 @@ def write_plan(plan: Plan, out_dir: str | Path, base_macs: int | None = None) ->
     out_dir = Path(out_dir)
     d = plan.to_dict()
     d["base_macs"] = base_macs
-    atomic_write_json(out_dir / "plan.json", d)
+    atomic_write_json(out_dir / "plan.json", d, scrub=False)  # state: read back as written
     png = plot_plan(plan, out_dir / "plan.png")
     return out_dir / "plan.json", png
 

@@ -217,7 +217,7 @@ def _save_checkpoint(path: Path, model: torch.nn.Module, ema: EMA, opt: torch.op
         config = {k: v for k, v in dict(getattr(model, "config", {})).items() if not k.startswith("_")}
         atomic_write_json(tmp / "state.json", {
             "step": step, "optimizer_param_groups": groups, "model_config": json.loads(json.dumps(config)),
-        })
+        }, scrub=False)  # state: verbatim (its model_config is compared on resume)
         replace_dir(tmp, path)
     barrier()
 
@@ -259,7 +259,7 @@ def _truncate_metrics(path: Path, step: int, is_main: bool) -> None:
             continue  # a line cut short by a kill
         if rec.get("step", 0) <= step:
             keep.append(line)
-    atomic_write_text(path, "".join(k + "\n" for k in keep))
+    atomic_write_text(path, "".join(k + "\n" for k in keep), scrub=False)  # our own metric lines, kept as they were
 
 
 def _last_loss(path: Path) -> float | None:

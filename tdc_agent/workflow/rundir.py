@@ -161,7 +161,9 @@ class RunDir:
             # the verb's own sections (and any section the stored config lacks) are updated; the rest
             # stays as the verbs that own it wrote it
             merged = {**old, **{k: v for k, v in new.items() if k in sections or k not in old}}
-        atomic_write_text(self.config_path, yaml.safe_dump(merged, sort_keys=False))
+        # verbatim: config.yaml is state (compared on every resume); its URLs are masked field by field
+        # (stored_config), and scrubbing a path that contains a secret-looking word would block the resume
+        atomic_write_text(self.config_path, yaml.safe_dump(merged, sort_keys=False), scrub=False)
         if moved:
             self.log(f"note: settings changed since the run started ({', '.join(moved)}); resuming with the new "
                      "values")

@@ -168,7 +168,7 @@ def finetune_group(cfg: Config, run: RunDir, plan: Plan, g: Group, data: ImageDa
         barrier()
         steps += chunk
         if is_main:
-            atomic_write_json(target_file, {"steps": steps})
+            atomic_write_json(target_file, {"steps": steps}, scrub=False)
         if show:
             console.print(f"[yellow]group {g.index}: held-out loss {loss_after:.4f} is {loss_after / loss_base:.3f} x "
                           f"the base's {loss_base:.4f} (limit stage2.max_loss_ratio={cfg.stage2.max_loss_ratio}); "
