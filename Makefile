@@ -19,10 +19,10 @@ demo: $(STAMP)
 	$(VENV)/bin/tdc-agent run --config examples/digits.yaml
 
 # Test processes (pytest-xdist workers, one torch thread each: tests/conftest.py). JOBS=0 runs the
-# suite serially in one process. loadgroup: tests go to whichever worker is free, except the modules
-# that tests/conftest.py keeps on one worker (ONE_WORKER_MODULES).
+# suite serially in one process. loadfile: each test module runs whole on one worker, so module-scoped
+# fixtures (test_faults' reference run, test_packaging's wheel) are built once.
 JOBS ?= 2
-XDIST := -n $(JOBS) --dist loadgroup
+XDIST := -n $(JOBS) --dist loadfile
 
 # The layers contract (pyproject's [tool.importlinter]) first, then the default suite in parallel (<= 8 min).
 test: lint-imports

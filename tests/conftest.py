@@ -95,19 +95,7 @@ FAST_MODULES = {
 }
 
 
-# `make test` runs the suite on 2 pytest-xdist workers with --dist loadgroup: tests go to whichever
-# worker is free, except that the tests of these modules stay together on one worker, because each
-# builds an expensive module-scoped fixture (a reference run, a wheel, a pruner) that two workers would
-# both build.
-ONE_WORKER_MODULES = {"test_faults", "test_packaging", "test_pruning"}
-
-
-def pytest_itemcollected(item):
-    # marked as each test is collected, so before any pytest_collection_modifyitems: pytest-xdist's
-    # (which reads xdist_group) ran before ours there, even with tryfirst
-    module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
-    if module in FAST_MODULES:
-        item.add_marker(pytest.mark.fast)
-    if module in ONE_WORKER_MODULES:
-        item.add_marker(pytest.mark.xdist_group(module))
-
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in FAST_MODULES:
+            item.add_marker(pytest.mark.fast)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from openai_server import FakeOpenAI  # noqa: E402
 from prompt_reader import PromptReader  # noqa: E402
 from tdc_agent.agent.proxy import AgentPruning  # noqa: E402
-from tdc_agent.agent.tools import GroupTask  # noqa: E402
+from tdc_agent.planning.plan import GroupTask  # noqa: E402
 from tdc_agent.core.io import atomic_write_json  # noqa: E402
 from tdc_agent.core.config import load_config  # noqa: E402
 from tdc_agent.models.unet import build_unet, unet_config  # noqa: E402

@@ -160,7 +160,7 @@ class Bench:
     def group_losses(self, cfg: Config, run: RunDir) -> dict[str, float]:
         """Quick-eval loss of every pruned group's starting model (same images, noise and timesteps
         for every method: the comparison at equal MACs limits)."""
-        from tdc_agent.agent.proxy import held_out
+        from tdc_agent.models.latent import held_out
 
         process = ForwardProcess(cfg.schedule, self.device)
         out = {}

@@ -19,7 +19,8 @@ from langchain_core.language_models.chat_models import BaseChatModel
 from ..core.io import atomic_write_json, atomic_write_text
 from ..core.config import Config
 from ..core.data import ImageDataset
-from ..models.latent import training_data
+from ..models.latent import held_out, training_data
+from ..planning.plan import GroupTask
 from ..diffusion.process import ForwardProcess
 from ..pruning.pruner import Pruner
 from ..pruning.scheme import PruningScheme
@@ -28,27 +29,8 @@ from .llm import resolve_llm
 from .loop import GroupOutcome, RoundLoop
 from .memory import MemoryBank, architecture_hash, weights_hash
 from .prompts import load_prompts
-from .tools import GroupTask, PruningSession
+from .tools import PruningSession
 from .transcript import Transcript
-
-
-def held_out(cfg: Config, split: str = "val") -> ImageDataset:
-    """Images (or latents) the models never trained on: ``val`` for the agent's quick evaluation
-    (and stage 2's before/after losses), ``test`` for benchmarks that score the chosen schemes.
-
-    When stage 1 trains on ``data.split=all`` the validation images were trained on; that is said
-    once, loudly, since the agent's choices then rest on training loss.
-    """
-    if cfg.data.split != "train" and split in ("val", "test") and not _WARNED.get(cfg.data.split):
-        from ..core.progress import console
-
-        _WARNED[cfg.data.split] = True
-        console.print(f"[yellow]warning:[/] data.split={cfg.data.split} trains on the {split} images too, so the "
-                      "agent's quick losses are not held out. Set data.split=train (the default) for honest ones.")
-    return training_data(cfg, cfg.data.model_copy(update={"split": split}))
-
-
-_WARNED: dict[str, bool] = {}
 
 
 def group_state_dir(out_dir: Path, index: int) -> Path:

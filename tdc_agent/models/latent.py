@@ -112,6 +112,25 @@ def training_data(cfg: Config, data: DataConfig | None = None, device: torch.dev
     return ImageDataset(latents, f"{data.name}[{data.split}] latents")
 
 
+def held_out(cfg: Config, split: str = "val") -> ImageDataset:
+    """Images (or latents) the models never trained on: ``val`` for the agent's quick evaluation
+    (and stage 2's before/after losses), ``test`` for benchmarks that score the chosen schemes.
+
+    When stage 1 trains on ``data.split=all`` the validation images were trained on; that is said
+    once, loudly, since the agent's choices then rest on training loss.
+    """
+    if cfg.data.split != "train" and split in ("val", "test") and not _WARNED.get(cfg.data.split):
+        from ..core.progress import console
+
+        _WARNED[cfg.data.split] = True
+        console.print(f"[yellow]warning:[/] data.split={cfg.data.split} trains on the {split} images too, so the "
+                      "agent's quick losses are not held out. Set data.split=train (the default) for honest ones.")
+    return training_data(cfg, cfg.data.model_copy(update={"split": split}))
+
+
+_WARNED: dict[str, bool] = {}
+
+
 def latent_meta(cfg: Config, latent_shape: tuple[int, ...]) -> dict[str, Any] | None:
     """What a saved model records so that its samples can be decoded later (None for pixel models)."""
     if not cfg.latent.vae:

@@ -15,7 +15,7 @@ from ..core.io import atomic_write_json
 from ..models.store import load_model
 from ..core.config import Config
 from ..core.devices import barrier, dist_env, rank0_says
-from ..models.latent import training_data
+from ..models.latent import held_out, training_data
 from ..core.errors import ConfigError
 from ..planning.build import build_plan, write_plan
 from ..core.progress import console
@@ -42,8 +42,6 @@ def check_groups(plan: Plan, groups: Sequence[int] | None) -> None:
 def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequence[int] | None = None,
                  show: bool = True) -> PipelineResult:
     """Plan, stage 1 and stage 2 for ``groups`` (default all); assembles when every group is done."""
-    from ..agent.proxy import held_out
-
     t0 = time.time()
     plan = build_plan(cfg)
     check_groups(plan, groups)

@@ -17,8 +17,6 @@ from typing import Any, Sequence
 
 import torch
 
-from ..agent.proxy import AgentPruning, held_out
-from ..agent.tools import GroupTask
 from ..core.config import Config
 from ..core.data import load_dataset
 from ..core.devices import resolve_device
@@ -26,12 +24,12 @@ from ..core.errors import ConfigError
 from ..core.io import atomic_write_json, read_json
 from ..diffusion.process import ForwardProcess
 from ..evaluation.quick import quick_loss
-from ..models.latent import training_data
+from ..models.latent import held_out, training_data
 from ..models.macs import thop_macs
 from ..models.store import load_model
 from ..models.unet import build_unet, unet_config
 from ..planning.build import build_plan
-from ..planning.plan import Group
+from ..planning.plan import Group, GroupTask
 from ..pruning.apply import PruneResult
 from ..pruning.criteria import Criterion, criterion_names, get_criterion
 from ..pruning.pruner import Pruner
@@ -115,6 +113,8 @@ def prune_with_agent(cfg: Config, base: torch.nn.Module, meta: dict, task: Group
     ``memory_path``, default ``out_dir/memory``, unless ``agent.memory_dir``/``memory_url`` say
     otherwise); the best candidate is saved to ``model_dir`` (default ``out_dir/model``). Returns
     (summary, result, LLM spec)."""
+    from ..agent.proxy import AgentPruning  # here, so that pruning by a criterion never imports the agent
+
     ap = AgentPruning(cfg, base, meta, out_dir, cfg.agent.llm, device, show=show, memory_path=memory_path)
     outcome, result = ap.prune_group(task, model_dir=model_dir)
     return outcome.extra["summary"], result, ap.llm_spec

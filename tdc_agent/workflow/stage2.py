@@ -25,7 +25,7 @@ from ..diffusion.process import ForwardProcess
 from ..evaluation.quick import quick_loss
 from ..models.macs import count
 from .rundir import RunDir
-from ..planning.plan import Group, Plan
+from ..planning.plan import Group, GroupTask, Plan
 from ..training import train
 
 
@@ -60,7 +60,6 @@ def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: to
         info: dict[str, Any] = {"mode": mode if mode == "tdc-no-prune" else f"{mode} (full budget: base)",
                                 "levels": {}, "macs_thop": c.thop, "params": c.params}
     elif mode == "tdc":
-        from ..agent.tools import GroupTask
         from ..models.macs import thop_macs
         from .prune import prune_with_agent
 
