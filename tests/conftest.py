@@ -34,6 +34,9 @@ def tiny_config_dict(tmp_path: Path, **sections: dict) -> dict:
         "stage1": {"steps": 12, "batch_size": 16, "lr": 1e-3, "warmup": 2, "ckpt_every": 4,
                    "log_every": 1, "ema_decay": 0.9},
         "sample": {"steps": 5, "num": 8},
+        # no floor and no extra steps: tests pick their stage-2 steps exactly (tests/test_recipe.py
+        # checks the floor and the member-vs-base check themselves)
+        "stage2": {"min_steps": 0, "extra_steps": 0},
     }
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)
@@ -95,7 +98,19 @@ FAST_MODULES = {
 }
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in FAST_MODULES:
-            item.add_marker(pytest.mark.fast)
+# `make test` runs the suite on 2 pytest-xdist workers with --dist loadgroup: tests go to whichever
+# worker is free, except that the tests of these modules stay together on one worker, because each
+# builds an expensive module-scoped fixture (a reference run, a wheel, a pruner) that two workers would
+# both build.
+ONE_WORKER_MODULES = {"test_faults", "test_packaging", "test_pruning"}
+
+
+def pytest_itemcollected(item):
+    # marked as each test is collected, so before any pytest_collection_modifyitems: pytest-xdist's
+    # (which reads xdist_group) ran before ours there, even with tryfirst
+    module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+    if module in FAST_MODULES:
+        item.add_marker(pytest.mark.fast)
+    if module in ONE_WORKER_MODULES:
+        item.add_marker(pytest.mark.xdist_group(module))
+

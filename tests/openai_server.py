@@ -55,8 +55,11 @@ class FakeOpenAI:
 
     def __init__(self, script: list[Any] | None = None, repeat_last_fault: bool = False,
                  chaos: random.Random | None = None, chaos_rate: float = 0.3, valid_keys: set[str] | None = None,
-                 policy: Any = None):
+                 policy: Any = None, usage: Any = "estimate"):
         self.script = list(script or [])
+        # what the ``usage`` field of a reply says: "estimate" (bytes / 4 of the request), an int (that
+        # many prompt tokens, whatever was sent: a provider with another tokenizer), or None (no usage)
+        self.usage = usage
         self.valid_keys = valid_keys  # GET /v1/models answers 401 to any other key (None: any key)
         self.model_lookups: list[str] = []
         self.repeat_last_fault = repeat_last_fault
@@ -67,6 +70,7 @@ class FakeOpenAI:
         # who answers well-behaved requests: anything with ``_decide(messages) -> AIMessage``
         self.policy = policy if policy is not None else BuiltinPolicy(seed=0)
         self.input_bytes = 0  # the conversation bytes clients sent (messages + tool schemas)
+        self.max_request_bytes = 0  # the largest such request
         self._lock = threading.Lock()
         outer = self
 
@@ -94,7 +98,9 @@ class FakeOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 with outer._lock:
                     outer.requests.append(body)
-                    outer.input_bytes += len(json.dumps(body.get("messages", []))) + len(json.dumps(body.get("tools", [])))
+                    n = len(json.dumps(body.get("messages", []))) + len(json.dumps(body.get("tools", [])))
+                    outer.input_bytes += n
+                    outer.max_request_bytes = max(outer.max_request_bytes, n)
                     outer.headers.append(dict(self.headers))
                     action = outer._next()
                 outer._respond(self, body, action)
@@ -126,6 +132,9 @@ class FakeOpenAI:
     def _respond(self, h: BaseHTTPRequestHandler, body: dict[str, Any], action: Any) -> None:
         if isinstance(action, dict) and "status" in action:
             body = action.get("body", {"error": {"message": "injected fault", "type": "server_error"}})
+            if action.get("echo_auth"):  # a server that quotes the request's credentials back
+                body = {"error": {"message": f"Unauthorized: you sent Authorization: {h.headers.get('Authorization')}"
+                                             f" to {h.path}", "type": "invalid_request_error"}}
             payload = json.dumps(body).encode()
             h.send_response(action["status"])
             h.send_header("Content-Type", "application/json")
@@ -153,10 +162,12 @@ class FakeOpenAI:
             "model": body.get("model", "fake"),
             "choices": [{"index": 0, "message": message,
                          "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}],
-            # a tokenizer-free estimate (4 bytes per token), so token caps and reports see real sizes
-            "usage": {"prompt_tokens": (n_in := estimate_tokens(body)), "completion_tokens": (n_out := max(
-                1, len(json.dumps(message)) // 4)), "total_tokens": n_in + n_out},
         }
+        if self.usage is not None:
+            # a tokenizer-free estimate (4 bytes per token), so token caps and reports see real sizes
+            n_in = estimate_tokens(body) if self.usage == "estimate" else int(self.usage)
+            n_out = max(1, len(json.dumps(message)) // 4)
+            resp["usage"] = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
         payload = json.dumps(resp).encode()
         try:
             h.send_response(200)

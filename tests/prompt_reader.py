@@ -6,8 +6,9 @@ round message (``name | role | channels | quantum | MACs share | params`` rows),
 candidates ("evaluate N ..."), and one instruction a template may carry:
 ``Prune the units of role <role> first.`` So a template change changes what it proposes.
 
-It behaves like a frugal LLM: one reply proposes the round's candidates (``evaluate_scheme`` calls),
-the next submits the ones that were accepted; after a rejection it proposes a different shape.
+It behaves like a frugal LLM: one reply proposes the round's candidates (``evaluate_scheme`` calls;
+the round then closes by itself); if called again with them evaluated, it submits them; after a
+rejection it proposes a different shape.
 """
 
 from __future__ import annotations

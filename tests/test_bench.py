@@ -41,3 +41,29 @@ def test_bench_smoke_runs_every_item_and_resumes(tmp_path, monkeypatch):
     assert bench.main(args) == 0
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("bench.json")}
     assert json.loads((tmp_path / "out" / "tables-smoke.json").read_text())["table1"] == res["table1"]
+
+
+def test_sampler_steps_diagnostic_scores_each_variant(tmp_path, monkeypatch):
+    """tools/bench_sampler_steps.py on a tiny untrained digits model: every variant at every step
+    count from the same noise, and the ε-loss per timestep."""
+    import torch
+
+    from tdc_agent.core.config import ScheduleConfig
+    from tdc_agent.models.store import save_model
+    from tdc_agent.models.unet import build_unet, unet_config
+
+    monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    save_model(tmp_path / "m", build_unet(unet_config("tiny")),
+               {"schedule": ScheduleConfig(timesteps=50).model_dump(), "image_shape": [1, 8, 8]})
+    spec = importlib.util.spec_from_file_location("bench_sampler_steps", ROOT / "tools" / "bench_sampler_steps.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--model", str(tmp_path / "m"), "--samples", "16", "--steps", "2,3", "--variants", "old,consistent",
+              "--out", str(tmp_path / "out")])
+    res = json.loads((tmp_path / "out" / "sampler_steps.json").read_text())
+    assert set(res["fd"]) == {"old", "consistent"} and set(res["fd"]["old"]) == {"2", "3"}
+    assert all(math.isfinite(v) and v > 0 for d in res["fd"].values() for v in d.values())
+    assert "49" in res["eps_loss_per_t"]  # the last timestep of a 50-step schedule
+    with pytest.raises(SystemExit, match="unknown variants"):
+        mod.main(["--model", str(tmp_path / "m"), "--variants", "bogus", "--out", str(tmp_path / "out")])

@@ -382,9 +382,9 @@ def test_chaos_llm_run_completes_or_fails_clearly_and_resumes(tmp_path, cli, mon
     monkeypatch.chdir(tmp_path)  # an executed injection would create ./PWNED here
     rate = float(os.environ.get("TDC_CHAOS_RATE", "0.35"))
     with FakeOpenAI(chaos=random.Random(SEED * 1000 + chaos_run), chaos_rate=rate) as srv:
-        # 3 rounds: enough requests (3 LLM calls a round since a round ends at its accepted submit)
-        # for the seeded chaos to inject several kinds of fault
-        agent = {**CFG["agent"], "rounds": 3, "llm": "openai:fake-model", "base_url": srv.url, "timeout_s": 1.0,
+        # 5 rounds: enough requests for the seeded chaos to inject several kinds of fault (a round now
+        # closes itself once it has its candidates, so a scripted model makes ~2 LLM calls a round)
+        agent = {**CFG["agent"], "rounds": 5, "llm": "openai:fake-model", "base_url": srv.url, "timeout_s": 1.0,
                  "max_retries": 2, "max_round_retries": 3, "max_llm_calls_per_round": 12}
         cfg = tmp_path / "cfg.yaml"
         cfg.write_text(yaml.safe_dump(tiny_config_dict(tmp_path, **{**CFG, "agent": agent})))
@@ -410,3 +410,34 @@ def test_chaos_llm_run_completes_or_fails_clearly_and_resumes(tmp_path, cli, mon
     with open(summary, "a") as f:
         f.write(json.dumps({"chaos_seed": SEED * 1000 + chaos_run, "rate": rate, "requests": len(srv.requests), "injected": srv.injected,
                             "attempts": attempts, "kinds": sorted(CHAOS)}) + "\n")
+
+
+# --- issue 21, class 7: `assemble` repairs what `evaluate` asks it to -------------------------------
+
+def test_assemble_rebuilds_a_bad_manifest_and_whole_numbers_are_required(reference, tmp_path, cli):
+    import shutil
+
+    from test_hostile import probe, refused
+    from tdc_agent.models.progressive import ProgressiveModel
+
+    cfg, root, _, _ = reference
+    run = tmp_path / "run"
+    shutil.copytree(root / "ref", run)
+    path = run / "progressive" / "manifest.json"
+    good = json.loads(path.read_text())
+    overlapping = json.loads(path.read_text())
+    overlapping["members"][0]["t_end"] = overlapping["members"][1]["t_start"]
+    path.write_text(json.dumps(overlapping))
+    sample = ("sample", "--model", run / "progressive", "--num", "2", "--steps", "2", "-q", "--out", tmp_path / "s")
+    with probe(7, "overlapping members: assemble rebuilds the manifest", tmp_path):
+        refused(*cli(*sample)[::2], "overlap", "assemble")
+        code, _, err = cli("assemble", "--config", cfg, "--run-dir", run)
+        assert code == 0 and "rebuilding" in err, err
+        assert json.loads(path.read_text())["members"] == good["members"]
+        ProgressiveModel.load(run / "progressive")
+    fractional = json.loads(path.read_text())
+    fractional["members"][0]["t_end"] += 0.7
+    path.write_text(json.dumps(fractional))
+    with probe(4, "manifest t_end 30.7", tmp_path):
+        refused(*cli(*sample)[::2], "not a whole number", str(path))
+        assert not (tmp_path / "s").exists()

@@ -207,8 +207,9 @@ def _events_at(out: Path, kind: str) -> list[dict]:
 
 
 def test_group_llm_cap_is_named(tmp_path):
-    with pytest.raises(TDCError, match=r"agent.max_llm_calls_per_group=2") as e:
-        run_agent(tmp_path, "builtin", max_llm_calls_per_group=2, **ONE)
+    # the builtin needs 2 LLM calls a round now that a round closes itself at its K candidates
+    with pytest.raises(TDCError, match=r"agent.max_llm_calls_per_group=1") as e:
+        run_agent(tmp_path, "builtin", max_llm_calls_per_group=1, **ONE)
     assert "text instead" not in str(e.value)
 
 

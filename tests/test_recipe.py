@@ -70,3 +70,67 @@ def test_distillation_pulls_the_student_to_the_teacher(tmp_path):
     assert gap(tuned) < before
     assert gap(tuned) < gap(untaught)  # closer to the teacher than the same training without it
     assert all("distill_mse_avg" not in json.loads(line) for line in plain.metrics_path.read_text().splitlines())
+
+
+def test_bias_corrected_ema_gives_the_starting_weights_no_share():
+    model = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = EMA(model, decay=0.99, warmup=0, bias_correction=True)
+    for s in range(23):  # fewer steps than the 100-step window: the plain EMA would keep 0.99**23 = 79 % of 1.0
+        with torch.no_grad():
+            model.weight.fill_(float(s + 2))
+        ema.update(model, s)
+    # the average of the trained weights 2..24 with weights 0.99**age, normalised; the start (1.0) has no share
+    w = [0.99 ** (22 - s) for s in range(23)]
+    expected = sum(wi * (s + 2) for s, wi in enumerate(w)) / sum(w)
+    assert ema.shadow["weight"].flatten()[0].item() == pytest.approx(expected, rel=1e-5)
+    assert ema_decay_at(0, 0.99, 0, bias_correction=True) == 0.0  # after one step: that step's weights
+    assert ema_decay_at(10**5, 0.99, 0, bias_correction=True) == pytest.approx(0.99)  # long runs: the plain EMA
+
+
+def test_bias_correction_and_warmup_are_refused_together():
+    from tdc_agent.core.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="ema_bias_correction"):
+        config_from_dict({"stage2": {"ema_warmup": 10}})  # stage 2 corrects the bias by default
+
+
+def test_every_group_gets_its_floor_of_steps():
+    from tdc_agent.core.config import load_config
+    from tdc_agent.planning.build import build_plan
+    from tdc_agent.workflow.stage2 import group_steps
+
+    cfg = load_config(None, ["stage2.steps=750", "stage2.steps_rule=proportional"])
+    plan = build_plan(cfg)
+    steps = [group_steps(cfg, plan, g) for g in plan.groups]
+    floor = cfg.stage2.floor_steps
+    assert floor == cfg.stage2.warmup + 100  # warm-up plus the 0.99 EMA's window
+    assert min(steps) >= floor and steps[0] == min(steps)  # group 0 (t 0-30) was 23 steps by size alone
+    assert abs(sum(steps) - 750) <= len(steps)  # the rest shared by size: the total stays the budget
+    eq = load_config(None, ["stage2.steps=50", "stage2.steps_rule=equal", "stage2.min_steps=80"])
+    assert {group_steps(eq, plan, g) for g in plan.groups} == {80}
+
+
+@pytest.mark.parametrize("ratio, extends", [(0.01, True), (100.0, False)])
+def test_a_member_worse_than_the_base_trains_on_then_is_flagged(make_config, tmp_path, cli, ratio, extends):
+    cfg = make_config(stage2={"mode": "tdc-no-prune", "steps": 4, "batch_size": 16, "ckpt_every": 2, "warmup": 1,
+                              "min_steps": 3, "extra_steps": 6, "max_loss_ratio": ratio},
+                      evaluation={"samples": 8, "compare_equal_compute": False},
+                      agent={"eval_batch_size": 16, "eval_timesteps": 2})
+    code, _, err = cli("run", "--config", cfg, "--run-dir", tmp_path / "r", "-q")
+    assert code == 0, err
+    run = tmp_path / "r"
+    for g in range(3):
+        ft = json.loads((run / "stage2" / f"g{g}" / "finetune.json").read_text())
+        assert ft["planned_steps"] == 4 and ft["loss_base"] > 0
+        assert ft["steps"] == (10 if extends else 4)  # chunks of min_steps (3) while within extra_steps (6)
+        assert [c["steps"] for c in ft["checks"]] == ([4, 7, 10] if extends else [4])
+        assert ft["worse_than_base"] is extends
+        metrics = (run / "stage2" / f"g{g}" / "finetune" / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(metrics[-1])["step"] == ft["steps"]  # the extension resumed the same run
+    report = (run / "report.md").read_text()
+    assert ("WORSE than the base" in report) is extends
+    assert "| base loss | pruned loss |" in report
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert ev["training_steps"]["stage2"] == 3 * (10 if extends else 4)  # the extra steps are counted

@@ -41,3 +41,33 @@ def test_sample_cli_in_fresh_process_matches(tmp_path):
     here_u8 = np.load(tmp_path / "here" / "samples.npz")["images"]
     assert np.array_equal(there, here_u8)
     assert (tmp_path / "there" / "samples.png").stat().st_size > 100
+
+
+def test_a_ddim_step_after_clipping_uses_the_eps_of_the_clipped_x0():
+    """Where x0 is clipped, the step must use the ε that the clipped x0 implies: the model's own ε
+    beside the clipped x0 matches neither, and that error made every model worse with more steps."""
+    from tdc_agent.diffusion.process import ForwardProcess
+    from tdc_agent.diffusion.sampling import denoise_loop, make_scheduler
+
+    cfg = ScheduleConfig(timesteps=100)
+    sched = make_scheduler(cfg, "ddim")
+    sched.set_timesteps(2)  # timesteps [50, 0]: one step from t=50 to t=0, then the last one to x0
+    t, t_prev = int(sched.timesteps[0]), int(sched.timesteps[1])
+    ac = ForwardProcess(cfg).alphas_cumprod.double()
+    a, a_prev = ac[t], ac[t_prev]
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)).double()
+    eps = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)).double() * 3  # x0 far out of range
+    seen = []
+
+    def fn(xt: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        seen.append(xt.clone())
+        return eps.to(xt.dtype)
+
+    denoise_loop(fn, x.float(), sched)
+    x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+    assert (x0.abs() == 1).float().mean() > 0.3  # the case at hand: much of x0 is clipped
+    consistent = (x - a.sqrt() * x0) / (1 - a).sqrt()
+    expected = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * consistent
+    assert torch.allclose(seen[1].double(), expected, atol=1e-4)
+    inconsistent = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    assert not torch.allclose(seen[1].double(), inconsistent, atol=1e-2)

@@ -57,27 +57,31 @@ from tdc_agent.models.macs import count  # noqa: E402
 from tdc_agent.workflow.rundir import RunDir  # noqa: E402
 from tdc_agent.workflow.sampling import generate  # noqa: E402
 from tdc_agent.workflow.stage1 import STEP_COST, continue_base, train_base  # noqa: E402
-from tdc_agent.workflow.stage2 import group_steps, prepare_in_order  # noqa: E402
+from tdc_agent.workflow.stage2 import prepare_in_order, trained_steps  # noqa: E402
+from tdc_agent.diffusion.process import ForwardProcess  # noqa: E402
+from tdc_agent.diffusion.schedule import ddim_timesteps  # noqa: E402
+from tdc_agent.evaluation.quick import grid_loss  # noqa: E402
 
 SCALES: dict[str, dict[str, Any]] = {
     # what fits this project's 2-core CPU in about an hour (make bench): lr fixed at the value the
     # GPU-scale tuning chose on seeds 100-101, then steps rule x distillation tuned on seeds 100-101
-    "cpu": {"seeds": [0, 1, 2, 3, 4], "tune_seeds": [100, 101], "timesteps": 1000, "groups": 4, "k": 0.5,
+    "cpu": {"seeds": [0, 1, 2, 3, 4, 5, 6, 7], "tune_seeds": [100, 101], "timesteps": 1000, "groups": 4, "k": 0.5,
             "budget_rule": "mean", "stage1": 1500, "batch": 128, "stage2_fraction": 0.5, "samples": 2000,
-            "sample_steps": 25, "rounds": 5, "candidates": 3, "lrs": [1e-3], "rules": ["equal", "proportional"],
+            "sample_steps": 100, "fd_steps": [25, 50, 100], "rounds": 5, "candidates": 3, "lrs": [1e-3],
+            "rules": ["equal", "proportional"], "distill_grid": [False],
             "distill": 1.0, "stage2_ema": 0.99, "stage1_ema": 0.995, "stage1_ema_warmup": 200, "bootstrap": 100,
             "floor_splits": 100},
     # the GPU scale (one process per seed and row on one GPU)
-    "full": {"seeds": [0, 1, 2, 3, 4], "tune_seeds": [100, 101], "timesteps": 1000, "groups": 4, "k": 0.5,
+    "full": {"seeds": [0, 1, 2, 3, 4, 5, 6, 7], "tune_seeds": [100, 101], "timesteps": 1000, "groups": 4, "k": 0.5,
              "budget_rule": "mean", "stage1": 2000, "batch": 256, "stage2_fraction": 0.5, "samples": 2000,
-             "sample_steps": 100, "rounds": 5, "candidates": 3, "lrs": [2e-4, 5e-4, 1e-3], "rules": ["proportional"],
-             "distill": 1.0,
+             "sample_steps": 100, "fd_steps": [25, 50, 100], "rounds": 5, "candidates": 3, "lrs": [2e-4, 5e-4, 1e-3],
+             "rules": ["equal", "proportional"], "distill_grid": [False, True], "distill": 1.0,
              "stage2_ema": 0.99, "stage1_ema": 0.995, "stage1_ema_warmup": 200, "bootstrap": 100,
              "floor_splits": 100},
     "smoke": {"seeds": [0, 1], "tune_seeds": [100], "timesteps": 100, "groups": 3, "k": 0.5,
               "budget_rule": "mean", "stage1": 16, "batch": 16, "stage2_fraction": 0.5, "samples": 48,
-              "sample_steps": 4, "rounds": 1, "candidates": 2, "lrs": [1e-3], "rules": ["equal"],
-              "distill": 1.0,
+              "sample_steps": 4, "fd_steps": [2, 4], "rounds": 1, "candidates": 2, "lrs": [1e-3], "rules": ["equal"],
+              "distill_grid": [False], "distill": 1.0,
               "stage2_ema": 0.9, "stage1_ema": 0.9, "stage1_ema_warmup": 4, "bootstrap": 20, "floor_splits": 4},
 }
 
@@ -204,23 +208,41 @@ class Bench:
 
     # --- scoring ------------------------------------------------------------------------------------
     def sample_features(self, seed: int, name: str, fn, macs: float, extra: dict[str, Any]) -> dict[str, Any]:
-        """Sample ``fn`` with the seed's noise, store its classifier features, return the row entry."""
+        """Sample ``fn`` with the seed's noise at every step count of ``fd_steps`` (DDIM, η = 0: the
+        same initial noise gives paired samples at every count), store the classifier features, and
+        score the sampler's held-out ε-loss on the DDIM grid of the headline step count."""
         out = self.seed_dir(seed) / "scores" / f"{name}.json"
         if out.is_file():
             return read_json(out, "benchmark score")
         cfg = self.cfg(seed)
-        scfg = cfg.sample.model_copy(update={"num": self.s["samples"], "batch_size": self.s["samples"]})
-        t0 = time.time()
-        images = generate(fn, (1, 8, 8), cfg.schedule, scfg, seed, self.device, progress=False)
         clf, acc = digits_classifier()
-        feats = features(images, clf)
         out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(out.with_suffix(".npy"), feats.astype(np.float32))
-        entry = {"name": name, "seed": seed, "fd": frechet(feats, self.reference()), "macs_per_step": float(macs),
-                 "sample_seconds": time.time() - t0, "classifier_test_accuracy": acc, **extra}
+        t0 = time.time()
+        fd_by_steps: dict[str, float] = {}
+        for steps in self.s["fd_steps"]:
+            scfg = cfg.sample.model_copy(update={"num": self.s["samples"], "batch_size": self.s["samples"],
+                                                 "steps": steps})
+            images = generate(fn, (1, 8, 8), cfg.schedule, scfg, seed, self.device, progress=False)
+            feats = features(images, clf)
+            np.save(self.seed_dir(seed) / "scores" / f"{name}@{steps}.npy", feats.astype(np.float32))
+            fd_by_steps[str(steps)] = frechet(feats, self.reference())
+        sample_s = time.time() - t0
+        eps = grid_loss(fn, self.test_images(), ForwardProcess(cfg.schedule, self.device),
+                        ddim_timesteps(cfg.schedule.timesteps, self.s["sample_steps"]).tolist(), seed=seed)
+        entry = {"name": name, "seed": seed, "fd": fd_by_steps[str(self.s["sample_steps"])], "fd_by_steps": fd_by_steps,
+                 "eps_loss": eps["mean"], "eps_loss_per_t": eps["per_t"], "macs_per_step": float(macs),
+                 "sample_seconds": sample_s, "classifier_test_accuracy": acc, **extra}
         atomic_write_json(out, entry)
-        self.log(f"seed {seed}: {name} FD {entry['fd']:.3f}")
+        self.log(f"seed {seed}: {name} FD " + ", ".join(f"DDIM-{k} {v:.3f}" for k, v in fd_by_steps.items())
+                 + f"; eps-loss {eps['mean']:.5f}")
         return entry
+
+    def test_images(self) -> torch.Tensor:
+        """The held-out test split (never trained on, never seen by the agent) on the device."""
+        from tdc_agent.core.config import DataConfig
+        from tdc_agent.core.data import load_dataset
+
+        return load_dataset(DataConfig(name="digits", split="test")).images.to(self.device)
 
     _ref: np.ndarray | None = None
 
@@ -256,8 +278,11 @@ class Bench:
         macs = pm.sampling_macs(cfg.sample.sampler, cfg.sample.steps)["mean_per_step"]
         train_macs = STEP_COST * (tm["stage1"] + tm["stage2"]) + tm["teacher"] + tm["proxy"]
         params = sum(sum(p.numel() for p in m.model.parameters()) for m in pm.members)
+        members = [read_json(run.group(g.index) / "finetune.json", "group fine-tune summary") for g in plan.groups]
         return self.sample_features(seed, name, pm, macs, {
-            "training_steps": cfg.stage1.steps + sum(group_steps(cfg, plan, g) for g in plan.groups),
+            "training_steps": cfg.stage1.steps + sum(trained_steps(cfg, run, plan, g) for g in plan.groups),
+            "member_loss_ratios": [m["loss_ratio"] for m in members],
+            "member_steps": [m["steps"] for m in members], "member_planned_steps": [m["planned_steps"] for m in members],
             "train_macs": train_macs,
             "teacher_macs": tm["teacher"], "proxy_macs": tm["proxy"], "params": params,
             "base_macs_per_step": float(base_macs)})
@@ -268,6 +293,8 @@ class Bench:
         name = self.tune_name(lr, rule, distill)
         with self.seed_lock(seed):
             src = self.pruned(seed, "tdc-group-taylor", "group-taylor")
+            # the tuning seeds' bases are scored too (the base's FD by sampler steps, on seeds not reported)
+            self.score_base(seed, "base", self.base(seed).base_model, self.s["stage1"])
         run = self.stage2_row(seed, name, "group-taylor", distill, lr, src, rule)
         return self.score_tdc(seed, name, run)
 
@@ -281,8 +308,8 @@ class Bench:
     SOURCES = {"tdc-no-prune": "tdc-no-prune", "tdc-agent": "tdc", "tdc-group-taylor": "group-taylor"}
 
     def base_worker(self, seed: int, timeout: float) -> None:
-        """A reported seed's base, its +20 % continuation, the pruned starting models of every mode,
-        and (once the recipe is chosen) the equal-compute base."""
+        """A reported seed's base, its +20 % continuation and the pruned starting models of every mode
+        (the equal-compute base is :meth:`equal_worker`'s, after the rows)."""
         s = self.s
         base = self.base(seed)
         self.score_base(seed, "base", base.base_model, s["stage1"])
@@ -295,19 +322,25 @@ class Bench:
             self.log(f"seed {seed}: base to {longer} steps (+20 %)")
             continue_base(self.cfg(seed), base, longer, long_dir, self.device, progress=False)
         self.score_base(seed, "base-1.2x", long_dir / "model", longer)
+
+    def equal_worker(self, seed: int, timeout: float) -> None:
+        """The equal-compute base of a reported seed: trained on from its stage-1 checkpoint for the
+        training compute the most expensive headline TDC row really used (its groups' extra steps
+        after failed checks included), so it starts once those rows have finished."""
+        base = self.base(seed)
         self.wait_for(self.work / "tune" / "choice.json", "the tuning choice", timeout)
         choice = read_json(self.work / "tune" / "choice.json", "tuning choice")
-        # the headline rows' training compute is known before they train: it depends on the pruned
-        # models (MACs, agent forwards) and the recipe (teacher forwards), not on the outcome
         model, _ = load_model(base.base_model, self.device)
         base_macs = count(model).thop
         need = 0.0
         for name, mode, distill in rows_for(choice):
             if name not in HEADLINE:
                 continue
+            run = RunDir(self.seed_dir(seed) / name)
+            self.wait_for(run.progressive() / "manifest.json", f"seed {seed}'s row {name}", timeout)
             cfg = self.cfg(seed, {"stage2.mode": mode, "stage2.distill": self.s["distill"] if distill else 0.0,
                                   **self.recipe(choice["steps_rule"])})
-            tm = training_macs(cfg, RunDir(self.seed_dir(seed) / f"{name}-pruned"), build_plan(cfg), base_macs)
+            tm = training_macs(cfg, run, build_plan(cfg), base_macs)
             need = max(need, STEP_COST * (tm["stage1"] + tm["stage2"]) + tm["teacher"] + tm["proxy"])
         self.equal_compute(seed, base, need)
 
@@ -340,7 +373,7 @@ class Bench:
 
     # --- tuning choice and the tables -----------------------------------------------------------------
     def grid(self) -> list[tuple[float, str, bool]]:
-        return [(lr, r, d) for lr in self.s["lrs"] for r in self.s["rules"] for d in (False, True)]
+        return [(lr, r, d) for lr in self.s["lrs"] for r in self.s["rules"] for d in self.s["distill_grid"]]
 
     @staticmethod
     def tune_name(lr: float, rule: str, distill: bool) -> str:
@@ -370,6 +403,7 @@ class Bench:
     def aggregate(self, out_dir: Path, wall_s: float) -> dict[str, Any]:
         s = self.s
         seeds = s["seeds"]
+        head = str(s["sample_steps"])
         choice = read_json(self.work / "tune" / "choice.json", "tuning choice")
         names = ["base", "base-1.2x", "base-equal-compute"] + [r[0] for r in rows_for(choice)]
         scores: dict[str, dict[int, dict[str, Any]]] = {}
@@ -399,6 +433,10 @@ class Bench:
             row: dict[str, Any] = {
                 "name": n, "seeds": have, "fd": [per[sd]["fd"] for sd in have],
                 "fd_mean": float(np.mean([per[sd]["fd"] for sd in have])),
+                "fd_by_steps": {k: {"fd": [per[sd]["fd_by_steps"][k] for sd in have],
+                                    "fd_mean": float(np.mean([per[sd]["fd_by_steps"][k] for sd in have]))}
+                                for k in map(str, s["fd_steps"])},
+                "eps_loss": [per[sd]["eps_loss"] for sd in have],
                 "macs_per_step": float(np.mean([per[sd]["macs_per_step"] for sd in have])),
                 "macs_per_step_ratio": float(np.mean([per[sd]["macs_per_step"] / eq[sd]["macs_per_step"]
                                                       for sd in have])),
@@ -407,29 +445,61 @@ class Bench:
                 "proxy_macs": float(np.mean([per[sd]["proxy_macs"] for sd in have])),
                 "training_steps": first["training_steps"], "params": first["params"],
             }
+            if "member_loss_ratios" in first:
+                ratios_m = [r for sd in have for r in per[sd]["member_loss_ratios"]]
+                row["member_loss_ratio_max"] = float(max(ratios_m))
+                row["member_loss_ratios"] = {str(sd): per[sd]["member_loss_ratios"] for sd in have}
+                row["member_extra_steps"] = {str(sd): [a - b for a, b in zip(per[sd]["member_steps"],
+                                                                             per[sd]["member_planned_steps"])]
+                                             for sd in have}
             if n != "base-equal-compute":
                 ratios = paired_ratios(row["fd"], [eq[sd]["fd"] for sd in have])
                 ti = t_interval(ratios)
                 boot = []
                 for sd in have:
-                    a = np.load(self.seed_dir(sd) / "scores" / f"{n}.npy").astype(np.float64)
-                    b = np.load(self.seed_dir(sd) / "scores" / "base-equal-compute.npy").astype(np.float64)
+                    a = np.load(self.seed_dir(sd) / "scores" / f"{n}@{head}.npy").astype(np.float64)
+                    b = np.load(self.seed_dir(sd) / "scores" / f"base-equal-compute@{head}.npy").astype(np.float64)
                     boot.append(paired_bootstrap_ratio(fd_of, a, b, s["bootstrap"], seed=sd))
                 pooled = np.mean(np.stack(boot), axis=0)  # mean over seeds of each bootstrap draw
+                eps_r = t_interval(paired_ratios(row["eps_loss"], [eq[sd]["eps_loss"] for sd in have]))
                 row.update({"fd_ratio": ti.mean, "fd_ratio_ci95": ti.to_list(), "fd_ratios": ratios,
                             "fd_diff": float(np.mean(np.asarray(row["fd"]) - np.asarray([eq[sd]["fd"] for sd in have]))),
-                            "fd_ratio_bootstrap_ci95": percentile_interval(pooled)})
+                            "fd_ratio_bootstrap_ci95": percentile_interval(pooled),
+                            "eps_loss_ratio": eps_r.mean, "eps_loss_ratio_ci95": eps_r.to_list()})
+                for k, v in row["fd_by_steps"].items():
+                    r_k = t_interval(paired_ratios(v["fd"], [eq[sd]["fd_by_steps"][k] for sd in have]))
+                    v.update({"fd_ratio": r_k.mean, "fd_ratio_ci95": r_k.to_list()})
             rows.append(row)
         floor_mean, floor_sd, half = real_floor_splits(s["floor_splits"])
         byname = {r["name"]: r for r in rows}
-        targets = {}
+        # the base's FD by sampler steps, on the reported seeds and (separately) the tuning seeds
+        base_by_steps: dict[str, Any] = {}
+        for label, group in (("reported", seeds), ("tuning", s["tune_seeds"])):
+            got = [read_json(f, "score") for sd in group
+                   if (f := self.seed_dir(sd) / "scores" / "base.json").is_file()]
+            if got:
+                base_by_steps[label] = {"seeds": [g["seed"] for g in got], **{
+                    k: float(np.mean([g["fd_by_steps"][k] for g in got])) for k in map(str, s["fd_steps"])}}
+        lo_k, hi_k = str(min(s["fd_steps"])), str(max(s["fd_steps"]))
+        targets: dict[str, Any] = {"seeds": {"goal": ">= 8 reported seeds", "met": len(complete) >= 8,
+                                             "value": len(complete)}}
+        if "reported" in base_by_steps:
+            rb = base_by_steps["reported"]
+            targets["base_fd_by_steps"] = {"goal": f"base FD at DDIM-{hi_k} <= 1.1 x at DDIM-{lo_k}",
+                                           "value": rb[hi_k] / rb[lo_k], "met": bool(rb[hi_k] <= 1.1 * rb[lo_k])}
         if "tdc-agent" in byname and "fd_ratio_ci95" in byname["tdc-agent"]:
             r = byname["tdc-agent"]
-            targets["tdc-agent"] = {"goal": "MACs/step <= 0.82 x base and FD ratio CI upper < 0.95",
-                                    "met": bool(r["macs_per_step_ratio"] <= 0.82 and r["fd_ratio_ci95"][1] < 0.95)}
+            targets["tdc-agent"] = {"goal": "MACs/step <= 0.82 x base, FD ratio mean <= 0.95 and CI upper < 1.0",
+                                    "met": bool(r["macs_per_step_ratio"] <= 0.82 and r["fd_ratio"] <= 0.95
+                                                and r["fd_ratio_ci95"][1] < 1.0)}
         if "tdc-no-prune" in byname and "fd_ratio_ci95" in byname["tdc-no-prune"]:
             r = byname["tdc-no-prune"]
-            targets["tdc-no-prune"] = {"goal": "FD ratio CI upper < 0.90", "met": bool(r["fd_ratio_ci95"][1] < 0.90)}
+            targets["tdc-no-prune"] = {"goal": "FD ratio CI upper < 0.95", "met": bool(r["fd_ratio_ci95"][1] < 0.95)}
+        for r in rows:
+            if "member_loss_ratio_max" in r:
+                targets[f"{r['name']}-members"] = {"goal": "every member <= 1.02 x the base's held-out loss",
+                                                   "value": r["member_loss_ratio_max"],
+                                                   "met": bool(r["member_loss_ratio_max"] <= 1.02)}
         if "base-1.2x" in byname and "base" in byname:
             b0 = [scores["base"][sd]["fd"] for sd in byname["base-1.2x"]["seeds"]]
             conv = t_interval(paired_ratios(byname["base-1.2x"]["fd"], b0))
@@ -441,6 +511,7 @@ class Bench:
             "protocol": {k: s[k] for k in s}, "scale": self.scale, "seeds_complete": complete,
             "tuning": choice, "real_floor": {"mean": floor_mean, "sd": floor_sd, "images_per_half": half,
                                              "splits": s["floor_splits"]},
+            "base_fd_by_steps": base_by_steps,
             "convergence": convergence, "rows": rows, "targets": targets,
             "machine": {"device": str(self.device), "platform": platform.platform(),
                         "gpu": torch.cuda.get_device_name(0) if self.device.type == "cuda" else None,
@@ -457,37 +528,60 @@ def _g(x: float) -> str:
     return f"{x / 1e12:.2f} T" if x >= 1e11 else f"{x / 1e9:.2f} G"
 
 
+def _ci(x: list[float]) -> str:
+    return f"[{x[0]:.3f}, {x[1]:.3f}]"
+
+
 def markdown(r: dict[str, Any]) -> str:
     p = r["protocol"]
+    steps = [str(k) for k in p["fd_steps"]]
+    head = str(p["sample_steps"])
     lines = [f"# Table I on digits ({r['scale']} scale)", "",
              f"Seeds {r['seeds_complete']} (tuned on {p['tune_seeds']}); stage 1 {p['stage1']} steps × batch {p['batch']} "
              f"on the train split; N={p['groups']}, k={p['k']}, budget rule `{p['budget_rule']}`; stage 2 "
-             f"{p['stage2_fraction']:.0%} of stage 1's steps ({r['tuning']['steps_rule']} per group); {p['samples']} samples per model, "
-             f"DDIM-{p['sample_steps']}, same noise for every model of a seed; FD against all 1797 digits.", "",
-             f"Tuned recipe (on the tuning seeds only): stage-2 lr {r['tuning']['lr']:g}, steps "
+             f"{p['stage2_fraction']:.0%} of stage 1's steps ({r['tuning']['steps_rule']} per group, each at least its "
+             f"floor, plus extra steps for a member that ends worse than the base); {p['samples']} samples per model, "
+             f"DDIM-{head} (headline) and DDIM-{', '.join(steps)}, same noise for every model of a seed; FD against all "
+             "1797 digits. ε-loss: the held-out ε-MSE of the whole sampler (each timestep served by its member) on the "
+             f"test split over the DDIM-{head} timesteps, same noise for every model of a seed.", "",
+             f"Tuned recipe (on the tuning seeds only, by mean FD at DDIM-{head}): stage-2 lr {r['tuning']['lr']:g}, steps "
              f"{r['tuning']['steps_rule']}, distillation "
-             f"{'on' if r['tuning']['distill'] else 'off'} (weight {p['distill']}), EMA {p['stage2_ema']} from the "
-             "starting weights (no warm-up).", "",
-             "| row | FD (mean over seeds) | FD ratio vs equal compute [95 % CI, t] | bootstrap 95 % CI | MACs / step "
-             "(× base) | training MACs | of which teacher | of which agent |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{'on' if r['tuning']['distill'] else 'off'} (weight {p['distill']}), bias-corrected EMA {p['stage2_ema']} "
+             "(the average covers only the fine-tuned weights).", "",
+             f"| row | FD DDIM-{head} (mean) | FD ratio vs equal compute [95 % CI, t] | bootstrap 95 % CI | ε-loss ratio "
+             "[95 % CI] | MACs / step (× base) | worst member / base loss | training MACs | of which agent |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
-        ratio = (f"{row['fd_ratio']:.3f} [{row['fd_ratio_ci95'][0]:.3f}, {row['fd_ratio_ci95'][1]:.3f}]"
-                 if "fd_ratio" in row else "reference")
-        boot = (f"[{row['fd_ratio_bootstrap_ci95'][0]:.3f}, {row['fd_ratio_bootstrap_ci95'][1]:.3f}]"
-                if "fd_ratio_bootstrap_ci95" in row else "")
-        lines.append(f"| {row['name']} | {row['fd_mean']:.3f} | {ratio} | {boot} | {row['macs_per_step_ratio']:.3f} | "
-                     f"{_g(row['train_macs'])} | {_g(row['teacher_macs'])} | {_g(row['proxy_macs'])} |")
+        ratio = f"{row['fd_ratio']:.3f} {_ci(row['fd_ratio_ci95'])}" if "fd_ratio" in row else "reference"
+        boot = _ci(row["fd_ratio_bootstrap_ci95"]) if "fd_ratio_bootstrap_ci95" in row else ""
+        eps = f"{row['eps_loss_ratio']:.4f} {_ci(row['eps_loss_ratio_ci95'])}" if "eps_loss_ratio" in row else "reference"
+        mem = f"{row['member_loss_ratio_max']:.3f}" if "member_loss_ratio_max" in row else ""
+        lines.append(f"| {row['name']} | {row['fd_mean']:.3f} | {ratio} | {boot} | {eps} | {row['macs_per_step_ratio']:.3f} | "
+                     f"{mem} | {_g(row['train_macs'])} | {_g(row['proxy_macs'])} |")
+    lines += ["", "FD by sampler steps (mean over seeds; ratio vs the equal-compute base with its 95 % CI):", "",
+              "| row | " + " | ".join(f"DDIM-{k}" for k in steps) + " |", "|---|" + "---|" * len(steps)]
+    for row in r["rows"]:
+        cells = []
+        for k in steps:
+            v = row["fd_by_steps"][k]
+            cells.append(f"{v['fd_mean']:.3f}" + (f" ({v['fd_ratio']:.3f} {_ci(v['fd_ratio_ci95'])})" if "fd_ratio" in v else ""))
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    for label, b in r.get("base_fd_by_steps", {}).items():
+        lines.append("")
+        lines.append(f"Base FD by steps, {label} seeds {b['seeds']}: " + ", ".join(f"DDIM-{k} {b[k]:.3f}" for k in steps) + ".")
     f = r["real_floor"]
     lines += ["", f"Real-vs-real floor: {f['mean']:.3f} ± {f['sd']:.3f} (FD between disjoint halves of the real digits, "
               f"{f['images_per_half']} images each, mean ± sd over {f['splits']} splits)."]
     c = r.get("convergence") or {}
     if c:
         lines += [f"Convergence: FD(base +20 % steps) / FD(base) = {c['fd_ratio_1.2x_vs_base']:.3f} "
-                  f"[{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] → "
+                  f"{_ci(c['ci95'])} → "
                   f"{'no improvement resolved at this power (the CI includes 1)' if c['converged'] else 'still improving'}."]
+    lines.append("")
     for k, t in r.get("targets", {}).items():
-        lines.append(f"Target {k}: {t['goal']}: **{'met' if t['met'] else 'not met'}**.")
+        val = f" (value {t['value']:.3f})" if isinstance(t.get("value"), float) else (
+            f" (value {t['value']})" if "value" in t else "")
+        lines.append(f"- Target {k}: {t['goal']}{val}: **{'met' if t['met'] else 'not met'}**.")
     lines += ["", f"Machine: {r['machine']['gpu'] or r['machine']['platform']}, torch {r['machine']['torch']}; "
               f"wall {r['wall_seconds']:.0f} s.", ""]
     return "\n".join(lines)
@@ -498,6 +592,10 @@ def run_job(b: Bench, a: argparse.Namespace, timeout: float) -> None:
         b.tune_worker(a.seed, a.lr, a.rule, bool(a.distill))
     elif a.role == "base":
         b.base_worker(a.seed, timeout)
+    elif a.role == "equal":
+        b.equal_worker(a.seed, timeout)
+    elif a.role == "tunebase":  # a tuning seed's base, scored (its FD by sampler steps)
+        b.score_base(a.seed, "base", b.base(a.seed).base_model, b.s["stage1"])
     else:
         b.row_worker(a.seed, a.row, timeout)
 
@@ -511,15 +609,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes (0: one per seed / grid point)")
     ap.add_argument("--deadline-s", type=float, default=None, help="stop workers after this many seconds")
-    ap.add_argument("--role", choices=["tune", "base", "row"])
+    ap.add_argument("--role", choices=["tune", "base", "row", "equal", "tunebase"])
+    ap.add_argument("--choice", type=Path, default=None,
+                    help="carry a recipe chosen earlier on the tuning seeds (a tune/choice.json) instead of tuning")
     ap.add_argument("--row", help="row name (role row)")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--distill", type=int)
     ap.add_argument("--rule", choices=["equal", "proportional"])
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--rows", choices=["all", "headline"], default="all",
-                    help="headline: only the tuned recipe's rows (no with/without-distillation variants)")
+    ap.add_argument("--seeds", default=None, help="run only these reported seeds (comma-separated; e.g. to finish "
+                                                  "whole seeds first); the tables still report every complete seed")
+    ap.add_argument("--rows", choices=["all", "headline", "core"], default="all",
+                    help="headline: only the tuned recipe's rows (no with/without-distillation variants); "
+                         "core: only tdc-agent and tdc-no-prune (no group-Taylor row)")
     a = ap.parse_args(argv)
     work = a.work or ROOT / "benchmarks" / "work" / f"table1-{a.scale}"
     if a.threads:
@@ -536,15 +639,34 @@ def main(argv: list[str] | None = None) -> None:
         return
     t0 = time.time()
     digits_classifier()  # train the FD classifier once, before workers race for its cache
-    jobs = [["--role", "tune", "--seed", str(sd), "--lr", str(lr), "--rule", rule, "--distill", str(int(d))]
-            for lr, rule, d in b.grid() for sd in b.s["tune_seeds"]]  # seeds interleaved: bases train in parallel
-    jobs += [["--role", "base", "--seed", str(sd)] for sd in b.s["seeds"]]
+    if a.choice is not None and not (work / "tune" / "choice.json").is_file():
+        # a recipe chosen earlier on the tuning seeds (never on reported seeds), carried over whole
+        carried = read_json(a.choice, "carried tuning choice")
+        atomic_write_json(work / "tune" / "choice.json", {**carried, "carried_from": str(a.choice)})
+    if (work / "tune" / "choice.json").is_file() and "carried_from" in read_json(work / "tune" / "choice.json", "choice"):
+        jobs = []  # the tuning seeds' bases are still scored, after the reported seeds (role tunebase)
+    else:
+        jobs = [["--role", "tune", "--seed", str(sd), "--lr", str(lr), "--rule", rule, "--distill", str(int(d))]
+                for lr, rule, d in b.grid() for sd in b.s["tune_seeds"]]  # seeds interleaved: bases train in parallel
     # row names do not depend on the choice's values, only on which distillation setting is headline:
     # name both settings explicitly so jobs can start before the choice exists
-    names = ROW_NAMES if a.rows == "all" else [r for r in ROW_NAMES if not r.endswith("-other")]
+    names = {"all": ROW_NAMES, "headline": [r for r in ROW_NAMES if not r.endswith("-other")],
+             "core": list(HEADLINE)}[a.rows]
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "rows.json", {"rows": names})
-    jobs += [["--role", "row", "--seed", str(sd), "--row", r] for sd in b.s["seeds"] for r in names]
+    # seed by seed, so a run cut short leaves whole seeds, not 8 half ones: the base of seed k+1 is
+    # queued before the rows and equal-compute base of seed k, so while seed k's rows wait for its
+    # pruned models the other slot trains the next base; every job waits only on jobs queued before it
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else b.s["seeds"]
+    for i, sd in enumerate(seeds):
+        if i == 0:
+            jobs += [["--role", "base", "--seed", str(sd)]]
+        if i + 1 < len(seeds):
+            jobs += [["--role", "base", "--seed", str(seeds[i + 1])]]
+        jobs += [["--role", "row", "--seed", str(sd), "--row", r] for r in names]
+        jobs += [["--role", "equal", "--seed", str(sd)]]
+    if not any(j[1] == "tune" for j in jobs):
+        jobs += [["--role", "tunebase", "--seed", str(sd)] for sd in b.s["tune_seeds"]]
     # tuning jobs come first, so with fewer slots than jobs no report worker waits on a queued grid point
     n_par = len(jobs) if a.jobs <= 0 else a.jobs
     if n_par == 1:  # one job at a time: in this process, in order (no start-up cost per job)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..core.errors import ConfigError
 from ..core.io import atomic_write_text
-from .memory import MemoryBank, MemoryBankError, MemoryRecord
+from .memory import MemoryBank, MemoryBankError, MemoryRecord, failure_advice
 
 
 def open_memory(run_dir: Path | None = None, memory_dir: Path | None = None, memory_url: str | None = None) -> Any:
@@ -20,7 +20,7 @@ def open_memory(run_dir: Path | None = None, memory_dir: Path | None = None, mem
     path = memory_dir or (run_dir / "memory" if run_dir else None)
     if not memory_url and (path is None or not Path(path).is_dir()):
         raise ConfigError(f"No memory bank at {path}. Pass --run-dir RUN (holding memory/) or --memory-dir DIR.")
-    return MemoryBank.open_client(path, memory_url)
+    return MemoryBank.open_client(path, memory_url, read_only=True)
 
 
 def memory_records(run_dir: Path | None = None, memory_dir: Path | None = None, memory_url: str | None = None,
@@ -35,8 +35,8 @@ def memory_records(run_dir: Path | None = None, memory_dir: Path | None = None, 
             recs += [MemoryRecord.from_chroma(i, d, m) for i, d, m in zip(res["ids"], res["documents"],
                                                                          res["metadatas"])]
     except Exception as e:  # noqa: BLE001 - a corrupt database fails on first read, not on open
-        raise MemoryBankError(f"Cannot read the memory bank ({type(e).__name__}: {e}). It may be corrupt: move "
-                              "it away to start a fresh memory.") from None
+        raise MemoryBankError(failure_advice(e, str(memory_url or memory_dir or (run_dir and run_dir / "memory")))) \
+            from None
     if group is not None:
         recs = [r for r in recs if r.group == group]
     return recs

@@ -4,19 +4,22 @@ It is a LangChain chat model that reads the tool results in the conversation and
 same tool calls an LLM would make. Its policy is a search in two steps:
 
 1. **Sensitivity.** ``unit_sensitivity`` measures, per unit, the loss rise when that unit alone is
-   pruned, against the MACs it saves. The first candidates allocate pruning by it: a unit's pruning
-   amount goes with (MACs saved per loss)^alpha for a few alphas, so cheap units are pruned hard and
-   costly ones spared (a shape no uniform classical criterion gives). The best shapes of the
-   neighbouring groups of this run and of earlier runs on other base weights (memory transfer) are
-   tried next to them.
-2. **Evolution.** Later rounds breed from the best comparable records of the memory (same base, eval
-   set, timesteps and budget band): tournament-picked parents, crossover of the two best, and
-   mutations that move quanta from units that cost loss to units that cost little (sampled by the
+   pruned, against the MACs it saves. Round 1 allocates pruning by it: a unit's pruning amount goes
+   with (MACs saved per loss)^alpha for a few alphas, so cheap units are pruned hard and costly ones
+   spared (a shape no uniform classical criterion gives). Round 1 is always these shapes, whatever
+   the memory holds: the memory adds candidates later, it never displaces the policy's own best first
+   guesses (a shared memory once made the search 3 % worse by replacing them).
+2. **Memory transfer.** Round 2 first tries the best shapes of this run's neighbouring group and of
+   transferable records (other base weights or budgets of this architecture; see
+   :class:`~.memory.Like`), each refitted to this group's limit.
+3. **Evolution.** Later rounds breed from the best comparable records of the memory (same base, eval
+   set, timesteps and budget): tournament-picked parents, crossover of the two best, and mutations
+   that move quanta from units that cost loss to units that cost little (sampled by the
    sensitivity), with smaller steps in later rounds.
 
 The uniform shape (what the classical criteria prune) is only a fallback candidate.
 
-Everything is seeded by (seed, group, round, attempt), and each round's proposals are computed from
+Everything is seeded by (``run.seed``, group, round, attempt), and each round's proposals are computed from
 the memory as it was when the round began (this round's own records are set aside, those already
 evaluated are skipped), so a run is reproducible, and one resumed after a kill in mid-round makes
 the same choices as an uninterrupted one.
@@ -70,8 +73,11 @@ def shape_from(weights: dict[str, float], alpha: float, depth: float = 0.6) -> d
 
 def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int, exclude: set[str],
             rng: np.random.Generator, sensitivity: dict[str, Any] | None = None,
-            round_: int = 0) -> list[tuple[dict[str, float], str]]:
-    """``n`` new schemes (levels, rationale) that are not in ``exclude``."""
+            round_: int = 0, breed: bool | None = None) -> list[tuple[dict[str, float], str]]:
+    """``n`` new schemes (levels, rationale) that are not in ``exclude``, for round ``round_`` (0-based):
+    round 0 the sensitivity shapes (never memory), round 1 the transfer seeds then evolution, later
+    rounds evolution. ``breed=True`` breeds from ``memory["best_this_group"]`` in any round (the
+    fallback that mutates a round's own fits when shapes keep fitting to the same scheme)."""
     steps = {u["name"]: max(1, u["channels"] // u["quantum"]) for u in units}
     names = [u["name"] for u in units]
     cheap = sensitivity_weights(units, sensitivity)
@@ -80,7 +86,8 @@ def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int, exclude
     best = [r for r in memory.get("best_this_group", []) if r.get("loss") is not None]
     seeds = [(r["levels"], f"best shape of neighbouring group {r['group']} (this run)")
              for r in memory.get("best_neighbours", [])[:1]]
-    seeds += [(r["levels"], f"best shape on another base (run {r['run']}, group {r['group']}): memory transfer")
+    seeds += [(r["levels"], f"best shape of run {r['run']}, group {r['group']} (another base or budget, limit "
+                            f"{r.get('limit_fraction')}): memory transfer")
               for r in memory.get("other_bases", [])[:2]]
     out: list[tuple[dict[str, float], str]] = []
 
@@ -103,10 +110,9 @@ def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int, exclude
             lv[b] = min(1.0, lv[b] + 1 / steps[b])
         return lv
 
-    if not best:
-        first = [(shape_from(cheap, ALPHAS[0]), f"pruning amount ~ (MACs saved per loss)^{ALPHAS[0]:g}")]
-        first += seeds
-        first += [(shape_from(cheap, a), f"pruning amount ~ (MACs saved per loss)^{a:g}") for a in ALPHAS[1:]]
+    if not best or (round_ == 0 and not breed):
+        # the policy's own first guesses, the same with a fresh or a shared memory
+        first = [(shape_from(cheap, a), f"pruning amount ~ (MACs saved per loss)^{a:g}") for a in ALPHAS]
         first += [({}, "prune every unit alike (the classical criteria's shape)")]
         for levels, why in first:
             if len(out) >= n:
@@ -117,7 +123,11 @@ def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int, exclude
             tries += 1
             add(mutate(shape_from(cheap, 1.0), 1 + tries // 10), "sensitivity shape, perturbed")
         return out
-    # later rounds: evolution over the comparable records (the seeds had their chance in round 1)
+    if round_ == 1:
+        # memory transfer: what the memory adds, tried once, with at least one slot kept for the search
+        for levels, why in seeds[: max(1, n - 1)]:
+            add(levels, why)
+    # later rounds: evolution over the comparable records
     scale = max(1, 3 - round_ // 2)  # smaller steps as the search narrows
     tries = 0
     while len(out) < n and tries < 500:
@@ -205,7 +215,8 @@ class BuiltinPolicy(BaseChatModel):
         this_round = (ctx.get("run"), ctx["group"], ctx["round"])
         before = {**memory, "best_this_group": [r for r in memory.get("best_this_group", [])
                                                 if (r.get("run"), r.get("group"), r.get("round")) != this_round][:5]}
-        exclude = {_key(r["levels"]) for r in before["best_this_group"]} | tried
+        # round 1 is the policy's own, whatever the memory holds (not even its records are skipped)
+        exclude = ({_key(r["levels"]) for r in before["best_this_group"]} if int(ctx["round"]) > 0 else set()) | tried
         # On a round's first turn: the whole round's proposals, minus those evaluated before a resume
         # (proposals are a prefix-stable sequence, so this equals what an uninterrupted run evaluates).
         skip = len(done) if attempts == 0 else 0
@@ -222,7 +233,7 @@ class BuiltinPolicy(BaseChatModel):
                 here = {"best_this_group": [{"levels": f, "loss": 0.0, "id": f"this round #{i}"}
                                             for i, f in enumerate(fitted)]}
                 props += propose(arch["units"], here, k - len(done) - len(props), exclude, rng, sens,
-                                 int(ctx["round"]))
+                                 int(ctx["round"]), breed=True)
         else:
             props = propose(arch["units"], before, k - len(done) + skip, exclude, rng, sens,
                             int(ctx["round"]))[skip:]

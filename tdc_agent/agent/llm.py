@@ -64,8 +64,11 @@ def check_key(url: str, key: str, key_env: str | None, timeout: float = 5.0) -> 
         return
 
 
-def resolve_llm(spec: str | BaseChatModel, cfg: AgentConfig, check: bool = True) -> tuple[BaseChatModel, str]:
-    """The chat model for ``spec`` and a printable spec string (never containing a key)."""
+def resolve_llm(spec: str | BaseChatModel, cfg: AgentConfig, check: bool = True,
+                seed: int = 0) -> tuple[BaseChatModel, str]:
+    """The chat model for ``spec`` and a printable spec string (never containing a key). ``seed``
+    (``run.seed``) seeds the builtin policy's search, so runs with different seeds search differently
+    and each is reproducible."""
     if isinstance(spec, BaseChatModel):
         return spec, f"python:{type(spec).__name__}"
     spec = spec.strip()
@@ -80,7 +83,7 @@ def resolve_llm(spec: str | BaseChatModel, cfg: AgentConfig, check: bool = True)
                               "policy is a search, not a language model, and reads tool results, never prompts. Drop "
                               "--prompt-dir, or pick an LLM (openai:<model>, anthropic:<model>, ollama:<model>...).")
 
-        return BuiltinPolicy(seed=0), "builtin"
+        return BuiltinPolicy(seed=seed), "builtin"
     if spec.startswith("replay:"):
         from .replay import ReplayChatModel
 

@@ -3,7 +3,10 @@ K evaluated candidates; every result goes to the memory bank, which the next rou
 
 Our code drives the rounds, not an open-ended chat. Each round is built with
 ``langchain.agents.create_agent`` and capped (LLM calls and tool calls per round via LangChain's
-limit middleware; LLM calls and tokens per group via :class:`UsageMeter`). A round that ends with
+limit middleware, whose step limit is set so that ours bind first; LLM calls and tokens per group via
+:class:`UsageMeter`). A round closes as soon as it has K valid evaluated candidates: our code submits
+them (:class:`CloseRound`), so a model that never calls ``submit_candidates`` costs no extra calls.
+What a reply says is bounded before it is re-sent (:class:`BoundReplies`). A round that ends with
 fewer than K valid candidates (malformed tool calls, an empty reply, a refusal, a cap hit) is retried
 with a note saying what went wrong, up to ``agent.max_round_retries`` times, and then fails with a
 clear error. Round results are saved after every round, so a rerun resumes at the first
@@ -24,8 +27,10 @@ from langchain.agents.middleware import AgentMiddleware, ModelCallLimitMiddlewar
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from rich.markup import escape
 from rich.table import Table
 
+from ..core.bounds import NAME_CHARS, RATIONALE_CHARS, REPLY_TEXT_CHARS, cut, cut_strings
 from ..core.io import atomic_write_json, read_json
 from ..core.config import AgentConfig
 from ..core.errors import TDCError
@@ -42,20 +47,58 @@ def compact_levels(levels: dict[str, float]) -> str:
     return json.dumps({k: round(v, 3) for k, v in sorted(levels.items())}, separators=(",", ":"))
 
 
+def estimate_tokens(payload: Any) -> int:
+    """A tokenizer-free estimate of a payload's tokens: bytes / 4 of its JSON (what the README's token
+    figures use). Only where the provider reports no usage."""
+    return max(1, len(json.dumps(payload, default=str).encode()) // 4)
+
+
+def _message_payload(m: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"role": getattr(m, "type", ""), "content": getattr(m, "content", "")}
+    for attr in ("tool_calls", "invalid_tool_calls", "tool_call_id"):
+        if getattr(m, attr, None):
+            d[attr] = getattr(m, attr)
+    return d
+
+
+def _reported_usage(response: Any) -> tuple[int, int] | None:
+    """(input, output) tokens as the provider reported them: the message's ``usage_metadata``, else
+    the ``token_usage`` of the response's ``llm_output``; None when it reported none (or only zeros:
+    no real request has no input tokens, so a zero is a missing figure, not a free call)."""
+    gen = response.generations[0][0] if response.generations and response.generations[0] else None
+    usage = getattr(getattr(gen, "message", None), "usage_metadata", None) or {}
+    got = (int(usage.get("input_tokens", 0) or 0), int(usage.get("output_tokens", 0) or 0))
+    if got[0] > 0:
+        return got
+    tu = (getattr(response, "llm_output", None) or {}).get("token_usage") or {}
+    got = (int(tu.get("prompt_tokens", tu.get("input_tokens", 0)) or 0),
+           int(tu.get("completion_tokens", tu.get("output_tokens", 0)) or 0))
+    return got if got[0] > 0 else None
+
+
 class UsageMeter(BaseCallbackHandler):
     """Counts LLM calls and tokens (and cost, where ``agent.prices`` has the model) and enforces the
-    per-group caps before a call is made."""
+    per-group caps before a call is made.
+
+    Tokens are the provider's usage figures (``usage_metadata`` or ``token_usage``); a call without
+    them is counted by estimate (bytes / 4 of the request and the reply) and said so in
+    ``tokens_estimated``. ``count_tokens=False`` (builtin, replay: no LLM is paid) counts none. The
+    token budget is checked against what the next request would add, so it is a bound on the group's
+    tokens, not a threshold crossed by one last, possibly huge, request."""
 
     raise_error = True
 
-    def __init__(self, cfg: AgentConfig, model_name: str):
+    def __init__(self, cfg: AgentConfig, model_name: str, count_tokens: bool = True):
         self.cfg = cfg
         self.model_name = model_name
+        self.count_tokens = count_tokens
         self.calls = 0
         self.tool_calls = 0
         self.input_tokens = 0
         self.output_tokens = 0
+        self.tokens_estimated = 0  # calls whose tokens were estimated (the provider reported none)
         self.cap_hit: str | None = None  # the per-group cap that stopped the group, in words
+        self._pending: dict[Any, int] = {}  # run id -> estimated input tokens of a request in flight
 
     @property
     def cost(self) -> float | None:
@@ -64,13 +107,20 @@ class UsageMeter(BaseCallbackHandler):
             return None
         return (self.input_tokens * price[0] + self.output_tokens * price[1]) / 1e6
 
-    def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: Any = None, **kwargs: Any) -> None:
         if self.calls >= self.cfg.max_llm_calls_per_group:
             self._cap(f"LLM call cap reached: {self.calls} calls for this group "
                       f"(agent.max_llm_calls_per_group={self.cfg.max_llm_calls_per_group}).")
-        if self.cfg.max_tokens_per_group and self.input_tokens + self.output_tokens >= self.cfg.max_tokens_per_group:
-            self._cap(f"Token cap reached: {self.input_tokens + self.output_tokens} tokens for this group "
-                      f"(agent.max_tokens_per_group={self.cfg.max_tokens_per_group}).")
+        cap = self.cfg.max_tokens_per_group
+        if self.count_tokens:
+            tools = (kwargs.get("invocation_params") or {}).get("tools") or []
+            est = estimate_tokens({"messages": [_message_payload(m) for m in messages[0]], "tools": tools})
+            self._pending[run_id] = est
+            used = self.input_tokens + self.output_tokens
+            if cap and used + est > cap:
+                self._cap(f"Token cap reached: {used:,} tokens used in this group, and the next request would add "
+                          f"about {est:,} more, over agent.max_tokens_per_group={cap:,} (set it in the config or with "
+                          "--max-tokens-per-group).")
         self.calls += 1
 
     def _cap(self, message: str) -> None:
@@ -83,15 +133,27 @@ class UsageMeter(BaseCallbackHandler):
                       f"(agent.max_tool_calls_per_group={self.cfg.max_tool_calls_per_group}).")
         self.tool_calls += 1
 
-    def on_llm_end(self, response: Any, **kwargs: Any) -> None:
-        gen = response.generations[0][0] if response.generations and response.generations[0] else None
-        usage = getattr(getattr(gen, "message", None), "usage_metadata", None) or {}
-        self.input_tokens += int(usage.get("input_tokens", 0) or 0)
-        self.output_tokens += int(usage.get("output_tokens", 0) or 0)
+    def on_llm_end(self, response: Any, *, run_id: Any = None, **kwargs: Any) -> None:
+        pending = self._pending.pop(run_id, None)
+        if not self.count_tokens:
+            return
+        reported = _reported_usage(response)
+        if reported is None:
+            gen = response.generations[0][0] if response.generations and response.generations[0] else None
+            msg = getattr(gen, "message", None)
+            reported = (pending or 0, estimate_tokens(_message_payload(msg)) if msg is not None else 0)
+            self.tokens_estimated += 1
+        self.input_tokens += reported[0]
+        self.output_tokens += reported[1]
+
+    def on_llm_error(self, error: BaseException, *, run_id: Any = None, **kwargs: Any) -> None:
+        self._pending.pop(run_id, None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"llm_calls": self.calls, "tool_calls": self.tool_calls, "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens, "cost_usd": self.cost}
+                "output_tokens": self.output_tokens, "tokens_estimated": self.tokens_estimated,
+                "max_tokens_per_group": self.cfg.max_tokens_per_group if self.count_tokens else None,
+                "cost_usd": self.cost}
 
 
 @dataclass
@@ -102,6 +164,7 @@ class RoundSummary:
     macs: list[float]
     attempts: int
     seconds: float
+    closed_by: str = "llm"  # "llm": it called submit_candidates; "tdc-agent": closed once K were evaluated
 
     @property
     def mean(self) -> float:
@@ -158,13 +221,14 @@ def _diagnose(messages: list[Any], session: PruningSession) -> str:
     cap = _cap_hit(messages, session.cfg)
     if cap:
         return f"the round reached {cap} with only {n_ok} of {k} candidates evaluated"
-    if not messages:
-        return (f"the round reached LangChain's step limit (recursion_limit) with only {n_ok} of {k} candidates "
-                "evaluated")
+    if not messages:  # LangChain's step limit: set from our caps (see RoundLoop._attempt), so not expected
+        return (f"the round ran out of agent steps (LangChain's step limit, set from "
+                f"agent.max_llm_calls_per_round={session.cfg.max_llm_calls_per_round}) with only {n_ok} of {k} "
+                "candidates evaluated")
     last_ai = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
     if last_ai is not None and last_ai.invalid_tool_calls:
         bad = last_ai.invalid_tool_calls[0]
-        return (f"your tool call {bad.get('name')!r} had arguments that are not valid JSON "
+        return (f"your tool call {cut(str(bad.get('name')), NAME_CHARS)!r} had arguments that are not valid JSON "
                 f"({str(bad.get('error') or bad.get('args'))[:200]}); only {n_ok} of {k} candidates are evaluated")
     if last_ai is not None and not last_ai.tool_calls:
         text = (last_ai.content if isinstance(last_ai.content, str) else json.dumps(last_ai.content)).strip()
@@ -174,20 +238,88 @@ def _diagnose(messages: list[Any], session: PruningSession) -> str:
     return f"the round stopped (call cap or step limit reached) with only {n_ok} of {k} candidates evaluated"
 
 
-class EndWhenSubmitted(AgentMiddleware):
-    """Ends the agent loop once ``submit_candidates`` accepted the round's candidates.
+class CloseRound(AgentMiddleware):
+    """Ends the agent loop once the round has its candidates.
 
-    Without it the agent makes one more LLM call only to confirm, resending the whole conversation
-    (about a quarter of a round's input tokens).
+    If ``submit_candidates`` accepted them, the loop ends without the confirmation call (which
+    resends the whole conversation: about a quarter of a round's input tokens). If K valid candidates
+    are evaluated and nothing was submitted, our code submits the best K itself and ends the round,
+    saying so in the transcript (``round_closed``): ``evaluate_scheme`` accepts no more than K, so the
+    model's submit would carry no choice, and a model that never submits (common for smaller ones)
+    would otherwise be called until a cap stops it (61 calls, ~516k input tokens for one ddpm-cifar10
+    group, before this).
     """
 
-    def __init__(self, session: PruningSession):
+    def __init__(self, session: PruningSession, transcript: Transcript):
         super().__init__()
         self.session = session
+        self.transcript = transcript
 
     @hook_config(can_jump_to=["end"])
     def before_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
-        return {"jump_to": "end"} if self.session.submitted else None
+        s = self.session
+        if s.submitted:
+            return {"jump_to": "end"}
+        if len(s.ok_candidates()) >= s.cfg.candidates:
+            ids = s.close_round()
+            self.transcript.event("round_closed", by="tdc-agent", candidates=ids,
+                                  reason=f"{s.cfg.candidates} valid candidates evaluated; submitted the best "
+                                         f"{s.cfg.candidates} without waiting for submit_candidates")
+            return {"jump_to": "end"}
+        return None
+
+
+def bound_reply(msg: AIMessage, text_limit: int = REPLY_TEXT_CHARS) -> tuple[AIMessage, int]:
+    """``msg`` with its free text (content, rationale, any other string argument) cut to size, and how
+    many characters were cut (0: ``msg`` itself is returned). What a reply said is re-sent on every
+    later call of the round, so a runaway reply would otherwise be paid for again and again."""
+    n = 0
+
+    def c(text: Any, limit: int) -> Any:
+        nonlocal n
+        out = cut(text, limit) if isinstance(text, str) else cut_strings(text, limit)
+        if out != text:
+            n += len(json.dumps(text, default=str)) - len(json.dumps(out, default=str))
+        return out
+
+    content = c(msg.content, text_limit) if isinstance(msg.content, str) else [
+        {**b, "text": c(b["text"], text_limit)} if isinstance(b, dict) and isinstance(b.get("text"), str)
+        else c(b, text_limit) for b in msg.content]
+    calls = []
+    for tc in msg.tool_calls:
+        args = dict(tc.get("args") or {})
+        if isinstance(args.get("rationale"), str):
+            args["rationale"] = c(args["rationale"], RATIONALE_CHARS)
+        # unit names and ids are short; anything else of this size is not an argument we can use
+        args = {k: (v if k == "rationale" else c(v, 4 * NAME_CHARS)) for k, v in args.items()}
+        calls.append({**tc, "args": args})
+    invalid = [{**tc, "args": c(tc.get("args"), REPLY_TEXT_CHARS), "error": c(tc.get("error"), REPLY_TEXT_CHARS)}
+               for tc in msg.invalid_tool_calls]
+    extra = c(msg.additional_kwargs, REPLY_TEXT_CHARS)
+    if not n:
+        return msg, 0
+    return msg.model_copy(update={"content": content, "tool_calls": calls, "invalid_tool_calls": invalid,
+                                  "additional_kwargs": extra}), n
+
+
+class BoundReplies(AgentMiddleware):
+    """Replaces a reply in the round's conversation by its bounded form (:func:`bound_reply`) before
+    its tool calls run, so what is stored, logged and re-sent is bounded; says so in the transcript."""
+
+    def __init__(self, transcript: Transcript):
+        super().__init__()
+        self.transcript = transcript
+
+    def after_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        last = state["messages"][-1] if state.get("messages") else None
+        if not isinstance(last, AIMessage):
+            return None
+        bounded, n = bound_reply(last)
+        if not n:
+            return None
+        self.transcript.event("reply_cut", chars_cut=n,
+                              note="the reply's free text was cut before it was stored and re-sent")
+        return {"messages": [bounded]}  # same id: LangGraph replaces the message in the conversation
 
 
 class ToolChoice(AgentMiddleware):
@@ -226,11 +358,19 @@ class RoundLoop:
         self.transcript, self.cfg, self.show = transcript, cfg, show
         self.callbacks = list(callbacks or [])
 
-    def _run_config(self, session: PruningSession, r: int, attempt: int, meter: UsageMeter) -> dict[str, Any]:
-        """The RunnableConfig of one attempt at round ``r`` (0-based, as in the transcript and memory)."""
+    def _run_config(self, session: PruningSession, r: int, attempt: int, meter: UsageMeter,
+                    n_middleware: int = 0) -> dict[str, Any]:
+        """The RunnableConfig of one attempt at round ``r`` (0-based, as in the transcript and memory).
+
+        ``recursion_limit`` is LangChain's step limit. Each LLM call of the agent loop takes one step
+        for the model, one for the tools and one per middleware hook (each of ``n_middleware`` has a
+        ``before_model`` and/or an ``after_model`` node): the limit is set above what
+        ``agent.max_llm_calls_per_round`` calls take, so that our named cap is the one that binds (at
+        ``4N + 20`` LangChain stopped a round at 11 of 12 calls, with a message naming its own knob)."""
         g = session.task.index
+        steps_per_call = 2 + 2 * n_middleware
         return {"callbacks": [self.transcript, meter, *self.callbacks], "max_concurrency": 1,
-                "recursion_limit": 4 * self.cfg.max_llm_calls_per_round + 20,
+                "recursion_limit": steps_per_call * (self.cfg.max_llm_calls_per_round + 2) + 20,
                 "run_name": f"tdc-agent run {session.run_id} group {g} round {r}",
                 "tags": ["tdc-agent", f"run:{session.run_id}", f"group:{g}", f"round:{r}"],
                 "metadata": {"tdc_run_id": session.run_id, "group": g, "round": r, "attempt": attempt,
@@ -239,20 +379,22 @@ class RoundLoop:
     def _attempt(self, session: PruningSession, r: int, attempt: int, note: str | None, system: str,
                  meter: UsageMeter) -> tuple[list[Any], str | None]:
         """One attempt at round ``r``: the conversation, and (json protocol) why it fell short."""
-        config = self._run_config(session, r, attempt, meter)
         if self.cfg.protocol == "json":
             from .structured import run_json_round
 
-            return run_json_round(self.llm, session, system, self._round_prompt(session, r, None), note, config,
+            return run_json_round(self.llm, session, system, self._round_prompt(session, r, None), note,
+                                  self._run_config(session, r, attempt, meter),
                                   self.cfg.max_llm_calls_per_round, self.transcript)
         middleware: list[AgentMiddleware] = [
-            EndWhenSubmitted(session),
+            CloseRound(session, self.transcript),
+            BoundReplies(self.transcript),
             ModelCallLimitMiddleware(run_limit=self.cfg.max_llm_calls_per_round, exit_behavior="end"),
             ToolCallLimitMiddleware(run_limit=self.cfg.max_tool_calls_per_round, exit_behavior="end"),
         ]
         if self.cfg.tool_choice and _takes_tool_choice(self.llm):
             # "required" is OpenAI's word for LangChain's "any" (which langchain-openai maps back)
             middleware.append(ToolChoice("any" if self.cfg.tool_choice == "required" else self.cfg.tool_choice))
+        config = self._run_config(session, r, attempt, meter, n_middleware=len(middleware))
         agent = create_agent(self.llm, session.tools(), system_prompt=system, middleware=middleware)
         result = agent.invoke({"messages": [HumanMessage(self._round_prompt(session, r, note))]}, config=config)
         return result["messages"], None
@@ -297,9 +439,11 @@ class RoundLoop:
         t_group = time.time()
         state = read_json(state_path, "agent round state") if state_path.is_file() else {"rounds": []}
         rounds = [RoundSummary(**x) for x in state["rounds"]]
-        meter = UsageMeter(self.cfg, self.llm_spec.split(":", 1)[-1])
+        # builtin and replay are not paid LLMs: their "tokens" are neither counted nor capped
+        meter = UsageMeter(self.cfg, self.llm_spec.split(":", 1)[-1],
+                           count_tokens=not (self.llm_spec == "builtin" or self.llm_spec.startswith("replay:")))
         for k, v in state.get("usage", {}).items():
-            if k in ("llm_calls", "tool_calls", "input_tokens", "output_tokens") and v:
+            if k in ("llm_calls", "tool_calls", "input_tokens", "output_tokens", "tokens_estimated") and v:
                 setattr(meter, {"llm_calls": "calls"}.get(k, k), int(v))
         system = self.prompts.render("system", candidates=self.cfg.candidates, rounds=self.cfg.rounds)
         for r in range(len(rounds), self.cfg.rounds):
@@ -343,12 +487,21 @@ class RoundLoop:
                     else:
                         raise
                 if len(session.ok_candidates()) >= self.cfg.candidates:
+                    if not session.submitted:  # a cap ended the attempt right after the K-th evaluation
+                        ids = session.close_round()
+                        self.transcript.event("round_closed", by="tdc-agent", candidates=ids,
+                                              reason=f"{self.cfg.candidates} valid candidates evaluated when the "
+                                                     "attempt ended; submitted the best of them")
                     break
                 note = shortfall or _diagnose(messages, session)
-                self.transcript.event("round_retry", attempt=attempt + 1, reason=note)
-                if self.show:
-                    console.print(f"[yellow]group {session.task.index} round {r + 1}: {note}; retrying "
-                                  f"({attempt + 1}/{self.cfg.max_round_retries})[/]")
+                if attempt < self.cfg.max_round_retries:  # the last attempt's failure is the error below
+                    self.transcript.event("round_retry", attempt=attempt + 1, reason=note)
+                    if self.show:
+                        # the note may quote the LLM's words: text, never markup
+                        console.print(f"[yellow]group {session.task.index} round {r + 1}: {escape(note)}; retry "
+                                      f"{attempt + 1} of {self.cfg.max_round_retries}[/]", emoji=False)
+                else:
+                    self.transcript.event("round_failed", attempts=attempt + 1, reason=note)
             chosen = session.round_candidates()
             if len(chosen) < self.cfg.candidates:
                 self._save(state_path, rounds, meter)
@@ -361,7 +514,8 @@ class RoundLoop:
                 )
             summary = RoundSummary(round=r, candidates=[session.short_id(x) for x in chosen],
                                    losses=[float(x.loss) for x in chosen], macs=[x.macs for x in chosen],
-                                   attempts=attempt + 1, seconds=time.time() - t0)
+                                   attempts=attempt + 1, seconds=time.time() - t0,
+                                   closed_by=session.closed_by or "tdc-agent")
             rounds.append(summary)
             self._save(state_path, rounds, meter)
             failpoint("agent.round")
@@ -378,8 +532,10 @@ class RoundLoop:
         atomic_write_json(path, {"rounds": [r.__dict__ for r in rounds], "usage": meter.to_dict()})
 
     def _print_round(self, session: PruningSession, s: RoundSummary, chosen: list[MemoryRecord]) -> None:
+        closed = ("; closed by tdc-agent once it had its candidates" if s.closed_by == "tdc-agent"
+                  else "; submitted by the LLM")
         t = Table(title=f"group {session.task.index}, round {s.round + 1}/{self.cfg.rounds}: loss "
-                        f"{s.mean:.5f} ± {s.std:.5f} ({s.attempts} attempt{'s' if s.attempts > 1 else ''})")
+                        f"{s.mean:.5f} ± {s.std:.5f} ({s.attempts} attempt{'s' if s.attempts > 1 else ''}{closed})")
         for col in ("candidate", "MACs", "of limit", "loss", "pruned units"):
             t.add_column(col, justify="right" if col != "candidate" else "left")
         for x in chosen:

@@ -8,8 +8,14 @@ function from the stored document (the scheme's levels as JSON): nothing is down
 
 from __future__ import annotations
 
+import atexit
+import errno
 import hashlib
 import json
+import os
+import shutil
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,15 +24,54 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from chromadb import Documents, EmbeddingFunction, Embeddings
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from ..core.redaction import redact_url
+from ..core.redaction import redact, redact_url
 from ..core.errors import TDCError
 from ..core.faults import failpoint
+from ..core.bounds import ERROR_CHARS, RATIONALE_CHARS, cut
 
 
 class MemoryBankError(TDCError):
     """The memory bank cannot be opened or is corrupt."""
+
+
+def failure_advice(e: BaseException, where: str) -> str:
+    """What to say when the bank at ``where`` fails with ``e``: read-only and full disks are not corruption.
+
+    Moving a read-only or full bank away, as one says of a corrupt one, would throw a good bank away.
+    """
+    text = f"{type(e).__name__}: {e}"
+    low = text.lower()
+    err = getattr(e, "errno", None)
+    if err in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in low or "no space left" in low or "quota" in low:
+        return (f"The disk holding the memory bank at {where} is full ({text}). Free some space and rerun: the bank "
+                "itself is fine, keep it.")
+    if (err in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in low or "read-only" in low
+            or "permission denied" in low):
+        return (f"The memory bank at {where} is read-only ({text}). Make it writable (e.g. chmod -R u+w), or point "
+                "agent.memory_dir / --memory-dir at a writable copy; `tdc-agent memory list/best/export` read it as "
+                "it is. The bank itself is fine, keep it.")
+    return (f"Cannot read the memory bank at {where} ({text}). It may be corrupt: move it away to start a fresh "
+            "memory.")
+
+
+def writable(path: str | Path) -> bool:
+    """Whether the bank directory and its database may be written (False on a read-only mount too)."""
+    db = Path(path) / "chroma.sqlite3"
+    return os.access(path, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
+
+
+def read_only_copy(path: str | Path) -> Path:
+    """A private copy of a bank that may not be written, for reading it with a client that writes on
+    open (Chroma migrates and locks its database); removed when the process ends."""
+    tmp = Path(tempfile.mkdtemp(prefix="tdc-memory-ro-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    dst = tmp / "memory"
+    shutil.copytree(path, dst)
+    for p in [dst, *dst.rglob("*")]:
+        p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    return dst
 
 
 def weights_hash(model: Any) -> str:
@@ -69,6 +114,9 @@ class KeepLevelEmbedding(EmbeddingFunction):
         return KeepLevelEmbedding(config["unit_names"])
 
 
+TEXT_FIELDS = ("rationale", "error", "llm", "run_id")  # what can carry text from outside
+
+
 class MemoryRecord(BaseModel):
     """One evaluated scheme and how it did."""
 
@@ -95,6 +143,23 @@ class MemoryRecord(BaseModel):
     levels: dict[str, float] = Field(default_factory=dict)
     rationale: str = ""
 
+    def scrubbed(self) -> "MemoryRecord":
+        """This record with its free-text fields scrubbed of credentials: an LLM can echo a key into a
+        rationale, and a failure's error text can quote a server's reply."""
+        return self.model_copy(update={f: redact(getattr(self, f)) for f in TEXT_FIELDS})
+
+    # LLM-written text is bounded where it enters the bank (and when an older, unbounded record is
+    # read back): every later prompt, query and export carries it
+    @field_validator("rationale")
+    @classmethod
+    def _bound_rationale(cls, v: str) -> str:
+        return cut(v, RATIONALE_CHARS)
+
+    @field_validator("error")
+    @classmethod
+    def _bound_error(cls, v: str) -> str:
+        return cut(v, ERROR_CHARS)
+
     def metadata(self) -> dict[str, Any]:
         d = self.model_dump(exclude={"id", "levels"})
         d["loss"] = -1.0 if self.loss is None else float(self.loss)  # Chroma metadata cannot hold None
@@ -104,17 +169,24 @@ class MemoryRecord(BaseModel):
     def from_chroma(cls, id_: str, doc: str, meta: dict[str, Any]) -> "MemoryRecord":
         d = dict(meta)
         d["loss"] = None if d.get("loss", -1.0) < 0 else d["loss"]
-        return cls(id=id_, levels=json.loads(doc), **d)
+        # scrubbed on the way out too: banks written before the scrubber reached them may hold a key
+        return cls(id=id_, levels=json.loads(doc), **d).scrubbed()
 
 
-BUDGET_BAND = 0.05  # two records' budgets are alike when their limit fractions differ by at most this
+# Two budgets are the same when their limit fractions differ by at most this (float noise; a plan
+# gives every run of one config the same fractions). Only then are losses ranked together: a scheme
+# at a looser budget keeps more channels and would outrank every scheme at this one.
+SAME_BUDGET = 5e-4
+BUDGET_BAND = 0.05  # a shape transfers between budgets this close (it is refitted to the new limit)
 
 
 @dataclass(frozen=True)
 class Like:
-    """What a group's records are compared with: the same base weights, split and timesteps, and a
-    budget within :data:`BUDGET_BAND`. Records of *another* base (same architecture) still carry
-    transferable shapes, but their losses are not comparable and are never used to pick a scheme."""
+    """What a group's records are compared with. *Comparable* (losses ranked together): the same
+    base weights, split and timesteps and the same budget. *Transferable* (shapes only, losses never
+    used to pick or rank): the rest of this architecture's records with overlapping timesteps and a
+    budget within :data:`BUDGET_BAND` — another base, or another budget, whose shapes the fit scales
+    to this group's limit."""
 
     base_hash: str
     split: str
@@ -125,29 +197,38 @@ class Like:
     def budget_alike(self, meta: dict[str, Any]) -> bool:
         return abs(float(meta.get("limit_fraction", -1.0)) - self.limit_fraction) <= BUDGET_BAND + 1e-9
 
+    def same_budget(self, meta: dict[str, Any]) -> bool:
+        return abs(float(meta.get("limit_fraction", -1.0)) - self.limit_fraction) <= SAME_BUDGET
+
     def overlaps(self, meta: dict[str, Any]) -> bool:
         lo, hi = max(self.t_start, int(meta.get("t_start", 0))), min(self.t_end, int(meta.get("t_end", -1)))
         return hi - lo + 1 >= 0.5 * (self.t_end - self.t_start + 1)
 
     def comparable(self, meta: dict[str, Any]) -> bool:
-        """Same base, same split, same timesteps, budget in band: the losses can be ranked together."""
+        """Same base, same split, same timesteps, same budget: the losses can be ranked together."""
         return (meta.get("base_hash") == self.base_hash and meta.get("split") == self.split
                 and int(meta.get("t_start", -1)) == self.t_start and int(meta.get("t_end", -1)) == self.t_end
-                and self.budget_alike(meta))
+                and self.same_budget(meta))
 
     def transferable(self, meta: dict[str, Any]) -> bool:
-        """Another base (or older record) of this architecture, overlapping timesteps, budget in band."""
-        return meta.get("base_hash") != self.base_hash and self.overlaps(meta) and self.budget_alike(meta)
+        """Not comparable, but a shape worth trying here: overlapping timesteps, budget in band
+        (another base of this architecture, another budget, or both). Records written before the
+        budget was stored (no limit fraction) are neither."""
+        return (float(meta.get("limit_fraction", -1.0)) >= 0 and self.overlaps(meta) and self.budget_alike(meta)
+                and not self.comparable(meta))
 
 
 class MemoryBank:
     """Persistent store of (scheme, result) pairs for one architecture."""
 
     @staticmethod
-    def open_client(path: str | Path | None = None, url: str | None = None) -> Any:
+    def open_client(path: str | Path | None = None, url: str | None = None, read_only: bool = False) -> Any:
         """The Chroma client of a memory bank: a server at ``url`` (checked to answer), else the local
         database at ``path``. The one way to open one: the agent, the preflight and ``tdc-agent
-        memory`` all come here, so all pin the local engine and all fail with one paragraph."""
+        memory`` all come here, so all pin the local engine and all fail with one paragraph.
+
+        ``read_only``: the caller only reads; a bank that may not be written is read from a private
+        copy, so a read-only bank can still be listed and exported."""
         import chromadb
         from chromadb.config import Settings
 
@@ -167,14 +248,19 @@ class MemoryBank:
                     "memory.") from None
         if path is None:
             raise MemoryBankError("The memory bank needs a directory or a server URL.")
+        where = path
+        if read_only and Path(path).is_dir() and not writable(path):
+            try:
+                path = read_only_copy(path)
+            except OSError as e:
+                raise MemoryBankError(failure_advice(e, str(where))) from None
         try:
             # chromadb's Settings also read CHROMA_* variables and a .env file, which could send a local
             # memory to a server; the local engine is named explicitly so only --memory-url can.
             return chromadb.PersistentClient(path=str(path), settings=Settings(
                 anonymized_telemetry=False, chroma_api_impl="chromadb.api.rust.RustBindingsAPI"))
         except Exception as e:  # noqa: BLE001 - chromadb raises many types for a broken database
-            raise MemoryBankError(f"Cannot open the memory bank at {path} ({type(e).__name__}: {e}). It may be "
-                                  "corrupt: move it away to start a fresh memory.") from None
+            raise MemoryBankError(failure_advice(e, str(where))) from None
 
     def __init__(self, unit_names: list[str], arch_hash: str, path: str | None = None, url: str | None = None):
         self.client = self.open_client(path, url)
@@ -184,13 +270,13 @@ class MemoryBank:
                 metadata={"hnsw:space": "l2"},
             )
         except Exception as e:  # a corrupt database often opens, then fails on first use
-            raise MemoryBankError(
-                f"Cannot open the memory bank at {redact_url(url) if url else path} ({type(e).__name__}: {e}). If it "
-                "is a directory, it may be corrupt: move it away to start a fresh memory; if it is a server, check "
-                "the URL."
-            ) from None
+            if url:
+                raise MemoryBankError(f"Cannot use the memory bank server at {redact_url(url)} ({type(e).__name__}: "
+                                      f"{e}). Check the URL and the server.") from None
+            raise MemoryBankError(failure_advice(e, str(path))) from None
         self.unit_names = unit_names
         self.arch_hash = arch_hash
+        self.where = redact_url(url) if url else path
         self._index: dict[str, dict[str, Any]] | None = None
 
     def refresh(self) -> None:
@@ -204,9 +290,13 @@ class MemoryBank:
         return self._index  # type: ignore[return-value]
 
     def add(self, record: MemoryRecord) -> None:
-        """Insert or replace (same id) one record; durable when this returns."""
-        self.collection.upsert(ids=[record.id], documents=[json.dumps(record.levels, sort_keys=True)],
-                               metadatas=[record.metadata()])
+        """Insert or replace (same id) one record (scrubbed of credentials); durable when this returns."""
+        record = record.scrubbed()
+        try:
+            self.collection.upsert(ids=[record.id], documents=[json.dumps(record.levels, sort_keys=True)],
+                                   metadatas=[record.metadata()])
+        except Exception as e:  # noqa: BLE001 - a full disk or read-only bank is the user's to fix, not the LLM's
+            raise MemoryBankError(failure_advice(e, str(self.where))) from None
         failpoint("memory.write")
         self._meta()[record.id] = record.metadata()
 

@@ -94,7 +94,7 @@ class AgentPruning:
         self.eval_data = held_out(self.cfg)
         check_base_takes(self.base, self.eval_data)  # before the LLM is resolved or called
         # the LLM is resolved (key present, server reachable) before any compute is spent
-        self.chat, self.llm_spec = resolve_llm(self.llm, a)
+        self.chat, self.llm_spec = resolve_llm(self.llm, a, seed=self.cfg.run.seed)
         self.prompts = load_prompts(a.prompt_dir)
         self.process = ForwardProcess(self.cfg.schedule, self.device)
         train_data = training_data(self.cfg)

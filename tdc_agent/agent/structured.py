@@ -19,6 +19,8 @@ from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, Field, ValidationError
 
+from ..core.bounds import JSON_REPLY_CHARS
+from .loop import bound_reply
 from .tools import PruningSession, SchemeArgs
 from .transcript import Transcript
 
@@ -95,7 +97,13 @@ def run_json_round(llm: BaseChatModel, session: PruningSession, system: str, pro
     problem = None
     for _ in range(max_calls):
         reply = llm.invoke(messages, config=config)
-        messages.append(reply if isinstance(reply, AIMessage) else AIMessage(content=reply_text(reply)))
+        reply = reply if isinstance(reply, AIMessage) else AIMessage(content=reply_text(reply))
+        # what is re-sent on the next call is bounded (a runaway reply is not paid for again and again)
+        bounded, n_cut = bound_reply(reply, JSON_REPLY_CHARS)
+        if n_cut:
+            transcript.event("reply_cut", chars_cut=n_cut,
+                             note="the reply's free text was cut before it was re-sent")
+        messages.append(bounded)
         try:
             schemes = parse_reply(reply_text(reply)).schemes
         except ReplyError as e:
@@ -112,6 +120,7 @@ def run_json_round(llm: BaseChatModel, session: PruningSession, system: str, pro
         if need <= 0:
             ids = [session.short_id(x) for x in ok[:k]]
             tools["submit_candidates"].invoke({"candidate_ids": ids}, config=config)
+            session.closed_by = "tdc-agent"  # in json mode our code always submits
             return messages, None
         errors = [r["error"] for r in results if "error" in r]
         problem = (f"{len(errors)} of your schemes failed ({errors[0][:200]})" if errors

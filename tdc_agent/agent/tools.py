@@ -16,6 +16,7 @@ from typing import Any, Optional
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
+from ..core.bounds import ERROR_CHARS, NAME_CHARS, RATIONALE_CHARS, cut
 from ..core.config import AgentConfig, TrainConfig
 from ..core.data import ImageDataset
 from ..core.errors import TDCError
@@ -87,6 +88,7 @@ class PruningSession:
         self.round = 0
         self.evaluated: list[MemoryRecord] = []
         self.submitted: list[str] | None = None
+        self.closed_by: str | None = None  # "llm" (submit_candidates) or "tdc-agent" (K were evaluated)
         self.eval_seconds = 0.0  # time spent building and evaluating candidates (not agent overhead)
         self._lock = threading.Lock()
         self.last_tool_failure: str | None = None
@@ -99,6 +101,7 @@ class PruningSession:
                                                                    {"round": r}]})]
         self.evaluated.sort(key=lambda rec: rec.candidate)
         self.submitted = None
+        self.closed_by = None
 
     def ok_candidates(self) -> list[MemoryRecord]:
         return [r for r in self.evaluated if r.status == "ok"]
@@ -109,6 +112,15 @@ class PruningSession:
         if self.submitted:
             return [ok[i] for i in self.submitted if i in ok]
         return self.ok_candidates()[: self.cfg.candidates]
+
+    def close_round(self) -> list[str]:
+        """Submit the round's best K evaluated candidates ourselves (lowest loss first). Called once K
+        valid candidates exist: the round has what it needs, and a model that never calls
+        ``submit_candidates`` would otherwise be called again and again until a cap stops it."""
+        best = sorted(self.ok_candidates(), key=lambda r: (r.loss, r.candidate))[: self.cfg.candidates]
+        self.submitted = [self.short_id(r) for r in best]
+        self.closed_by = "tdc-agent"
+        return self.submitted
 
     def short_id(self, rec: MemoryRecord) -> str:
         return f"g{rec.group}-r{rec.round}-c{rec.candidate}"
@@ -230,8 +242,10 @@ class PruningSession:
 
         if len(self.ok_candidates()) >= self.cfg.candidates:
             return {"error": f"this round already has {self.cfg.candidates} evaluated candidates "
-                             f"({', '.join(self.short_id(r) for r in self.ok_candidates())}); call submit_candidates."}
+                             f"({', '.join(self.short_id(r) for r in self.ok_candidates())}); it closes with them, this scheme "
+                             "was not evaluated."}
         try:
+            rationale = cut(rationale, RATIONALE_CHARS) if rationale else rationale  # stored, re-sent, exported
             scheme = PruningScheme(levels=levels, source=self.llm_spec, rationale=rationale)
             t0 = time.time()
             result = self.pruner.prune(scheme, self.task.limit_macs, self.cfg.criterion, self.task.timesteps)
@@ -299,12 +313,14 @@ class PruningSession:
         ok = {self.short_id(r) for r in self.ok_candidates()}
         unknown = [i for i in candidate_ids if i not in ok]
         if unknown:
-            return {"error": f"unknown or failed candidate id(s) {unknown}; evaluated this round: {sorted(ok)}."}
+            shown = [cut(i, NAME_CHARS) for i in unknown[:5]] + ([f"and {len(unknown) - 5} more"] if len(unknown) > 5 else [])
+            return {"error": f"unknown or failed candidate id(s) {shown}; evaluated this round: {sorted(ok)}."}
         ids = list(dict.fromkeys(candidate_ids))
         if len(ids) < self.cfg.candidates:
             return {"error": f"submit {self.cfg.candidates} different candidates; got {len(ids)}. "
                              f"Evaluated this round: {sorted(ok)}."}
         self.submitted = ids[: self.cfg.candidates]
+        self.closed_by = "llm"
         return {"submitted": self.submitted, "round_done": True}
 
     def tools(self) -> list[StructuredTool]:
@@ -314,7 +330,11 @@ class PruningSession:
             def run(**kwargs: Any) -> str:
                 with self._lock:
                     try:
-                        return json.dumps(fn(**kwargs))
+                        out = fn(**kwargs)
+                        if isinstance(out, dict) and isinstance(out.get("error"), str):
+                            # errors quote the LLM's arguments; they are re-sent on every later call
+                            out["error"] = cut(out["error"], ERROR_CHARS)
+                        return json.dumps(out)
                     except TDCError:
                         raise  # already one clear message for the user (caps, a dead memory server...)
                     except Exception as e:  # noqa: BLE001 - any other failure is reported, not a traceback
@@ -337,7 +357,8 @@ class PruningSession:
             ("evaluate_scheme", self.evaluate_scheme, SchemeArgs,
              "Build, fit, quick-evaluate and record a scheme. Returns its id and loss (lower is better)."),
             ("submit_candidates", self.submit_candidates, SubmitArgs,
-             "End the round with the ids of the candidates evaluated in it."),
+             "End the round with the ids of the candidates evaluated in it (optional: the round closes by "
+             "itself once it has its candidates)."),
         ]
         return [StructuredTool.from_function(func=wrap(fn), name=name, description=desc, args_schema=schema)
                 for name, fn, schema, desc in specs]

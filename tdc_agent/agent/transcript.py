@@ -21,6 +21,7 @@ from langchain_core.outputs import LLMResult
 
 # the scrubbers live in a module without LangChain, so that the CLI can use them cheaply too
 from ..core.redaction import redact, secret_values
+from ..core.bounds import TRANSCRIPT_CHARS, cut_strings
 
 
 def message_to_dict(m: BaseMessage) -> dict[str, Any]:
@@ -48,7 +49,8 @@ class Transcript(BaseCallbackHandler):
 
     def event(self, kind: str, **fields: Any) -> None:
         rec = {"ts": round(time.time(), 3), "event": kind, **self.context, **fields}
-        line = json.dumps(redact(rec, self._secrets), default=str)
+        # scrubbed first, then cut: a key that straddles the cut is never half kept
+        line = json.dumps(cut_strings(redact(rec, self._secrets), TRANSCRIPT_CHARS), default=str)
         with self._lock, open(self.path, "a") as f:
             f.write(line + "\n")
             f.flush()
@@ -82,13 +84,19 @@ class Transcript(BaseCallbackHandler):
         self.event("tool_error", run=str(run_id), error=f"{type(error).__name__}: {error}")
 
 
+# A long agent run writes a few MB; a file far larger is not a transcript we wrote.
+MAX_TRANSCRIPT_BYTES = 256 * 2**20
+
+
 def read_transcript(path: str | Path) -> list[dict[str, Any]]:
     """All events of a transcript; a corrupt line is an error naming the file and line."""
     from ..core.errors import TDCError
+    from ..core.io import check_size
 
     path = Path(path)
     if not path.is_file():
         raise TDCError(f"Transcript {path} does not exist.")
+    check_size(path, MAX_TRANSCRIPT_BYTES, "Transcript")
     try:
         text = path.read_text()
     except UnicodeDecodeError:

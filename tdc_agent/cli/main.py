@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..core.config import Config, ConfigNote, load_config
@@ -33,6 +34,8 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the
 OverridesArg = typer.Argument(None, help="Config overrides, e.g. plan.groups=4 stage1.steps=500.")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (overrides run.device).")
 RunDirOpt = typer.Option(None, "--run-dir", help="Run directory (default: run.output_dir/run.name).")
+MaxTokensOpt = typer.Option(None, "--max-tokens-per-group", min=1,
+                            help="agent: LLM token budget per group (agent.max_tokens_per_group; default 150000).")
 
 
 def kv_table(title: str, rows: dict[str, str]) -> Table:
@@ -57,7 +60,7 @@ def _config(config: Optional[Path], overrides: Optional[List[str]], device: Opti
     register_secret_env(cfg.agent.api_key_env)
     for w in caught:
         if issubclass(w.category, ConfigNote):
-            console.print(f"[yellow]note:[/] {w.message}", soft_wrap=True)
+            console.print(f"[yellow]note:[/] {escape(str(w.message))}", soft_wrap=True, emoji=False)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return cfg
@@ -94,7 +97,7 @@ def plan(
         return
     console.print(plan_table(job.plan, job.base_macs))
     for w in job.plan.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(w)}", emoji=False)
     console.print(f"plan written to {job.paths[0]} and {job.paths[1]}")
 
 
@@ -138,12 +141,16 @@ def run_cmd(
     groups: Optional[str] = typer.Option(None, "--groups", help="Only these groups (e.g. 3,4), to spread groups over jobs."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Stop after assembling (no sampling, FD or report)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    max_tokens_per_group: Optional[int] = MaxTokensOpt,
 ) -> None:
     """The whole TDC job: plan, stage 1, per-group agent pruning and fine-tuning, progressive model,
     evaluation against the base, report. Rerun the same command to resume after a kill."""
     from ..workflow.jobs import parse_groups, run_job
 
-    cfg = _config(config, overrides, device)
+    extra = list(overrides or [])
+    if max_tokens_per_group is not None:
+        extra.append(f"agent.max_tokens_per_group={max_tokens_per_group}")
+    cfg = _config(config, extra, device)
     job = run_job(cfg, run_dir, parse_groups(groups), evaluate=not no_eval, progress=not quiet)
     out = job.pipeline
     if out is None:  # a non-main torchrun rank
@@ -296,6 +303,7 @@ def prune(
                                                     "models without tool calling)."),
     tool_choice: Optional[str] = typer.Option(None, "--tool-choice",
                                               help="agent: passed to bind_tools: auto, any/required, or a tool name."),
+    max_tokens_per_group: Optional[int] = MaxTokensOpt,
 ) -> None:
     """Prune a base model to a MACs budget (classical criteria or the agent) and save it (pickle-free)."""
     from ..workflow.prune import agent_prune_to_target, prune_to_target
@@ -304,7 +312,8 @@ def prune(
     for key, val in (("agent.llm", llm), ("agent.base_url", llm_base_url), ("agent.rounds", rounds),
                      ("agent.candidates", candidates), ("agent.prompt_dir", prompt_dir),
                      ("agent.memory_dir", memory_dir), ("agent.memory_url", memory_url),
-                     ("agent.protocol", llm_protocol), ("agent.tool_choice", tool_choice)):
+                     ("agent.protocol", llm_protocol), ("agent.tool_choice", tool_choice),
+                     ("agent.max_tokens_per_group", max_tokens_per_group)):
         if val is not None:
             extra.append(f"{key}={val}")
     cfg = _config(config, extra, device)
@@ -341,7 +350,7 @@ def prune(
         "saved": str(res.model_dir),
     }))
     for n in result.notes:
-        console.print(f"[yellow]note:[/] {n}")
+        console.print(f"[yellow]note:[/] {escape(n)}", emoji=False)
 
 
 memory_app = typer.Typer(help="The Chroma memory bank of evaluated schemes.", no_args_is_help=True)
@@ -434,46 +443,134 @@ def prompts_init(directory: Path = typer.Argument(..., help="Where to copy the d
         console.print(f"  {p}", highlight=False, soft_wrap=True)
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Run the CLI on ``argv`` and return the exit code (user errors: 2, with a one-paragraph message)."""
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(ClickException, Exit, Abort) of click *and* of the click Typer bundles (``typer._click``,
+    with Exit/Abort in ``typer.exceptions``): Typer >= 0.16 raises its own copies, which click's
+    classes never match."""
     import click
+
+    errors, exits, aborts = [click.exceptions.ClickException], [click.exceptions.Exit], [click.exceptions.Abort]
+    try:
+        from typer import _click as bundled  # type: ignore[attr-defined]
+
+        errors.append(bundled.exceptions.ClickException)
+    except (ImportError, AttributeError):  # an older Typer uses click itself
+        pass
+    exits.append(getattr(typer, "Exit", click.exceptions.Exit))
+    aborts.append(getattr(typer, "Abort", click.exceptions.Abort))
+    return tuple(errors), tuple(exits), tuple(aborts)
+
+
+# errno -> what the user can do about it; the path comes first in the paragraph
+_OS_ADVICE = {
+    errno.ENOSPC: "The disk is full: free some space (or choose another --run-dir / --out)",
+    errno.EDQUOT: "The disk quota is used up: free some of it (or choose another --run-dir / --out)",
+    errno.EROFS: "The file system is read-only: choose a writable --run-dir / --out",
+    errno.EACCES: "Permission denied: choose a path you may use (--run-dir / --out / --memory-dir), or fix its "
+                  "permissions",
+    errno.EPERM: "Permission denied: choose a path you may use (--run-dir / --out / --memory-dir), or fix its "
+                 "permissions",
+    errno.EEXIST: "Something else is in the way there (e.g. a file where a directory belongs): move it away or "
+                  "choose another path",
+    errno.ENOTDIR: "A part of that path is a file, not a directory: choose a path whose parents are directories "
+                   "(or move the file away)",
+    errno.EISDIR: "It is a directory where a file belongs: pass a file name (e.g. --out records.json) or move "
+                  "the directory away",
+    errno.ENAMETOOLONG: "The path or one of its names is too long for the file system: choose a shorter path",
+    errno.ENOENT: "It does not exist: check the path (and that its parent directory exists)",
+    errno.ELOOP: "It is a symbolic link loop: fix or remove the link",
+    errno.EMFILE: "Too many files are open: raise the limit (ulimit -n) or run fewer jobs at once",
+    errno.EBUSY: "It is busy (in use by another process or a mount point): choose another path",
+    errno.EXDEV: "It is on another file system than its destination: keep the run directory on one file system",
+}
+
+
+def os_error_paragraph(e: OSError) -> str:
+    """One paragraph for any OSError: the path(s), the system's words, and what to do."""
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None) or "a file"
+    advice = _OS_ADVICE.get(e.errno, "Check the path, its permissions and the free space")
+    return (f"Cannot use {paths}: {e.strerror or type(e).__name__}. {advice}; then rerun the same command: "
+            "finished steps and the last checkpoint are kept.")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "DefaultCPUAllocator" in text
+                                            or "not enough memory" in text)
+
+
+def _error(message: str) -> None:
+    """Print one paragraph: scrubbed of credentials, markup and emoji codes shown as text."""
     from rich.markup import escape
 
+    # soft_wrap: paths in messages stay whole, so they can be copied. redact: an error may quote a
+    # server's reply, which can echo the key. escape/emoji=False: "[low, high]" or ":x:" in a server's
+    # message is text, not markup.
+    console.print(f"[bold red]error:[/] {escape(redact(message))}", highlight=False, soft_wrap=True, emoji=False)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return the exit code (user errors: 2, with a one-paragraph message).
+
+    Everything written to stdout/stderr meanwhile goes through the secret scrubber.
+    """
+    from pydantic import ValidationError
+
+    from ..core.config import format_validation_error
+    from ..core.redaction import RedactingStream
+
+    click_error, click_exit, click_abort = _click_exceptions()
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     try:
         result = app(args=argv, standalone_mode=False)
         return result if isinstance(result, int) else 0
     except TDCError as e:
-        # soft_wrap: paths in messages stay whole, so they can be copied. redact: an error may quote a
-        # server's reply, which can echo the key. escape: "[low, high]" in a message is text, not markup.
-        console.print(f"[bold red]error:[/] {escape(redact(str(e)))}", highlight=False, soft_wrap=True)
+        _error(str(e))
         return e.exit_code
-    except click.exceptions.Exit as e:
+    except click_exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except click_abort:
         console.print("aborted")
         return 1
-    except click.exceptions.ClickException as e:
+    except click_error as e:
+        # the usual "Usage: ..." line and "Error: ..." (exit 2 for usage errors, as click's own)
         e.show()
         return e.exit_code
-    except OSError as e:
-        # A full disk or a read-only / forbidden output folder is the user's to fix, not a bug.
-        advice = {errno.ENOSPC: "Free some space (or choose another --run-dir / --out)",
-                  errno.EDQUOT: "Free some of your quota (or choose another --run-dir / --out)",
-                  errno.EROFS: "Choose a writable --run-dir / --out (the file system is read-only)",
-                  errno.EACCES: "Choose a --run-dir / --out you may write to, or fix its permissions",
-                  errno.EPERM: "Choose a --run-dir / --out you may write to, or fix its permissions"}.get(e.errno)
-        if advice is None:
-            raise
-        what = redact(f"Cannot write {e.filename or 'a file'}: {e.strerror}.")
-        console.print(f"[bold red]error:[/] {escape(what)} "
-                      f"{advice}, then rerun the same command: finished steps and the last checkpoint are kept.",
-                      highlight=False, soft_wrap=True)
+    except ValidationError as e:
+        # a setting built from command-line options (e.g. `sample --eta inf`) that the config refuses
+        _error(format_validation_error(e, "the command-line options"))
         return 2
+    except OSError as e:
+        # A full disk, a read-only folder, a file where a directory belongs...: the user's to fix.
+        _error(os_error_paragraph(e))
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        _error(f"Ran out of memory ({type(e).__name__}: {' '.join(str(e).split())[:200]}). Lower the sizes "
+               "that allocate: data.image_size, stage1/stage2.batch_size, sample.batch_size (--batch-size), "
+               "agent.eval_batch_size, or use a device with more memory.")
+        return 2
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run(sys.argv[1:]))
+    """Console-script entry point. An unexpected error (a bug) still shows its traceback, scrubbed of
+    credentials like every other output."""
+    try:
+        code = run(sys.argv[1:])
+    except KeyboardInterrupt:
+        code = 130
+    except Exception:  # noqa: BLE001 - printed (scrubbed) for the bug report, then exit 1
+        import traceback
+
+        sys.stderr.write(redact(traceback.format_exc()))
+        code = 1
+    sys.exit(code)
 
 
 if __name__ == "__main__":

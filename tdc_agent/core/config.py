@@ -17,16 +17,17 @@ import math
 import re
 import warnings
 from importlib.resources import files
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .criteria import check_criterion
-from .errors import ConfigError
+from .errors import ConfigError, ResourceError
 from .pretrained import read_scheduler_config, schedule_from_scheduler_config
-from .redaction import redact_url
+from .redaction import redact_url, register_url_secrets
 
 # package data, read with importlib.resources (a Traversable: a real path only when installed unzipped)
 DEFAULT_CONFIG = files("tdc_agent") / "configs" / "digits.yaml"
@@ -36,14 +37,69 @@ DEFAULT_CONFIG = files("tdc_agent") / "configs" / "digits.yaml"
 MAX_TIMESTEPS = 100_000
 # torch.manual_seed and our step generators take a signed 64-bit seed
 MAX_SEED = 2**63
+# Bounds on what allocates: far above any real use (the paper's largest images are 256 px; LDM latents
+# are smaller), far below what turns a typo (image_size=4096, batch_size=2e9) into an allocator crash.
+MAX_IMAGE_SIZE = 1024
+MAX_BATCH_SIZE = 65_536
+# A config file is a few KB; YAML aliases can make a 1 KB file expand to gigabytes ("billion laughs").
+MAX_CONFIG_BYTES = 1_000_000
+MAX_YAML_ALIASES = 100  # alias uses (*name) per document: configs need a handful for shared values
+MAX_YAML_NODES = 100_000  # nodes after expansion
+# Too few samples make a Fréchet distance meaningless (a covariance from 2 points is rank 1).
+MIN_FD_SAMPLES = 8
+# The names of the agent's tools (tdc_agent.agent.tools builds exactly these): what agent.tool_choice may name.
+TOOL_NAMES = ("inspect_architecture", "group_context", "query_memory", "unit_sensitivity", "count_macs",
+              "evaluate_scheme", "submit_candidates")
+TOOL_CHOICE_WORDS = ("auto", "any", "required", "none")
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A YAML mapping names the same key twice (plain YAML loaders silently keep the last)."""
 
 
+class YamlBombError(yaml.constructor.ConstructorError):
+    """A YAML document expands far beyond any config (aliases of aliases: "billion laughs")."""
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a mapping with a duplicate key, naming the key and its lines."""
+    """``yaml.SafeLoader`` that refuses a mapping with a duplicate key, naming the key and its lines,
+    and a document whose aliases expand it beyond :data:`MAX_YAML_NODES` nodes."""
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        self._check_expansion(node)
+        return node
+
+    def _check_expansion(self, root: yaml.Node) -> None:
+        # Count the nodes the constructed document would have (an alias counts its whole target
+        # again); composing is cheap (aliases share nodes), constructing is what explodes.
+        sizes: dict[int, int] = {}
+        aliases = 0
+
+        def size(node: yaml.Node, depth: int = 0) -> int:
+            nonlocal aliases
+            if depth > 200:
+                raise YamlBombError(None, None, "the document nests deeper than 200 levels", node.start_mark)
+            key = id(node)
+            if key in sizes:
+                aliases += 1
+                if aliases > MAX_YAML_ALIASES:
+                    raise YamlBombError(None, None, f"the document uses more than {MAX_YAML_ALIASES} aliases",
+                                        node.start_mark)
+                return sizes[key]
+            n = 1
+            if isinstance(node, yaml.SequenceNode):
+                n += sum(size(c, depth + 1) for c in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                n += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+            sizes[key] = n
+            if n > MAX_YAML_NODES:
+                raise YamlBombError(None, None, f"the document expands to more than {MAX_YAML_NODES:,} values "
+                                    "through its aliases", node.start_mark)
+            return n
+
+        if root is not None:
+            size(root)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
@@ -74,7 +130,18 @@ def load_yaml(text: str) -> Any:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: inf/nan in a float field (eta, lr...) is a typo that silently ruins a run
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_int(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 for an int field: `stage1.steps=true` must not mean one step
+        if isinstance(v, bool) and info.field_name:
+            ann = str(cls.model_fields[info.field_name].annotation)
+            if ("int" in ann or "float" in ann) and "bool" not in ann:
+                raise ValueError(f"expects a number, not {str(v).lower()}")
+        return v
 
 
 class RunConfig(_Section):
@@ -104,7 +171,7 @@ class DataConfig(_Section):
     name: Literal["digits", "cifar10", "imagefolder", "npz"] = "digits"
     root: Optional[str] = None
     download: bool = False
-    image_size: Optional[int] = Field(default=None, ge=4)
+    image_size: Optional[int] = Field(default=None, ge=4, le=MAX_IMAGE_SIZE)
     channels: Optional[int] = Field(default=None, ge=1, le=4)
     # train: what stages 1 and 2 learn from; val: the agent's quick evaluation; test: benchmarks'
     # scoring of chosen schemes; heldout = val + test; all = everything (see data.split_indices)
@@ -122,7 +189,7 @@ class LatentConfig(_Section):
 
     vae: Optional[str] = None  # diffusers AutoencoderKL / VQModel folder (or pipeline folder) or hub id
     scaling_factor: Optional[float] = Field(default=None, gt=0)  # default: the autoencoder config's
-    batch_size: int = Field(default=64, ge=1)  # images per encoder/decoder call
+    batch_size: int = Field(default=64, ge=1, le=MAX_BATCH_SIZE)  # images per encoder/decoder call
 
 
 class ScheduleConfig(_Section):
@@ -162,7 +229,7 @@ class PlanConfig(_Section):
 
 class TrainConfig(_Section):
     steps: int = Field(default=2000, ge=1)
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=64, ge=1, le=MAX_BATCH_SIZE)
     lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     warmup: int = Field(default=100, ge=0)
@@ -170,9 +237,18 @@ class TrainConfig(_Section):
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
     # steps over which the EMA window grows to 1/(1-ema_decay); 0 = the full decay from step 0
     ema_warmup: int = Field(default=500, ge=0)
+    # average only the weights this run trains (Adam-style bias correction): see training.ema
+    ema_bias_correction: bool = False
     ckpt_every: int = Field(default=500, ge=1)
     log_every: int = Field(default=25, ge=1)
     amp: bool = True
+
+    @model_validator(mode="after")
+    def _one_ema_start(self) -> "TrainConfig":
+        if self.ema_bias_correction and self.ema_warmup > 0:
+            raise ValueError("ema_bias_correction and ema_warmup > 0 both shape the EMA's start; set ema_warmup=0 "
+                             "with bias correction (it already gives the starting weights no share)")
+        return self
 
 
 class Stage1Config(TrainConfig):
@@ -186,9 +262,15 @@ class Stage2Config(TrainConfig):
     """Stage 2: each group's model, pruned (or not) and fine-tuned on the group's timesteps (Eq. 8).
 
     ``steps`` is per group with ``steps_rule: equal``; with ``proportional`` it is the total,
-    shared out by the groups' sizes. ``optimizer: fresh`` starts AdamW anew for every group (what
-    worked in our measurements); ``carried`` starts from the base's AdamW state (only possible when
-    the group model keeps the base architecture, i.e. mode tdc-no-prune).
+    shared out by the groups' sizes. Either way every group gets at least ``min_steps`` (default:
+    the lr warm-up plus one EMA window), so a group with few timesteps is not left inside its
+    warm-up. ``optimizer: fresh`` starts AdamW anew for every group (what worked in our
+    measurements); ``carried`` starts from the base's AdamW state (only possible when the group
+    model keeps the base architecture, i.e. mode tdc-no-prune).
+
+    After its steps each member's held-out loss on its timesteps is checked against the base's:
+    above ``max_loss_ratio`` x the base's it trains on, ``min_steps`` at a time, for at most
+    ``extra_steps`` more; a member still worse then is flagged in the console and the report.
     """
 
     # tdc (the agent prunes) | tdc-no-prune | a pruning criterion's name (core/criteria.py: built-in or registered)
@@ -201,28 +283,39 @@ class Stage2Config(TrainConfig):
     optimizer: Literal["fresh", "carried"] = "fresh"
     ema_decay: float = Field(default=0.99, ge=0, lt=1)
     ema_warmup: int = Field(default=0, ge=0)
+    ema_bias_correction: bool = True
     distill: float = Field(default=0.0, ge=0)
+    min_steps: Optional[int] = Field(default=None, ge=0)  # None: warmup + 1/(1 - ema_decay)
+    max_loss_ratio: float = Field(default=1.02, gt=0)
+    extra_steps: int = Field(default=500, ge=0)
+
+    @property
+    def floor_steps(self) -> int:
+        """Steps every group gets at least: ``min_steps``, or the warm-up plus one EMA window."""
+        if self.min_steps is not None:
+            return self.min_steps
+        return self.warmup + round(1.0 / (1.0 - self.ema_decay))
 
 
 class SampleConfig(_Section):
     sampler: Literal["ddim", "ddpm"] = "ddim"
     steps: int = Field(default=100, ge=1)
     num: int = Field(default=64, ge=1)
-    batch_size: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=500, ge=1, le=MAX_BATCH_SIZE)
     eta: float = Field(default=0.0, ge=0)
 
 
 class EvaluationConfig(_Section):
     """The pinned evaluation protocol: samples per model (sampler and steps come from ``sample``)."""
 
-    samples: int = Field(default=1000, ge=2)
+    samples: int = Field(default=1000, ge=MIN_FD_SAMPLES)
     compare_no_prune: bool = False  # also train TDC without pruning (Table I's middle row) for the report
     # also train the base on for TDC's stage-2 compute, from stage 1's checkpoint (the fair comparison)
     compare_equal_compute: bool = True
     # auto: the digits-classifier FD for 8x8 digits, Inception FID/KID for every other dataset
     metric: Literal["auto", "digits-fd", "fid", "none"] = "auto"
     inception_weights: Optional[str] = None  # .pth or .safetensors; default: downloaded once into the cache
-    reference_samples: Optional[int] = Field(default=None, ge=2)  # real images for FID (default: all)
+    reference_samples: Optional[int] = Field(default=None, ge=MIN_FD_SAMPLES)  # real images for FID (default: all)
 
     def resolved_metric(self, data: "DataConfig", shape: tuple[int, ...]) -> str:
         if self.metric != "auto":
@@ -249,12 +342,14 @@ class AgentConfig(_Section):
     max_tool_calls_per_round: int = Field(default=30, ge=1)
     max_llm_calls_per_group: int = Field(default=100, ge=1)
     max_tool_calls_per_group: int = Field(default=300, ge=1)
-    max_tokens_per_group: Optional[int] = Field(default=None, ge=1)
+    # input + output tokens of one group's LLM calls (provider-reported, else estimated): a batching
+    # model needs ~41k for a ddpm-cifar10 group; null lifts the cap. Not counted for builtin/replay.
+    max_tokens_per_group: Optional[int] = Field(default=150_000, ge=1)
     max_round_retries: int = Field(default=2, ge=0)
     max_retries: int = Field(default=3, ge=0)  # HTTP retries with backoff (429, 5xx, timeouts)
     timeout_s: float = Field(default=60.0, gt=0)
     eval_timesteps: int = Field(default=8, ge=1)
-    eval_batch_size: int = Field(default=128, ge=1)
+    eval_batch_size: int = Field(default=128, ge=1, le=MAX_BATCH_SIZE)
     recovery_steps: int = Field(default=0, ge=0)
     sensitivity_images: int = Field(default=32, ge=1)  # images per unit_sensitivity measurement
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # model -> $/1M tokens (in, out)
@@ -263,6 +358,32 @@ class AgentConfig(_Section):
     protocol: Literal["tools", "json"] = "tools"
     # passed to bind_tools where the model takes it: auto, any (= required), none, or a tool's name
     tool_choice: Optional[str] = None
+
+    @field_validator("base_url", "memory_url")
+    @classmethod
+    def _http_url(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        register_url_secrets(v)  # its password is scrubbed from every sink from now on
+        try:
+            u = urlsplit(v)
+            port = u.port  # raises ValueError for a port out of 0-65535 or not a number
+        except ValueError as e:
+            raise ValueError(f"{redact_url(v)!r} is not a valid URL ({e}); write http://host:port/path "
+                             "(IPv6 hosts in brackets: http://[::1]:8000/v1)") from None
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"{redact_url(v)!r} is not an http(s) URL; write http://host:port/path")
+        if port == 0:
+            raise ValueError(f"{redact_url(v)!r} has port 0; use the server's port (1-65535)")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _known_tool(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and v not in TOOL_CHOICE_WORDS + TOOL_NAMES:
+            raise ValueError(f"must be one of {', '.join(TOOL_CHOICE_WORDS)} or a tool's name "
+                             f"({', '.join(TOOL_NAMES)})")
+        return v
 
     @field_validator("criterion")
     @classmethod
@@ -301,6 +422,9 @@ class Config(_Section):
                              "parameter shapes than the base's optimizer state)")
         if self.model.preset is None and self.stage1.init is None:
             raise ValueError("set model.preset (tiny, ddpm-cifar10, iddpm-cifar10) or stage1.init")
+        if self.sample.steps > self.schedule.timesteps:
+            raise ValueError(f"sample.steps={self.sample.steps} exceeds schedule.timesteps="
+                             f"{self.schedule.timesteps}: a sampler takes at most one step per timestep")
         if self.stage1.steps == 0 and self.stage1.init is None:
             raise ValueError("stage1.steps=0 needs stage1.init (a pretrained model to use as the base)")
         return self
@@ -334,14 +458,17 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling against examples/digits.yaml)"
-        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden"
+        got = e.get("input")
+        got = redact_url(got) if isinstance(got, str) else got  # a URL's password is not echoed
+        # the whole config is no useful "got" for a cross-check of the top level
+        lines.append(f"  {loc}: {msg} (got {got!r})" if e["type"] != "extra_forbidden" and e["loc"]
                      else f"  {loc}: {msg}")
     return (
         f"Invalid configuration in {source}:\n" + "\n".join(lines)
@@ -355,6 +482,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist. Pass --config with an existing YAML "
                           "file, or leave --config out for the packaged default (digits).")
+    if isinstance(path, Path) and path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ResourceError(f"Config file {path} is {path.stat().st_size:,} bytes; a config is a few KB "
+                            f"(at most {MAX_CONFIG_BYTES:,}). Pass the YAML config, not a data file.")
     try:
         data = load_yaml(path.read_text()) or {}
     except UnicodeDecodeError:
@@ -362,6 +492,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except DuplicateKeyError as e:
         raise ConfigError(f"Config file {path} has a {e.problem}; YAML would silently keep the last one. "
                           "Remove or merge the repeated key.") from None
+    except YamlBombError as e:
+        raise ResourceError(f"Config file {path} is refused: {e.problem} (line {e.problem_mark.line + 1}). "
+                            "Write the values out instead of nesting aliases.") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"Config file {path} is not valid YAML: {e}. Fix the syntax.") from None
     if not isinstance(data, dict):
@@ -375,7 +508,7 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source)) from None
     return resolve_config(cfg)
 
 
@@ -408,7 +541,7 @@ def resolve_config(cfg: Config) -> Config:
     try:
         new = Config.model_validate({**cfg.model_dump(), "schedule": sched.model_dump()})
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, f"{cfg.stage1.init}'s schedule")) from None
+        raise ConfigError(format_validation_error(e, f"{cfg.stage1.init}'s schedule")) from None
     warnings.warn(ConfigNote(
         f"schedule taken from stage1.init: {sched.name}, T={sched.timesteps}, β {sched.beta_start:g}"
         f"→{sched.beta_end:g} (the config said {cfg.schedule.name}, T={cfg.schedule.timesteps})."), stacklevel=2)

@@ -58,6 +58,8 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
     return ds
 
 
+# float images may stray this far outside [0, 1] / [-1, 1] (rounding in the tool that wrote them)
+RANGE_SLACK = 1e-3
 HELD_OUT_FRACTION = 6  # 1/6 of a dataset without an official test set is held out
 
 
@@ -209,11 +211,25 @@ def images_from_array(arr: np.ndarray, source: str = "array") -> torch.Tensor:
             first = int(np.argwhere(bad.reshape(len(arr), -1).any(1))[0, 0])
             raise DataError(f"{source}: {int(bad.sum())} pixel values are NaN or infinite (first in image {first}). "
                             "Fix or drop those images: training on them only ends in a NaN loss.")
+    lo, hi = (float(arr.min()), float(arr.max()))
+    if np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.uint8:
+        # int64/int32 arrays of 0..255 pixels are common and fine; anything wider (uint16 PNGs, 12-bit
+        # sensors) would be read as if 255 were white, giving values far beyond [-1, 1]
+        if lo < 0 or hi > 255:
+            raise DataError(f"{source}: images are {arr.dtype} with values in [{lo:g}, {hi:g}], outside 0..255. "
+                            "Rescale them to uint8 first, e.g. (arr / arr.max() * 255).round().astype(np.uint8) "
+                            "(for 16-bit images: (arr / 65535 * 255)), or to float in [0, 1].")
+        arr = arr.astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating) and not (-1 - RANGE_SLACK <= lo and hi <= 1 + RANGE_SLACK):
+        hint = ("they look like 0..255 pixels: divide by 255 (arr / 255.0) for [0, 1], or save them as uint8"
+                if lo >= 0 and hi <= 255 else "rescale them to [0, 1] (e.g. (arr - arr.min()) / (arr.max() - arr.min()))")
+        raise DataError(f"{source}: float images must lie in [0, 1] or [-1, 1]; found values in [{lo:g}, {hi:g}]: "
+                        f"{hint}.")
     x = torch.from_numpy(np.ascontiguousarray(arr))
     if x.dtype == torch.uint8:
         return x.float() / 127.5 - 1
     x = x.float()
-    return x * 2 - 1 if x.min() >= 0 else x.clamp(-1, 1)
+    return x * 2 - 1 if lo >= 0 else x.clamp(-1, 1)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -21,8 +21,9 @@ from safetensors import SafetensorError
 from safetensors.torch import save as st_save
 from safetensors.torch import load_file
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ResourceError
 from .faults import failpoint
+from .redaction import redact
 
 
 _UMASK_LOCK = threading.Lock()
@@ -73,8 +74,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode())
+    """:func:`atomic_write_bytes` for UTF-8 text, scrubbed of credentials first (the file sink of the
+    one scrubber, :func:`~tdc_agent.core.redaction.redact`: reports, results, exports, config.yaml)."""
+    atomic_write_bytes(path, redact(text).encode())
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -82,11 +84,28 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | Path, what: str = "file") -> Any:
-    """Read a JSON file; a missing or corrupt file is a :class:`CheckpointError` naming it."""
+# Every JSON file we write (manifests, pruning records, metadata, results) is far smaller: a
+# pruning record of the largest preset is under 1 MB. A bigger file is not ours, and parsing it
+# could take minutes and gigabytes before failing.
+MAX_JSON_BYTES = 32 * 2**20
+
+
+def check_size(path: str | Path, limit: int, what: str = "file") -> None:
+    """Refuse ``path`` before reading it when it is larger than ``limit`` bytes (a :class:`ResourceError`)."""
+    size = Path(path).stat().st_size
+    if size > limit:
+        raise ResourceError(f"{what} {path} is {size / 2**20:,.1f} MB, more than the {limit / 2**20:,.0f} MB such a "
+                            "file can be: it is not one we wrote (or it is corrupt). Delete it to redo that step, or "
+                            "restore it from a backup.")
+
+
+def read_json(path: str | Path, what: str = "file", limit: int = MAX_JSON_BYTES) -> Any:
+    """Read a JSON file; a missing or corrupt file is a :class:`CheckpointError` naming it, and one
+    larger than ``limit`` bytes a :class:`ResourceError` (checked before reading)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {path} is missing.")
+    check_size(path, limit, what)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -14,7 +14,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+# emoji=False: ":x:" in a server's error text stays text
+console = Console(stderr=True, emoji=False)
 T = TypeVar("T")
 
 

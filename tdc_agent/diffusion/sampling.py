@@ -12,7 +12,11 @@ from .process import DenoiseFn, betas_for
 
 
 def make_scheduler(cfg: ScheduleConfig, sampler: str = "ddim") -> DDIMScheduler | DDPMScheduler:
-    """A diffusers scheduler using our β schedule, ε-prediction and x0 clipping to [-1, 1]."""
+    """A diffusers scheduler using our β schedule, ε-prediction and x0 clipping to [-1, 1].
+
+    DDIM steps must be taken with ``use_clipped_model_output=True`` (as :func:`denoise_loop` does):
+    see there why.
+    """
     common = dict(
         num_train_timesteps=cfg.timesteps,
         trained_betas=betas_for(cfg).tolist(),
@@ -69,7 +73,10 @@ def denoise_loop(
         eps = denoise_fn(x, tt).float()
         if ddim:
             noise = torch.randn(shape, generator=generator).to(device) if eta > 0 else None
-            x = scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
+            # ε is recomputed from the clipped x0. diffusers' default keeps the model's ε beside the
+            # clipped x0, an update that matches neither; the error adds up over steps, and with it
+            # every model got worse from DDIM-25 to DDIM-100 (README, "Sampler steps").
+            x = scheduler.step(eps, t, x, eta=eta, variance_noise=noise, use_clipped_model_output=True).prev_sample
         else:
             # diffusers draws DDPM's noise from the generator we pass (on CPU, then moved).
             x = scheduler.step(eps, t, x, generator=generator).prev_sample

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..core.io import atomic_write_json, cache_dir, load_tensors, read_json, save_tensors
-from ..core.config import DataConfig
+from ..core.config import MIN_FD_SAMPLES, DataConfig
+from ..core.errors import DataError
 from ..core.data import load_dataset
 
 
@@ -69,7 +70,12 @@ def features(images: torch.Tensor, model: DigitsClassifier) -> np.ndarray:
 
 
 def gaussian(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of a feature set (rows are samples)."""
+    """Mean and covariance of a feature set (rows are samples); too few rows is a :class:`DataError`."""
+    if a.ndim != 2 or len(a) < MIN_FD_SAMPLES:
+        # a covariance from a couple of points is a rank-1 guess: a distance from it means nothing
+        raise DataError(f"A Fréchet distance needs at least {MIN_FD_SAMPLES} samples per side; got {len(a)}. "
+                        f"Raise evaluation.samples (and --num) to {MIN_FD_SAMPLES} or more; the paper's protocol "
+                        "uses thousands.")
     return a.mean(0), np.cov(a, rowvar=False)
 
 

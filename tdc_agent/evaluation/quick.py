@@ -7,7 +7,7 @@ model therefore always gets the same number, and two candidates are compared on 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,3 +45,35 @@ def quick_loss(
             tt = torch.full((len(x0),), t, dtype=torch.long, device=device)
             losses.append(float(process.loss(lambda x, s: denoise(model, x, s), x0, tt, noise)))
     return float(np.mean(losses))
+
+
+@torch.no_grad()
+def grid_loss(
+    denoise_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    process: ForwardProcess,
+    timesteps: Sequence[int],
+    seed: int = 0,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """Held-out ε-MSE of a whole sampler: every image noised at every timestep of ``timesteps``
+    (e.g. the DDIM-100 grid), each timestep served by whatever ``denoise_fn`` routes it to (a
+    progressive model's member, or one dense model), with fixed noise per (seed, timestep).
+
+    Two models scored with the same ``seed`` see identical inputs, so their ratio is a paired,
+    low-variance measure of which is the better denoiser where the sampler runs — unlike FD, it
+    does not depend on the sampling noise. Returns the mean over timesteps and the per-timestep
+    values.
+    """
+    device = images.device
+    per_t: dict[int, float] = {}
+    for t in sorted(int(x) for x in timesteps):
+        g = torch.Generator().manual_seed(seed * 100_003 + t)
+        noise = torch.randn(images.shape, generator=g).to(device)
+        total = 0.0
+        for i in range(0, len(images), batch_size):
+            x0, eps = images[i:i + batch_size], noise[i:i + batch_size]
+            tt = torch.full((len(x0),), t, dtype=torch.long, device=device)
+            total += float(process.loss(denoise_fn, x0, tt, eps, reduction="none").sum())
+        per_t[t] = total / len(images)
+    return {"mean": float(np.mean(list(per_t.values()))), "per_t": per_t}

@@ -122,7 +122,7 @@ class ProgressiveModel(torch.nn.Module):
             for e in man["members"]:
                 member_dir = _inside(directory, e["dir"])
                 model, meta = load_model(member_dir, device)
-                t0, t1 = int(e["t_start"]), int(e["t_end"])
+                t0, t1 = _whole(e, "t_start"), _whole(e, "t_end")
                 if not 0 <= t0 <= t1 < schedule.timesteps:
                     raise ValueError(f"member {e['dir']} covers t {t0}-{t1}, outside 0-{schedule.timesteps - 1}")
                 own = meta.get("schedule")
@@ -134,10 +134,10 @@ class ProgressiveModel(torch.nn.Module):
                     raise ValueError(f"member {e['dir']} takes {channels}-channel inputs, the manifest says "
                                      f"image_shape {shape}")
                 macs = thop_macs(model)  # what the member costs, not what the manifest claims
-                if int(e["macs_thop"]) != macs:
+                if _whole(e, "macs_thop") != macs:
                     raise ValueError(f"member {e['dir']} costs {macs:,} MACs per image, the manifest claims "
-                                     f"{int(e['macs_thop']):,}")
-                members.append(Member(int(e["group"]), t0, t1, model.eval(), macs, e.get("limit_fraction")))
+                                     f"{e['macs_thop']:,}")
+                members.append(Member(_whole(e, "group"), t0, t1, model.eval(), macs, e.get("limit_fraction")))
             ranges = sorted((m.t_start, m.t_end) for m in members)
             for (a0, a1), (b0, b1) in zip(ranges, ranges[1:]):
                 if b0 <= a1:
@@ -152,6 +152,14 @@ class ProgressiveModel(torch.nn.Module):
             raise CheckpointError(f"{path} is malformed ({type(e).__name__}: {e}). Assemble the progressive "
                                   "model again (tdc-agent assemble).") from None
         return pm.to(device).eval()
+
+
+def _whole(entry: dict, key: str) -> int:
+    """``entry[key]`` as a whole number: 30.7 (or true) is a corrupt manifest, not timestep 30."""
+    v = entry[key]
+    if type(v) is not int:
+        raise ValueError(f"member {entry.get('dir')!r}: {key} {v!r} is not a whole number")
+    return v
 
 
 def _inside(directory: Path, rel: object) -> Path:

@@ -21,7 +21,7 @@ import torch
 from ..core.errors import CheckpointError
 from ..core.io import atomic_write_json, load_tensors, read_json, replace_dir, resolve_dir, save_tensors
 from .record import PRUNING_FILE, attach, record_of, restore_structure
-from .unet import build_unet
+from .unet import build_unet, check_unet_config
 
 FORMAT_VERSION = 1
 MODEL_META = "tdc_model.json"
@@ -71,7 +71,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"Model directory {directory} does not exist.")
     meta = load_model_meta(directory)
     config = read_json(directory / "config.json", "model config")
-    _check_unet_config(config, directory / "config.json")
+    check_unet_config(config, directory / "config.json")
     try:
         model = build_unet(config)
     except (TypeError, ValueError, KeyError, ZeroDivisionError, RuntimeError, AttributeError) as e:
@@ -82,24 +82,6 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     state = load_tensors(directory / "model.safetensors", "model weights")
     load_state_strict(model, state, directory / "model.safetensors")
     return model.to(device), meta
-
-
-# Far above any real diffusion UNet (Stable Diffusion's widest block has 1280 channels): a larger
-# number is a corrupt or hostile file that would allocate gigabytes before the weights are checked.
-MAX_CHANNELS = 8192
-
-
-def _check_unet_config(config: Any, path: Path) -> None:
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object (a diffusers UNet2DModel config), not "
-                              f"{type(config).__name__}. Re-export the model.")
-    widths = config.get("block_out_channels", [])
-    groups = config.get("norm_num_groups", 32)
-    if not (isinstance(widths, list) and all(type(w) is int and 0 < w <= MAX_CHANNELS for w in widths)):
-        raise CheckpointError(f"{path}: block_out_channels {widths!r} must be positive integers up to {MAX_CHANNELS}.")
-    if groups is not None and not (type(groups) is int and groups > 0 and all(w % groups == 0 for w in widths)):
-        raise CheckpointError(f"{path}: norm_num_groups {groups!r} must be a positive integer dividing every "
-                              f"block width {widths}.")
 
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:

@@ -67,6 +67,47 @@ def unet_config(preset: str, sample_size: int | None = None, channels: int | Non
     return cfg
 
 
+# Far above any real diffusion UNet (Stable Diffusion's widest block has 1280 channels, 2 layers per
+# block, 4 blocks): larger numbers are a corrupt or hostile file that would allocate gigabytes, or
+# build for minutes, before the weights are checked.
+MAX_CHANNELS = 8192
+MAX_LAYERS_PER_BLOCK = 16
+MAX_BLOCKS = 8
+MAX_IO_CHANNELS = 64
+MAX_SAMPLE_SIZE = 1024
+
+
+def check_unet_config(config: Any, path: Path | str) -> None:
+    """Refuse a UNet2DModel config whose sizes no real model has, before anything is built."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object (a diffusers UNet2DModel config), not "
+                              f"{type(config).__name__}. Re-export the model.")
+
+    def ints(v: Any, hi: int) -> bool:
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        return all(type(x) is int and 0 < x <= hi for x in vals) and len(vals) <= MAX_BLOCKS
+
+    widths = config.get("block_out_channels", [])
+    groups = config.get("norm_num_groups", 32)
+    if not (isinstance(widths, list) and ints(widths, MAX_CHANNELS)):
+        raise CheckpointError(f"{path}: block_out_channels {widths!r} must be at most {MAX_BLOCKS} positive integers "
+                              f"up to {MAX_CHANNELS}.")
+    if groups is not None and not (type(groups) is int and groups > 0 and all(w % groups == 0 for w in widths)):
+        raise CheckpointError(f"{path}: norm_num_groups {groups!r} must be a positive integer dividing every "
+                              f"block width {widths}.")
+    bounds = {"layers_per_block": MAX_LAYERS_PER_BLOCK, "in_channels": MAX_IO_CHANNELS,
+              "out_channels": MAX_IO_CHANNELS, "sample_size": MAX_SAMPLE_SIZE, "attention_head_dim": MAX_CHANNELS}
+    for key, hi in bounds.items():
+        v = config.get(key)
+        if v is not None and not ints(v, hi):
+            raise CheckpointError(f"{path}: {key} {v!r} must be a positive integer up to {hi} (or one per block); no "
+                                  "real diffusion UNet is larger. Fix the file or re-export the model.")
+    for key in ("down_block_types", "up_block_types"):
+        v = config.get(key)
+        if v is not None and not (isinstance(v, (list, tuple)) and len(v) <= MAX_BLOCKS):
+            raise CheckpointError(f"{path}: {key} must list at most {MAX_BLOCKS} blocks.")
+
+
 def build_unet(config: dict) -> UNet2DModel:
     """Instantiate a ``UNet2DModel`` from a config dict (diffusers' own keys)."""
     keys = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -91,6 +132,10 @@ def load_pretrained_unet(path_or_id: str) -> UNet2DModel:
                 f"{p} holds no diffusers UNet (no config.json or unet/config.json). Point stage1.init "
                 "at a folder written by UNet2DModel.save_pretrained or a pipeline's save_pretrained."
             )
+        from ..core.io import read_json
+
+        config_path = p / kwargs.get("subfolder", "") / "config.json"
+        check_unet_config(read_json(config_path, "UNet config"), config_path)
     try:
         return UNet2DModel.from_pretrained(str(path_or_id), **kwargs)
     except Exception as e:  # diffusers raises many types: OSError, EnvironmentError, ValueError

@@ -13,12 +13,16 @@ from typing import Optional
 
 from pydantic import BaseModel, Field, field_validator
 
+from ..core.bounds import NAME_CHARS, cut
 from ..core.errors import TDCError
 from .units import UnitGraph
 
 
 class SchemeError(TDCError):
     """A scheme does not fit the architecture; the message lists every problem and the fix."""
+
+
+MAX_PROBLEMS = 8  # problems an error lists (then "and N more")
 
 
 def valid_names(names: list[str], limit: int = 60) -> str:
@@ -40,7 +44,7 @@ class PruningScheme(BaseModel):
     def _finite(cls, v: dict[str, float]) -> dict[str, float]:
         for name, level in v.items():
             if not isinstance(level, (int, float)) or level != level:
-                raise ValueError(f"level of {name!r} must be a number, got {level!r}")
+                raise ValueError(f"level of {cut(name, NAME_CHARS)!r} must be a number, got {cut(repr(level), NAME_CHARS)}")
         return {k: float(x) for k, x in v.items()}
 
     def validated(self, graph: UnitGraph) -> tuple["PruningScheme", list[str]]:
@@ -51,12 +55,14 @@ class PruningScheme(BaseModel):
         snapped: dict[str, float] = {}
         for name, level in self.levels.items():
             if name not in known:
-                near = difflib.get_close_matches(name, graph.names, n=3, cutoff=0.5)
+                # a name far longer than any unit's is not a near miss (and difflib is quadratic in it)
+                near = (difflib.get_close_matches(name, graph.names, n=3, cutoff=0.5)
+                        if len(name) <= 4 * NAME_CHARS else [])
                 hint = f"; did you mean {', '.join(near)}?" if near else ""
-                problems.append(f"unknown unit {name!r}{hint}")
+                problems.append(f"unknown unit {cut(name, NAME_CHARS)!r}{hint}")
                 continue
             if not 0 < level <= 1:
-                problems.append(f"level {level} of {name!r} is out of range: keep levels are in (0, 1]")
+                problems.append(f"level {level} of {cut(name, NAME_CHARS)!r} is out of range: keep levels are in (0, 1]")
                 continue
             unit = graph.unit(name)
             s = unit.snap(level)
@@ -66,7 +72,10 @@ class PruningScheme(BaseModel):
             snapped[name] = s
         if problems:
             unknown = any(p.startswith("unknown unit") for p in problems)
-            raise SchemeError("Invalid pruning scheme: " + "; ".join(problems) + "."
+            # the message goes back to the LLM: a scheme with thousands of bad names lists a few
+            shown = problems[:MAX_PROBLEMS] + ([f"and {len(problems) - MAX_PROBLEMS} more problems"]
+                                              if len(problems) > MAX_PROBLEMS else [])
+            raise SchemeError("Invalid pruning scheme: " + "; ".join(shown) + "."
                               + (" " + valid_names(graph.names) if unknown else ""))
         return self.model_copy(update={"levels": snapped}), notes
 

@@ -7,8 +7,14 @@ import copy
 import torch
 
 
-def ema_decay_at(step: int, decay: float, warmup: int) -> float:
+def ema_decay_at(step: int, decay: float, warmup: int, bias_correction: bool = False) -> float:
     """The decay used after optimizer step ``step`` (0-based).
+
+    With ``bias_correction`` the average covers only the weights this run trained, weighted
+    ``decay ** age`` as Adam corrects its moments: after step ``n`` the starting weights have no
+    share at all, so a fine-tune shorter than the EMA window ships its own average rather than
+    mostly the weights it started from (an EMA of 0.99 from the starting weights keeps 79 % of
+    them after 23 steps). For runs much longer than the window it is the plain EMA.
 
     With ``warmup = 0`` the decay is ``decay`` from the first step, so the starting weights keep a
     share of ``decay ** steps``: that is EMA continuity for fine-tuning a trained model. With
@@ -17,6 +23,9 @@ def ema_decay_at(step: int, decay: float, warmup: int) -> float:
     scratch fade fast, and ``decay`` binds from step ``W`` on (the diffusers warm-up
     ``(1 + s) / (10 + s)`` reaches 0.999 only after ~9000 steps).
     """
+    if bias_correction:
+        # weights decay**(n-i) over steps i = 1..n, normalised: Z_n = (1 - decay**n) / (1 - decay)
+        return 1.0 - (1.0 - decay) / (1.0 - decay ** (step + 1)) if decay > 0 else 0.0
     if warmup <= 0 or step >= warmup:
         return decay
     full = 1.0 / (1.0 - decay)
@@ -30,9 +39,10 @@ class EMA:
     The shadow starts as a copy of the model's weights when the EMA is created.
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float, warmup: int = 0):
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: int = 0, bias_correction: bool = False):
         self.decay = decay
         self.warmup = warmup
+        self.bias_correction = bias_correction
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def to(self, device: torch.device | str) -> "EMA":
@@ -41,7 +51,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
-        d = ema_decay_at(step, self.decay, self.warmup)
+        d = ema_decay_at(step, self.decay, self.warmup, self.bias_correction)
         state = model.state_dict()
         floats = [k for k, v in state.items() if v.dtype.is_floating_point]
         if floats:

@@ -103,7 +103,7 @@ def train(
         list(timesteps) if timesteps is not None else range(process.timesteps), dtype=torch.long
     )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
+    ema = EMA(model, cfg.ema_decay, cfg.ema_warmup, cfg.ema_bias_correction)
     if teacher is not None and distill > 0:
         teacher = teacher.to(device).eval().requires_grad_(False)
     else:

@@ -101,7 +101,10 @@ def preflight(cfg: Config, groups: Sequence[int] | None) -> None:
     if cfg.stage2.mode == "tdc":
         from ..agent.llm import resolve_llm
 
+        from ..agent.prompts import load_prompts
+
         resolve_llm(cfg.agent.llm, cfg.agent)  # a missing key or dead server fails before compute
+        load_prompts(cfg.agent.prompt_dir)  # a template that would fail to render fails before stage 1
         if cfg.agent.memory_url:
             from ..agent.memory import MemoryBank
 
@@ -138,16 +141,27 @@ def run_job(cfg: Config, run_dir: Path | None = None, groups: Sequence[int] | No
     return job
 
 
+def existing_run(cfg: Config, run_dir: Path | None, verb: str) -> RunDir:
+    """The run directory a verb that works on a finished run uses; refused, with nothing written, when it
+    holds no run (``config.yaml`` and the stage-1 model), so an unrelated directory is left as it was."""
+    run = RunDir.for_config(cfg, run_dir)
+    if not run.config_path.is_file() or not run.base_model.exists():
+        raise ConfigError(f"{run.path} is not a tdc-agent run directory (it has no config.yaml and stage1/model), "
+                          f"so there is nothing to {verb}. Pass --run-dir of a run (or the config it was started with), "
+                          "or start one with `tdc-agent run`.")
+    return run
+
+
 def assemble_job(cfg: Config, run_dir: Path | None = None) -> list[Path]:
     """Build the progressive model(s) of a run from its finished groups."""
-    run = RunDir.for_config(cfg, run_dir)
+    run = existing_run(cfg, run_dir, "assemble")
     run.prepare(cfg, sections=PIPELINE_SECTIONS)  # the stored config must be this config
     return [assemble(vcfg, run, resolve_device(cfg.run.device), variant) for variant, vcfg in variants(cfg)]
 
 
 def evaluate_job(cfg: Config, run_dir: Path | None = None, progress: bool = True) -> Evaluation:
     """Evaluate a run's models and write ``evaluation.json`` and ``report.md``."""
-    run = RunDir.for_config(cfg, run_dir)
+    run = existing_run(cfg, run_dir, "evaluate")
     run.prepare(cfg, sections=PIPELINE_SECTIONS)  # e.g. another schedule would overwrite the results with garbage
     return evaluate_run(cfg, run, resolve_device(cfg.run.device), show=progress)
 
@@ -169,6 +183,10 @@ def parse_groups(groups: str | None) -> list[int] | None:
     if groups is None:
         return None
     try:
-        return sorted({int(x) for x in groups.split(",") if x.strip()})
+        picked = sorted({int(x) for x in groups.split(",") if x.strip()})
     except ValueError:
         raise ConfigError(f"--groups {groups!r} must be comma-separated group numbers, e.g. 0,1,3.") from None
+    if not picked:  # "" would run stage 1 and then no group at all, and call that a success
+        raise ConfigError(f"--groups {groups!r} names no group. Give comma-separated group numbers (e.g. 0,1,3), "
+                          "or leave --groups out for all groups.")
+    return picked

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from rich.markup import escape
 
 from ..core.io import atomic_write_json
 from ..models.store import load_model
 from ..core.config import Config
 from ..core.devices import barrier, dist_env, rank0_says
 from ..models.latent import held_out, training_data
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, TDCError
 from ..planning.build import build_plan, write_plan
 from ..core.progress import console
 from ..models.progressive import ProgressiveModel, member_from_dir
@@ -26,7 +27,7 @@ from .rundir import RunDir
 from ..diffusion.schedule import ddim_timesteps
 from ..planning.plan import Plan
 from .stage1 import continue_base, equal_compute_steps, train_base
-from .stage2 import finetune_group, group_steps, prepare_in_order
+from .stage2 import finetune_group, prepare_in_order, trained_steps
 
 
 def check_groups(plan: Plan, groups: Sequence[int] | None) -> None:
@@ -46,7 +47,7 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
     plan = build_plan(cfg)
     check_groups(plan, groups)
     for w in plan.warnings:
-        console.print(f"[yellow]plan warning:[/] {w}")
+        console.print(f"[yellow]plan warning:[/] {escape(w)}")
     data = training_data(cfg, device=device)
     eval_data = held_out(cfg)
     run.log("run: stage 1")
@@ -80,9 +81,10 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
                 res = finetune_group(vcfg, run, plan, g, data, eval_data, device, show and env.is_main, variant)
             timings[f"group_{g.index}{'_' + variant if variant else ''}"] = time.time() - tg
             if show:
-                console.print(f"group {g.index}{f' ({variant})' if variant else ''} (t {g.t_start}-{g.t_end}): quick "
+                console.print(f"group {g.index}{f' ({variant})' if variant else ''} (t {g.t_start}-{g.t_end}): held-out "
                               f"loss {res.summary['loss_before']:.4f} → {res.summary['loss_after']:.4f} after "
-                              f"{res.summary['steps']} steps")
+                              f"{res.summary['steps']} steps (base {res.summary['loss_base']:.4f}, "
+                              f"{res.summary['loss_ratio']:.3f} x)")
         done = [g.index for g in plan.groups if (run.group(g.index, variant) / "finetune.json").is_file()]
         if not variant:
             out.groups_done = done
@@ -129,7 +131,12 @@ def _assemble(cfg: Config, run: RunDir, device: torch.device, variant: str) -> P
     plan = build_plan(cfg)
     target = run.progressive(variant)
     if (target / "manifest.json").is_file():
-        return target
+        problem = _manifest_problem(target, plan, device)
+        if problem is None:
+            return target
+        # `evaluate` tells the user to assemble again when the manifest is bad: do rebuild it
+        console.print(f"[yellow]note:[/] rebuilding {escape(str(target))}: {escape(problem)}", emoji=False)
+        run.log(f"assemble: rebuilding {target}: {problem}")
     missing = [g.index for g in plan.groups if not (run.group(g.index, variant) / "finetune.json").is_file()]
     if missing:
         raise ConfigError(f"Cannot assemble: groups {missing} are not finished. Run `tdc-agent run --groups "
@@ -146,6 +153,19 @@ def _assemble(cfg: Config, run: RunDir, device: torch.device, variant: str) -> P
     pm.save(target, dirs)
     run.log("run: assembled progressive model")
     return target
+
+
+def _manifest_problem(target: Path, plan: Any, device: torch.device) -> str | None:
+    """Why an existing progressive model is not this plan's (None when it is, and loads cleanly)."""
+    try:
+        pm = ProgressiveModel.load(target, device)
+    except TDCError as e:
+        return str(e)
+    have = sorted((m.group, m.t_start, m.t_end) for m in pm.members)
+    want = sorted((g.index, g.t_start, g.t_end) for g in plan.groups)
+    if have != want:
+        return f"its members cover groups/timesteps {have}, the plan's groups are {want}"
+    return None
 
 
 def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = True) -> Evaluation:
@@ -202,7 +222,7 @@ def _evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool) ->
     scores["tdc"].planned_macs_per_step = planned
     scores["tdc"].group_limit_macs_per_step = planned_limits
     results = Evaluation(protocol, scores,
-                         {"stage1": cfg.stage1.steps, "stage2": sum(group_steps(cfg, plan, g) for g in plan.groups)},
+                         {"stage1": cfg.stage1.steps, "stage2": sum(trained_steps(cfg, run, plan, g) for g in plan.groups)},
                          training_macs(cfg, run, plan, base_count.thop), equal_steps)
     atomic_write_json(run.evaluation, results.to_dict())
     from .report import write_report
@@ -233,9 +253,11 @@ def scorer(cfg: Config, shape: tuple[int, ...], device: torch.device) -> Callabl
 def training_macs(cfg: Config, run: RunDir, plan, base_macs: int) -> dict[str, float]:
     """Training compute as forward MACs x images, for stage 1 and each variant's stage 2.
 
-    ``stage2[_variant]`` counts the group models' own forwards (a backward costs about twice a
-    forward, the same factor for every row); ``teacher[_variant]`` the base's forwards for
-    distillation (no backward); ``proxy[_variant]`` the agent's quick evaluations of candidates.
+    ``stage2[_variant]`` counts the group models' own forwards over the steps they really trained
+    (extra steps after a failed check included; a backward costs about twice a forward, the same
+    factor for every row); ``teacher[_variant]`` the base's forwards for distillation (no
+    backward); ``proxy[_variant]`` the agent's quick evaluations of candidates and the held-out
+    checks of each member against the base.
     """
     from ..core.io import read_json as _read
 
@@ -246,11 +268,13 @@ def training_macs(cfg: Config, run: RunDir, plan, base_macs: int) -> dict[str, f
         for g in plan.groups:
             info_path = run.group(g.index, variant) / "prune.json"
             info = _read(info_path, "group pruning summary") if info_path.is_file() else {}
-            images = float(group_steps(vcfg, plan, g) * vcfg.stage2.batch_size)
+            ft_path = run.group(g.index, variant) / "finetune.json"
+            ft = _read(ft_path, "group fine-tune summary") if ft_path.is_file() else {}
+            images = float(trained_steps(vcfg, run, plan, g, variant) * vcfg.stage2.batch_size)
             student += float(info.get("macs_thop") or base_macs) * images
             if vcfg.stage2.distill > 0:
                 teacher += float(base_macs) * images
-            proxy += float(info.get("proxy_forward_macs") or 0.0)
+            proxy += float(info.get("proxy_forward_macs") or 0.0) + float(ft.get("check_forward_macs") or 0.0)
         out["stage2" + suffix] = student
         out["teacher" + suffix] = teacher
         out["proxy" + suffix] = proxy

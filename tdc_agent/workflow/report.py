@@ -22,28 +22,59 @@ from ..agent.proxy import group_state_dir  # noqa: E402
 
 
 def _rounds_plot(cfg: Config, run: RunDir, n_groups: int) -> Path | None:
-    """Mean ± std of the candidates' quick loss per agent round, one line per group (paper Fig. 5)."""
+    """``agent_rounds.png``: :func:`rounds_figure`, saved (None when no group has rounds)."""
+    fig = rounds_figure(run, n_groups)
+    return None if fig is None else save_figure(fig, run.rounds_plot)
+
+
+def rounds_figure(run: RunDir, n_groups: int) -> "plt.Figure | None":
+    """Per agent round, the candidates' quick loss relative to the unpruned base's loss on the same
+    group (mean ± std; 1 = as good as the base), one line per group (paper Fig. 5).
+
+    Relative, because groups' losses differ by orders of magnitude (noisy timesteps have far larger
+    ε-losses), so on one absolute axis all but the first group are flat lines at 0. Rounds are whole
+    numbers on the x axis. A group without a recorded base loss (a run of an older version) is drawn
+    in absolute loss on a second axis, and the legend says so."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    drawn = False
+    drawn, absolute, most = False, None, 1
     for i in range(n_groups):
-        f = group_state_dir(run.agent(i), i) / "rounds.json"
+        d = group_state_dir(run.agent(i), i)
+        f = d / "rounds.json"
         if not f.is_file():
             continue
         rounds = read_json(f, "agent rounds")["rounds"]
         if not rounds:
             continue
-        mean = np.array([np.mean(r["losses"]) for r in rounds])
-        std = np.array([np.std(r["losses"]) for r in rounds])
-        x = np.arange(1, len(rounds) + 1)
-        ax.errorbar(x, mean, yerr=std, capsize=3, marker="o", label=f"group {i}")
+        summary = read_json(d / "agent.json", "agent summary") if (d / "agent.json").is_file() else {}
+        base = summary.get("base_loss")
+        losses = [np.asarray(r["losses"], dtype=float) for r in rounds]
+        x = np.array([r["round"] + 1 for r in rounds])
+        most = max(most, int(x.max()))
+        if base and base > 0:
+            rel = [v / base for v in losses]
+            ax.errorbar(x, [v.mean() for v in rel], yerr=[v.std() for v in rel], capsize=3, marker="o",
+                        label=f"group {i}")
+        else:
+            absolute = absolute or ax.twinx()
+            absolute.errorbar(x, [v.mean() for v in losses], yerr=[v.std() for v in losses], capsize=3,
+                              marker="s", linestyle="--", label=f"group {i} (absolute: no base loss recorded)")
+            absolute.set_ylabel("quick loss")
         drawn = True
     if not drawn:
         plt.close(fig)
         return None
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, most + 0.5)
     ax.set_xlabel("round")
-    ax.set_ylabel("quick loss (mean ± std of candidates)")
-    ax.legend(fontsize=7)
-    return save_figure(fig, run.rounds_plot)
+    ax.set_ylabel("quick loss / base model's loss")
+    handles, labels = ax.get_legend_handles_labels()
+    if absolute is not None:
+        h2, l2 = absolute.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize=7)
+    return fig
 
 
 def write_report(cfg: Config, run: RunDir, results: Evaluation) -> Path:
@@ -100,18 +131,35 @@ def write_report(cfg: Config, run: RunDir, results: Evaluation) -> Path:
               f"({t.macs_per_step / results.models['base'].macs_per_step:.3f} × base); planned per-timestep budget "
               f"{fmt_macs_fixed(t.planned_macs_per_step)}; group limits {fmt_macs_fixed(t.group_limit_macs_per_step)}.",
               "", "## Plan", "", "![plan](plan.png)", "", "## Groups", "",
-              "| group | t range | limit / F | achieved MACs | params | pruned units | loss before FT | loss after FT | FT steps |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "Held-out quick loss (ε-MSE on the val split at the group's timesteps, fixed noise): the base's, the "
+              "member's as pruned (before fine-tuning) and after; a member above stage2.max_loss_ratio x the base's "
+              "trains on for up to stage2.extra_steps (steps: planned + extra).", "",
+              "| group | t range | limit / F | achieved MACs | params | pruned units | base loss | pruned loss | "
+              "loss after FT | after / base | FT steps |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    worse = []
     for g in plan.groups:
         gd = run.group(g.index)
         pr = read_json(gd / "prune.json", "group pruning summary") if (gd / "prune.json").is_file() else {}
         ft = read_json(gd / "finetune.json", "group fine-tune summary") if (gd / "finetune.json").is_file() else {}
         macs = pr.get("macs_thop")
         levels = pr.get("best_levels", pr.get("levels", {})) or {}
+        ratio = ft.get("loss_ratio")
+        flag = ""
+        if ft.get("worse_than_base"):
+            flag = " **WORSE than the base**"
+            worse.append(g.index)
+        steps_cell = (f"{ft['planned_steps']} + {ft['extra_steps']}" if "planned_steps" in ft else str(ft.get("steps", "-")))
         lines.append(
             f"| {g.index} | {g.t_start}-{g.t_end} | {g.limit_fraction:.3f} | {fmt_macs_fixed(macs) if macs else 'base'} | "
-            f"{pr.get('params', 0) / 1e6:.3f} M | {len(levels)} | {ft.get('loss_before', float('nan')):.4f} | "
-            f"{ft.get('loss_after', float('nan')):.4f} | {ft.get('steps', '-')} |")
+            f"{pr.get('params', 0) / 1e6:.3f} M | {len(levels)} | {ft.get('loss_base', float('nan')):.4f} | "
+            f"{ft.get('loss_before', float('nan')):.4f} | {ft.get('loss_after', float('nan')):.4f} | "
+            f"{f'{ratio:.3f}' if ratio is not None else '-'}{flag} | {steps_cell} |")
+    if worse:
+        lines += ["", f"**Warning: groups {worse} end stage 2 worse than the base on their own timesteps** (after "
+                  f"every extra step allowed, stage2.extra_steps={cfg.stage2.extra_steps}). The progressive model "
+                  "ships them as trained; raise stage2.extra_steps, give the groups more budget (plan.k) or prune "
+                  "less."]
     usage = [(g.index, pr["usage"]) for g in plan.groups
              if "usage" in (pr := read_json(run.group(g.index) / "prune.json", "group pruning summary")
                             if (run.group(g.index) / "prune.json").is_file() else {})]
@@ -125,8 +173,9 @@ def write_report(cfg: Config, run: RunDir, results: Evaluation) -> Path:
                          f"{u['output_tokens']:,} | {cost} |")
     rounds_png = _rounds_plot(cfg, run, len(plan.groups))
     if rounds_png is not None:
-        lines += ["", "## Agent rounds", "", "Quick loss of each round's candidates (mean ± std), per group "
-                  "(the paper's Fig. 5):", "", "![agent rounds](agent_rounds.png)"]
+        lines += ["", "## Agent rounds", "", "Quick loss of each round's candidates (mean ± std) relative to the "
+                  "unpruned base's loss on the same group (1 = as good as the base), per group (the paper's "
+                  "Fig. 5):", "", "![agent rounds](agent_rounds.png)"]
     names = [n for n in MODEL_NAMES if n in results.models]
     labels = {"base": "base", "base_equal_compute": "base (equal compute)", "tdc_no_prune": "TDC w/o pruning",
               "tdc": "TDC"}

@@ -15,9 +15,10 @@ from typing import Iterator
 
 import yaml
 
-from ..core.io import atomic_write_text
-from ..core.config import Config, load_yaml, stored_config
+from ..core.io import atomic_write_text, check_size
+from ..core.config import MAX_CONFIG_BYTES, Config, load_yaml, stored_config
 from ..core.errors import CheckpointError, ConfigError
+from ..core.redaction import redact
 
 # What decides a stage-1 result, and what decides the whole pipeline's results.
 RESULT_SECTIONS = ("data", "model", "latent", "schedule", "plan", "stage1")
@@ -128,6 +129,7 @@ class RunDir:
         new = stored_config(cfg)
         merged = new
         if self.config_path.is_file():
+            check_size(self.config_path, MAX_CONFIG_BYTES, "The stored config")
             try:
                 old = load_yaml(self.config_path.read_text())
             except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -184,7 +186,9 @@ class RunDir:
             except BlockingIOError:
                 from ..core.progress import console
 
-                console.print(f"[yellow]waiting for another job on {self.path} ({name})[/]")
+                from rich.markup import escape
+
+                console.print(f"[yellow]waiting for another job on {escape(str(self.path))} ({name})[/]")
                 self.log(f"waiting for the lock {name} (another job holds it)")
                 fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -198,4 +202,4 @@ class RunDir:
         logs.mkdir(parents=True, exist_ok=True)
         stamp = _dt.datetime.now().isoformat(timespec="seconds")
         with open(logs / "run.log", "a") as f:
-            f.write(f"{stamp} {message}\n")
+            f.write(redact(f"{stamp} {message}\n"))  # the log sink of the one scrubber

@@ -14,6 +14,7 @@ from ..core.io import atomic_write_bytes
 from ..models.store import load_model
 from ..core.config import SampleConfig, ScheduleConfig
 from ..core.data import to_uint8
+from ..core.errors import ConfigError
 from ..diffusion.process import DenoiseFn
 from ..diffusion.sampling import sample
 from ..core.errors import CheckpointError
@@ -51,6 +52,11 @@ def generate(
     progress: bool = True,
 ) -> torch.Tensor:
     """``cfg.num`` samples in batches of ``cfg.batch_size``; batch ``b`` uses seed ``seed + b``."""
+    if cfg.steps > schedule.timesteps:
+        # the scheduler would quietly take fewer steps than asked: refuse instead of mislabelling results
+        raise ConfigError(f"--steps {cfg.steps} exceeds the model's {schedule.timesteps} diffusion timesteps: a "
+                          f"sampler takes at most one step per timestep. Use --steps {schedule.timesteps} or fewer "
+                          "(the paper samples with 100 DDIM steps).")
     out = []
     n_batches = (cfg.num + cfg.batch_size - 1) // cfg.batch_size
     bar = make_progress(enabled=progress, loss=False)

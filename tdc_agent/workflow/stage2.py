@@ -10,6 +10,7 @@ output exists, so a rerun continues where a kill stopped it.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from ..core.io import atomic_write_json, load_tensors, read_json
 from ..models.store import load_model, save_model
 from ..core.config import Config
 from ..core.data import ImageDataset
-from ..core.devices import barrier, dist_env
+from ..core.devices import barrier, dist_env, rank0_says
+from ..core.progress import console
 from ..diffusion.process import ForwardProcess
-from ..evaluation.quick import quick_loss
+from ..evaluation.quick import eval_timesteps, quick_loss
 from ..models.macs import count
 from .rundir import RunDir
 from ..planning.plan import Group, GroupTask, Plan
@@ -37,10 +39,26 @@ class GroupResult:
 
 
 def group_steps(cfg: Config, plan: Plan, group: Group) -> int:
-    """Fine-tuning steps for one group (equal, or proportional to its share of the timesteps)."""
-    if cfg.stage2.steps_rule == "equal":
-        return cfg.stage2.steps
-    return max(1, round(cfg.stage2.steps * group.num_timesteps / plan.timesteps))
+    """Planned fine-tuning steps for one group: at least ``stage2.floor_steps``; with ``equal``
+    ``stage2.steps`` each, with ``proportional`` the total ``stage2.steps`` less the floors, shared
+    by the groups' sizes. (A member that fails its check after these steps may add ``extra_steps``;
+    :func:`finetune_group` records what it really trained.)"""
+    s2 = cfg.stage2
+    if s2.steps == 0:
+        return 0  # no fine-tuning at all: the floor does not apply
+    floor = s2.floor_steps
+    if s2.steps_rule == "equal":
+        return max(s2.steps, floor)
+    rest = max(0, s2.steps - floor * len(plan.groups))
+    return max(1, floor + round(rest * group.num_timesteps / plan.timesteps))
+
+
+def trained_steps(cfg: Config, run: RunDir, plan: Plan, group: Group, variant: str = "") -> int:
+    """The steps a group really trained (planned plus any extra), or the plan when not yet trained."""
+    done = run.group(group.index, variant) / "finetune.json"
+    if done.is_file():
+        return int(read_json(done, "group fine-tune summary")["steps"])
+    return group_steps(cfg, plan, group)
 
 
 def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: torch.nn.Module, meta: dict,
@@ -96,33 +114,78 @@ def prepare_in_order(cfg: Config, run: RunDir, plan: Plan, g: Group, base: torch
 
 def finetune_group(cfg: Config, run: RunDir, plan: Plan, g: Group, data: ImageDataset, eval_data: ImageDataset,
                    device: torch.device, show: bool = True, variant: str = "") -> GroupResult:
-    """Fine-tune the group's model on its own timesteps; returns where the final model is."""
+    """Fine-tune the group's model on its own timesteps, then check it against the base.
+
+    The member's held-out quick loss on the group's timesteps is compared with the base's; while it
+    is above ``stage2.max_loss_ratio`` x the base's, training goes on from its last checkpoint,
+    ``floor_steps`` at a time, up to ``stage2.extra_steps`` more. ``finetune.json`` records the
+    losses (base, pruned, each check), the steps trained and whether the member ended worse.
+    """
     gdir = run.group(g.index, variant)
     model, meta = load_model(gdir / "pruned", device)
     process = ForwardProcess(cfg.schedule, device)
-    steps = group_steps(cfg, plan, g)
-    tcfg = cfg.stage2.model_copy(update={"steps": max(steps, 1)})  # a TrainConfig with stage-2 values
+    planned = group_steps(cfg, plan, g)
+    ft_dir = gdir / "finetune"
+    target_file = ft_dir / "target.json"  # the steps of an extension in progress (resume)
+    steps = max(planned, int(read_json(target_file, "fine-tune target")["steps"])) if target_file.is_file() else planned
     init_opt = None
     if cfg.stage2.optimizer == "carried":
         init_opt = load_tensors(run.stage1 / "checkpoint" / "optimizer.safetensors", "base optimizer state")
-    loss_before = quick_loss(model, eval_data, process, g.timesteps, cfg.agent.eval_timesteps,
-                             cfg.agent.eval_batch_size, cfg.run.seed)
-    if steps == 0:  # no fine-tuning: the starting model is the group model
-        if dist_env().is_main:
-            save_model(gdir / "finetune" / "model", model, meta)
-        res_dir = gdir / "finetune" / "model"
-    else:
-        teacher = load_model(run.base_model, device)[0] if cfg.stage2.distill > 0 else None
-        res = train(model, data, process, tcfg, gdir / "finetune", seed=cfg.run.seed + 1000 * (g.index + 1),
-                    device=device, timesteps=g.timesteps, meta=meta, progress=show,
-                    desc=f"stage 2 g{g.index} (t {g.t_start}-{g.t_end})", init_optimizer=init_opt,
-                    teacher=teacher, distill=cfg.stage2.distill)
-        res_dir = res.model_dir
-    tuned, _ = load_model(res_dir, device)
-    loss_after = quick_loss(tuned, eval_data, process, g.timesteps, cfg.agent.eval_timesteps,
-                            cfg.agent.eval_batch_size, cfg.run.seed)
-    summary = {"group": g.index, "steps": steps, "loss_before": loss_before, "loss_after": loss_after}
-    if dist_env().is_main:
+
+    def loss_of(m: torch.nn.Module) -> float:
+        return quick_loss(m, eval_data, process, g.timesteps, cfg.agent.eval_timesteps, cfg.agent.eval_batch_size,
+                          cfg.run.seed)
+
+    base = load_model(run.base_model, device)[0]
+    loss_base = loss_of(base)
+    loss_before = loss_of(model)
+    teacher = base if cfg.stage2.distill > 0 else None
+    is_main = dist_env().is_main
+    checks: list[dict[str, float]] = []
+    chunk = max(1, cfg.stage2.floor_steps)
+    while True:
+        if steps == 0:  # no fine-tuning: the starting model is the group model
+            if is_main:
+                save_model(ft_dir / "model", model, meta)
+            res_dir = ft_dir / "model"
+        else:
+            tcfg = cfg.stage2.model_copy(update={"steps": steps})  # a TrainConfig with stage-2 values
+            res = train(model, data, process, tcfg, ft_dir, seed=cfg.run.seed + 1000 * (g.index + 1),
+                        device=device, timesteps=g.timesteps, meta=meta, progress=show,
+                        desc=f"stage 2 g{g.index} (t {g.t_start}-{g.t_end})", init_optimizer=init_opt,
+                        teacher=teacher, distill=cfg.stage2.distill)
+            res_dir = res.model_dir
+        loss_after = loss_of(load_model(res_dir, device)[0])
+        checks.append({"steps": steps, "loss": loss_after})
+        worse = loss_after > cfg.stage2.max_loss_ratio * loss_base
+        if not rank0_says(worse and steps > 0 and steps + chunk <= planned + cfg.stage2.extra_steps):
+            break
+        # Train on from the final checkpoint: drop the exported model first, then record the new
+        # target, so a kill between the two resumes at the old target and checks again.
+        if is_main:
+            shutil.rmtree(res_dir)
+        barrier()
+        steps += chunk
+        if is_main:
+            atomic_write_json(target_file, {"steps": steps})
+        if show:
+            console.print(f"[yellow]group {g.index}: held-out loss {loss_after:.4f} is {loss_after / loss_base:.3f} x "
+                          f"the base's {loss_base:.4f} (limit stage2.max_loss_ratio={cfg.stage2.max_loss_ratio}); "
+                          f"training on to {steps} steps[/]")
+    ratio = loss_after / loss_base if loss_base > 0 else float("inf")
+    worse = ratio > cfg.stage2.max_loss_ratio
+    if worse:
+        console.print(
+            f"[bold red]group {g.index} (t {g.t_start}-{g.t_end}) ends WORSE than the base on its own timesteps: "
+            f"held-out loss {loss_after:.4f} = {ratio:.3f} x the base's {loss_base:.4f} after {steps} steps "
+            f"(planned {planned}, stage2.extra_steps={cfg.stage2.extra_steps} used up). The report flags it; "
+            "raise stage2.extra_steps or the group's budget (plan.k), or prune less.[/]")
+    images = len(eval_data.images[: cfg.agent.eval_batch_size]) * len(eval_timesteps(g.timesteps, cfg.agent.eval_timesteps))
+    check_macs = float(count(base).thop + count(model).thop * len(checks)) * images
+    summary = {"group": g.index, "steps": steps, "planned_steps": planned, "extra_steps": steps - planned,
+               "loss_base": loss_base, "loss_before": loss_before, "loss_after": loss_after,
+               "loss_ratio": ratio, "worse_than_base": worse, "checks": checks, "check_forward_macs": check_macs}
+    if is_main:
         atomic_write_json(gdir / "finetune.json", summary)
     barrier()
     return GroupResult(g.index, res_dir, summary)
