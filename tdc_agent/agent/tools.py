@@ -291,7 +291,7 @@ class PruningSession:
         """A few fine-tuning steps on the group's timesteps before evaluation (``recovery_steps``)."""
         from ..training import train
 
-        tcfg = TrainConfig(steps=self.cfg.recovery_steps, batch_size=32, lr=1e-4, warmup=0,
+        tcfg = TrainConfig(steps=self.cfg.recovery_steps, batch_size=self.cfg.recovery_batch_size, lr=1e-4, warmup=0,
                            ckpt_every=10**9, log_every=max(1, self.cfg.recovery_steps), ema_decay=0.0, amp=False)
         data = self.pruner.data if self.pruner.data is not None else self.eval_data  # train on training images
         res = train(model, data, self.process, tcfg, self.out_dir / "recovery" / self.short_id(rec),

@@ -23,6 +23,7 @@ from ..core.io import load_tensors, save_tensors
 from ..core.config import Config, DataConfig
 from ..core.data import ImageDataset, load_dataset
 from ..core.errors import CheckpointError
+from ..core.tally import count_step
 
 _SUBFOLDERS = ("vae", "vqvae")
 
@@ -99,6 +100,7 @@ def training_data(cfg: Config, data: DataConfig | None = None, device: torch.dev
     from ..core.io import cache_dir
 
     data = data or cfg.data
+    count_step(f"data[{data.split}]")
     if not cfg.latent.vae:
         return load_dataset(data)
     vae = load_autoencoder(cfg.latent.vae, device)

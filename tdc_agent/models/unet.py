@@ -182,3 +182,41 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def check_takes(model: torch.nn.Module, shape: tuple[int, ...], what: str, data: str = "",
+                forward: bool = False) -> None:
+    """The one check that a denoiser takes the data: images (or latents) of ``shape`` (C, H, W).
+
+    Its declared input channels and size must match the data's; with ``forward`` it also runs once,
+    in eval mode and without gradients, on one blank input, so a size its downsamplings cannot take
+    (e.g. 9x9 through two 2x downsamplings) fails here. A mismatch is a :class:`ConfigError` naming
+    ``what`` (the model, as the user gave it) and ``data`` (the dataset's name), with the fix: one
+    clear error before anything is written or any LLM is called, not a traceback from deep inside
+    training, pruning or evaluation. Models without a diffusers config (``in_channels``) are only
+    run, when ``forward`` asks for it."""
+    c, h, w = (tuple(shape) + (0, 0, 0))[:3]
+    config = getattr(model, "config", None)
+    mc = getattr(config, "in_channels", None)
+    if mc is not None:
+        ms = getattr(config, "sample_size", None)
+        size = tuple(ms) if isinstance(ms, (list, tuple)) else (ms, ms)
+        if mc != c or (ms is not None and size != (h, w)):
+            shown = f"{size[0]}x{size[1]}" if ms is not None else "any-size"
+            raise ConfigError(
+                f"{what} takes {mc}-channel {shown} inputs, but the data{f' ({data})' if data else ''} are "
+                f"{c}x{h}x{w}: the model and the data disagree. Use data that match the model (e.g. "
+                f"data.name=cifar10 for the CIFAR-10 presets, or its latent.vae), or size the model to the data "
+                f"(data.image_size={h} data.channels={c} for a preset).")
+    if not forward:
+        return
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros(1, *shape, device=device), torch.zeros(1, dtype=torch.long, device=device))
+    except (RuntimeError, ValueError) as e:
+        levels = len(getattr(config, "block_out_channels", ()) or ()) or 1
+        raise ConfigError(
+            f"{what} cannot take the data's {'x'.join(map(str, shape))} images ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]}). Its {levels} resolution levels need a height and width divisible "
+            f"by {2 ** (levels - 1)}: resize the data (data.image_size=...) or pick another preset.") from None

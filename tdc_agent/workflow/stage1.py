@@ -14,8 +14,7 @@ from ..core.config import Config
 from ..core.data import ImageDataset
 from ..core.devices import barrier, dist_env
 from ..diffusion.process import ForwardProcess
-from ..core.errors import ConfigError
-from ..models.unet import build_unet, load_pretrained_unet, unet_config
+from ..models.unet import build_unet, check_takes, load_pretrained_unet, unet_config
 from .rundir import RunDir
 from ..training import TrainResult, train
 
@@ -28,31 +27,17 @@ def build_model(cfg: Config, image_shape: tuple[int, int, int]) -> torch.nn.Modu
     c, h, _ = image_shape
     if cfg.stage1.init:
         model = load_pretrained_unet(cfg.stage1.init)
-        if model.config.in_channels != c or model.config.sample_size not in (h, [h, h], (h, h)):
-            raise ConfigError(
-                f"stage1.init {cfg.stage1.init} expects {model.config.in_channels}-channel inputs of size "
-                f"{model.config.sample_size}, but the training data are {c}x{h}x{h}. Set data.image_size and "
-                "data.channels (or the latent autoencoder) to match."
-            )
+        check_takes(model, image_shape, f"stage1.init {cfg.stage1.init}", cfg.data.name)
         return model
     return build_unet(unet_config(cfg.model.preset or "tiny", sample_size=h, channels=c))
 
 
 def check_model_takes(cfg: Config, image_shape: tuple[int, int, int]) -> None:
-    """Build the configured base and run it once on one blank image of ``image_shape``, so a data
-    shape the UNet cannot take (e.g. 9x9 through two 2x downsamplings) fails before anything is
-    written, with advice, instead of deep inside stage 1 or evaluation."""
-    model = build_model(cfg, image_shape)
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *image_shape), torch.zeros(1, dtype=torch.long))
-    except (RuntimeError, ValueError) as e:
-        levels = len(model.config.block_out_channels)
-        raise ConfigError(
-            f"The {cfg.stage1.init or cfg.model.preset} UNet cannot take the data's {'x'.join(map(str, image_shape))} "
-            f"images ({type(e).__name__}: {str(e).splitlines()[0][:160]}). Its {levels} resolution levels need a "
-            f"height and width divisible by {2 ** (levels - 1)}: resize the data (data.image_size=...) or pick "
-            "another preset.") from None
+    """Build the configured base and run it once on one blank input of ``image_shape``
+    (:func:`~tdc_agent.models.unet.check_takes`), so data the UNet cannot take fail before anything
+    is written, with advice, instead of deep inside stage 1 or evaluation."""
+    check_takes(build_model(cfg, image_shape), image_shape, f"The {cfg.stage1.init or cfg.model.preset} UNet",
+                cfg.data.name, forward=True)
 
 
 def model_meta(cfg: Config, data: ImageDataset, **extra: object) -> dict:
