@@ -10,6 +10,7 @@ from tdc_agent.core.data import load_dataset
 from tdc_agent.core.config import DataConfig, ScheduleConfig
 from tdc_agent.diffusion.process import ForwardProcess
 from tdc_agent.models.unet import build_unet, unet_config
+from tdc_agent.models.macs import count
 from tdc_agent.models.store import load_model
 from tdc_agent.training import train
 from tdc_agent.training.ema import EMA, ema_decay_at
@@ -127,6 +128,10 @@ def test_a_member_worse_than_the_base_trains_on_then_is_flagged(make_config, tmp
         assert ft["steps"] == (10 if extends else 4)  # chunks of min_steps (3) while within extra_steps (6)
         assert [c["steps"] for c in ft["checks"]] == ([4, 7, 10] if extends else [4])
         assert ft["worse_than_base"] is extends
+        # no pruning: every forward of the check costs the base's MACs; the base once, the member
+        # before training, then at every check, on 16 held-out images x 2 timesteps
+        macs = count(load_model(run / "stage1" / "model")[0]).thop
+        assert ft["check_forward_macs"] == pytest.approx(macs * (2 + len(ft["checks"])) * 16 * 2)
         metrics = (run / "stage2" / f"g{g}" / "finetune" / "metrics.jsonl").read_text().splitlines()
         assert json.loads(metrics[-1])["step"] == ft["steps"]  # the extension resumed the same run
     report = (run / "report.md").read_text()

@@ -179,7 +179,8 @@ def finetune_group(ctx: RunContext, cfg: Config, g: Group, show: bool = True, va
             f"(planned {planned}, stage2.extra_steps={cfg.stage2.extra_steps} used up). The report flags it; "
             "raise stage2.extra_steps or the group's budget (plan.k), or prune less.[/]")
     images = len(eval_data.images[: cfg.agent.eval_batch_size]) * len(eval_timesteps(g.timesteps, cfg.agent.eval_timesteps))
-    check_macs = float(count(base).thop + count(model).thop * len(checks)) * images
+    # the base once, the pruned member before training, then the member at every check
+    check_macs = float(count(base).thop + count(model).thop * (1 + len(checks))) * images
     summary = {"group": g.index, "steps": steps, "planned_steps": planned, "extra_steps": steps - planned,
                "loss_base": loss_base, "loss_before": loss_before, "loss_after": loss_after,
                "loss_ratio": ratio, "worse_than_base": worse, "checks": checks, "check_forward_macs": check_macs}
