@@ -167,7 +167,8 @@ def assemble_job(cfg: Config, run_dir: Path | None = None) -> list[Path]:
     """Build the progressive model(s) of a run from its finished groups."""
     run = existing_run(cfg, run_dir, "assemble")
     run.prepare(cfg, sections=PIPELINE_SECTIONS)  # the stored config must be this config
-    return [assemble(vcfg, run, resolve_device(cfg.run.device), variant) for variant, vcfg in variants(cfg)]
+    plan = build_plan(cfg)
+    return [assemble(vcfg, run, resolve_device(cfg.run.device), variant, plan) for variant, vcfg in variants(cfg)]
 
 
 def evaluate_job(cfg: Config, run_dir: Path | None = None, progress: bool = True) -> Evaluation:
