@@ -114,7 +114,11 @@ def test_one_run_builds_the_plan_data_llm_and_memory_once(make_config, tmp_path,
     monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-secret-0000")
     run = tmp_path / "r"
     with FakeOpenAI() as srv:
-        cfg = make_config(**{**E2E, "agent": {**E2E["agent"], "llm": "openai:fake-model", "base_url": srv.url}})
+        # small: the counts are the point (stage 1 as tiny_config_dict has it, 3 groups, evaluation on)
+        cfg = make_config(stage2={"steps": 4, "batch_size": 16, "ckpt_every": 4},
+                          evaluation={"samples": 16, "compare_equal_compute": False},
+                          agent={"rounds": 1, "candidates": 2, "eval_batch_size": 16, "eval_timesteps": 2,
+                                 "llm": "openai:fake-model", "base_url": srv.url})
         code, _, err = cli("run", "--config", cfg, "--run-dir", run, "-q")
         assert code == 0, err
         pruned = [g for g in range(3) if json.loads((run / "stage2" / f"g{g}" / "prune.json").read_text())["mode"] == "tdc"]
