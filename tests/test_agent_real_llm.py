@@ -19,7 +19,7 @@ from openai_server import FakeOpenAI, tool_call
 from prompt_reader import PromptReader
 from test_agent import AGENT, _check_valid, _events, _round_prompts, _setup, run_agent
 from tdc_agent.agent.proxy import AgentPruning
-from tdc_agent.agent.tools import GroupTask
+from tdc_agent.planning.plan import GroupTask
 from tdc_agent.agent.transcript import read_transcript
 from tdc_agent.core.config import AgentConfig
 from tdc_agent.core.errors import TDCError
@@ -247,7 +247,6 @@ def test_run_seed_reaches_the_builtin(tmp_path):
 def test_rounds_plot_is_relative_to_each_groups_base_with_whole_round_ticks(tmp_path):
     """Groups whose losses differ 100-fold are drawn relative to their own base's loss (so each is
     readable on one axis), on whole-number round ticks."""
-    from tdc_agent.agent.proxy import group_state_dir
     from tdc_agent.core.io import atomic_write_json
     from tdc_agent.workflow.report import rounds_figure
     from tdc_agent.workflow.rundir import RunDir
@@ -255,7 +254,7 @@ def test_rounds_plot_is_relative_to_each_groups_base_with_whole_round_ticks(tmp_
     run = RunDir(tmp_path / "run")
     bases = {0: 0.01, 1: 0.1, 2: 1.0}
     for i, base in bases.items():
-        d = group_state_dir(run.agent(i), i)
+        d = run.agent_state(i)
         rounds = [{"round": r, "candidates": ["a", "b"], "losses": [base * (1.2 - 0.05 * r), base * (1.3 - 0.05 * r)],
                    "macs": [1.0, 1.0], "attempts": 1, "seconds": 1.0} for r in range(3)]
         atomic_write_json(d / "rounds.json", {"rounds": rounds})

@@ -44,3 +44,55 @@ def test_readme_layout_section_matches_the_tree():
         named_mods = set(re.findall(r"`(\w+)\.py`", line))
         have = {f.stem for f in (PKG / sub).glob("*.py")} - {"__init__", "__main__"}
         assert named_mods == have, (sub, sorted(named_mods ^ have))
+
+
+LAYERS = ["core", "diffusion", "models", "planning", "pruning", "evaluation", "agent", "workflow"]
+
+
+def _cross_layer_imports() -> dict[str, set[str]]:
+    """Per subpackage, the names that modules of other subpackages import from its modules."""
+    import ast
+
+    used: dict[str, set[str]] = {}
+    for f in PKG.rglob("*.py"):
+        here = f.relative_to(PKG).parts
+        for node in ast.walk(ast.parse(f.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.module is None:
+                continue
+            if node.level:  # from ..models.unet import x (relative to this module's package)
+                parts = list(here[:-1])[: len(here) - node.level] + node.module.split(".")
+            elif node.module.startswith("tdc_agent."):
+                parts = node.module.split(".")[1:]
+            else:
+                continue
+            if len(parts) >= 2 and parts[0] != here[0]:
+                used.setdefault(parts[0], set()).update(a.name for a in node.names)
+    return used
+
+
+def test_each_layer_names_its_public_api():
+    """Every subpackage's ``__init__`` lists (``__all__``) what other layers use from it, and each of
+    those names is importable from the subpackage itself."""
+    import importlib
+
+    used = _cross_layer_imports()
+    for sub in LAYERS:
+        pkg = importlib.import_module(f"tdc_agent.{sub}")
+        api = set(getattr(pkg, "__all__", ()))
+        missing = used.get(sub, set()) - api
+        assert not missing, f"tdc_agent/{sub}/__init__.py: add {sorted(missing)} to its API (other layers use them)"
+        for name in api:
+            assert getattr(pkg, name) is not None
+
+
+def test_agent_exports_no_workflow_pieces_and_classical_pruning_needs_no_agent():
+    import importlib
+
+    agent = importlib.import_module("tdc_agent.agent")
+    assert not {"held_out", "group_state_dir", "check_base_takes", "GroupTask"} & set(agent.__all__)
+    proxy = importlib.import_module("tdc_agent.agent.proxy")
+    assert not hasattr(proxy, "group_state_dir") and not hasattr(proxy, "check_base_takes")
+    p = subprocess.run([sys.executable, "-c", "import sys, tdc_agent.workflow.jobs, tdc_agent.workflow.report; "
+                        "print(sorted(m for m in sys.modules if m.startswith(('tdc_agent.agent', 'langchain'))))"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr

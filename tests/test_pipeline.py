@@ -98,6 +98,47 @@ def test_run_end_to_end_tiny(make_config, tmp_path, cli, cache_env):
     assert "FID with the FID Inception-v3" in (run / "report.md").read_text()
 
 
+def _built(run: Path) -> dict[str, int]:
+    """What the last ``tdc-agent run`` on ``run`` built, from its log line ``run built once: k=v ...``."""
+    line = [l for l in (run / "logs" / "run.log").read_text().splitlines() if "run built once:" in l][-1]
+    return {k: int(v) for k, v in (kv.split("=") for kv in line.split("run built once:")[1].split())}
+
+
+def test_one_run_builds_the_plan_data_llm_and_memory_once(make_config, tmp_path, cli, cache_env, monkeypatch):
+    """One `tdc-agent run` whose agent prunes 2 groups (the third is at full budget) through an
+    OpenAI-compatible server builds the plan once, loads the data once per split, resolves the LLM
+    once (one key check at the server for the run, not one per group) and opens the memory bank once;
+    a rerun reads the run's plan back instead of writing another."""
+    from openai_server import FakeOpenAI
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-secret-0000")
+    run = tmp_path / "r"
+    with FakeOpenAI() as srv:
+        # small: the counts are the point (stage 1 as tiny_config_dict has it, 3 groups, evaluation on)
+        cfg = make_config(stage2={"steps": 4, "batch_size": 16, "ckpt_every": 4},
+                          evaluation={"samples": 16, "compare_equal_compute": False},
+                          agent={"rounds": 1, "candidates": 2, "eval_batch_size": 16, "eval_timesteps": 2,
+                                 "llm": "openai:fake-model", "base_url": srv.url})
+        code, _, err = cli("run", "--config", cfg, "--run-dir", run, "-q")
+        assert code == 0, err
+        pruned = [g for g in range(3) if json.loads((run / "stage2" / f"g{g}" / "prune.json").read_text())["mode"] == "tdc"]
+        assert pruned == [0, 1]  # two groups pruned by the agent, each with its own transcript and rounds
+        for g in pruned:
+            assert (run / "stage2" / f"g{g}" / "agent" / "transcript.jsonl").is_file()
+            assert (run / "stage2" / f"g{g}" / "agent" / f"group_{g}" / "agent.json").is_file()
+        assert len(srv.requests) >= 2 and len(srv.model_lookups) == 1, srv.model_lookups
+        assert _built(run) == {"plan": 1, "data[train]": 1, "data[val]": 1, "llm": 1, "memory": 1}
+        assert (run / "evaluation.json").is_file()
+        plan = (run / "plan.json").read_bytes()
+        stamp = (run / "plan.json").stat().st_mtime_ns
+        code, _, err = cli("run", "--config", cfg, "--run-dir", run, "-q", "--no-eval")
+        assert code == 0, err
+    assert (run / "plan.json").read_bytes() == plan and (run / "plan.json").stat().st_mtime_ns == stamp
+    # the finished groups need no agent and no held-out data: the rerun checks the LLM and reads the plan back
+    assert _built(run) == {"plan": 1, "data[train]": 1, "llm": 1}
+    assert len(srv.model_lookups) == 2
+
+
 @pytest.mark.slow
 def test_groups_subset_then_assemble(make_config, tmp_path, cli, cache_env):
     cfg = make_config(**E2E)

@@ -20,7 +20,7 @@ import torch
 
 from tdc_agent.agent.memory import MemoryBank, MemoryRecord, architecture_hash
 from tdc_agent.agent.proxy import AgentPruning
-from tdc_agent.agent.tools import GroupTask
+from tdc_agent.planning.plan import GroupTask
 from tdc_agent.planning.plan import Group
 from tdc_agent.core.config import load_config
 from tdc_agent.models.unet import build_unet, unet_config

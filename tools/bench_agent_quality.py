@@ -43,13 +43,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_table1 import SCALES, Bench  # noqa: E402
-from tdc_agent.agent.proxy import held_out  # noqa: E402
 from tdc_agent.core.io import atomic_write_json, read_json  # noqa: E402
 from tdc_agent.models.store import load_model  # noqa: E402
 from tdc_agent.diffusion.process import ForwardProcess  # noqa: E402
 from tdc_agent.evaluation.quick import quick_loss  # noqa: E402
 from tdc_agent.evaluation.stats import paired_bootstrap_ratio, percentile_interval, t_interval  # noqa: E402
-from tdc_agent.models.latent import training_data  # noqa: E402
+from tdc_agent.models.latent import held_out, training_data  # noqa: E402
 from tdc_agent.planning.build import build_plan  # noqa: E402
 from tdc_agent.models.macs import count  # noqa: E402
 from tdc_agent.pruning.criteria import criterion_names  # noqa: E402

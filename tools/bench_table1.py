@@ -50,6 +50,7 @@ from tdc_agent.evaluation.fd import digits_classifier, features, frechet, gaussi
 from tdc_agent.evaluation.stats import (  # noqa: E402
     paired_bootstrap_ratio, paired_ratios, percentile_interval, t_interval)
 from tdc_agent.models.unet import denoise  # noqa: E402
+from tdc_agent.workflow.context import RunContext  # noqa: E402
 from tdc_agent.workflow.pipeline import run_pipeline, training_macs  # noqa: E402
 from tdc_agent.planning.build import build_plan  # noqa: E402
 from tdc_agent.models.progressive import ProgressiveModel  # noqa: E402
@@ -179,9 +180,9 @@ class Bench:
             shutil.copytree(memory_from, run.memory)
         self.log(f"seed {seed}: pruning for {name} ({mode})")
         base, meta = load_model(run.base_model, self.device)
-        cache: dict = {}
+        ctx = RunContext(cfg, run, self.device, plan, show=False)
         for g in plan.groups:
-            prepare_in_order(cfg, run, plan, g, base, meta, self.device, cache, show=False)
+            prepare_in_order(ctx, cfg, g, base, meta)
         return run
 
     def stage2_row(self, seed: int, name: str, mode: str, distill: bool, lr: float, source: RunDir,
@@ -203,7 +204,7 @@ class Bench:
                 shutil.copytree(src / "pruned", dst / "pruned", dirs_exist_ok=True)
                 shutil.copy(src / "prune.json", dst / "prune.json")
         self.log(f"seed {seed}: stage 2 {name} (lr {lr}, distill {distill})")
-        run_pipeline(cfg, run, self.device, show=False)
+        run_pipeline(RunContext.of(cfg, run, self.device, show=False))
         return run
 
     # --- scoring ------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from tdc_agent.core.data import load_dataset
 from tdc_agent.diffusion.process import ForwardProcess
 from tdc_agent.evaluation.quick import quick_loss
 from tdc_agent.models.unet import denoise
+from tdc_agent.workflow.context import RunContext
 from tdc_agent.workflow.pipeline import evaluate_run, run_pipeline, scorer, training_macs
 from tdc_agent.planning.build import build_plan
 from tdc_agent.models.progressive import ProgressiveModel, member_from_dir
@@ -140,9 +141,10 @@ class Bench:
                     shutil.copy(src / "prune.json", dst / "prune.json")
         self.log(f"seed {seed}: {name}")
         t0 = time.time()
-        out = run_pipeline(cfg, run, self.device, show=False)
+        ctx = RunContext.of(cfg, run, self.device, show=False)
+        out = run_pipeline(ctx)
         stage2_s = time.time() - t0
-        ev = evaluate_run(cfg, run, self.device, show=False)
+        ev = evaluate_run(cfg, run, self.device, show=False, plan=ctx.plan)
         tdc, base = ev.models["tdc"], ev.models["base"]
         res = {"name": name, "seed": seed, "overrides": overrides, "fd": tdc.scores["fd"], "kid": tdc.scores["kid"],
                "real_floor": tdc.scores["real_floor"], "base_fd": base.scores["fd"], "base_kid": base.scores["kid"],
@@ -160,7 +162,7 @@ class Bench:
     def group_losses(self, cfg: Config, run: RunDir) -> dict[str, float]:
         """Quick-eval loss of every pruned group's starting model (same images, noise and timesteps
         for every method: the comparison at equal MACs limits)."""
-        from tdc_agent.agent.proxy import held_out
+        from tdc_agent.models.latent import held_out
 
         process = ForwardProcess(cfg.schedule, self.device)
         out = {}

@@ -1,1 +1,25 @@
-"""The pruning agent: LangChain tools, pluggable chat models, prompt templates, Chroma memory."""
+"""The pruning agent: LangChain tools, pluggable chat models, prompt templates, Chroma memory.
+
+The names other layers use, importable from here (``from tdc_agent.agent import ...``); each
+is loaded from its module on first use, so importing one module of this package does not import
+the rest."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+_MODULES = {
+    "bank": ["best_records", "export_records", "memory_records"],
+    "llm": ["ResolvedLLM"],
+    "memory": ["MemoryBank"],
+    "prompts": ["init_prompts", "load_prompts"],
+    "proxy": ["AgentPruning"],
+}
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

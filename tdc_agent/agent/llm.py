@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -22,6 +23,7 @@ from langchain_core.language_models.chat_models import BaseChatModel
 from ..core.config import AgentConfig
 from ..core.errors import ConfigError, TDCError
 from ..core.redaction import redact_url, register_secret_env
+from ..core.tally import count_step
 
 PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "google_genai": "GOOGLE_API_KEY",
                  "mistralai": "MISTRAL_API_KEY", "groq": "GROQ_API_KEY"}
@@ -64,6 +66,20 @@ def check_key(url: str, key: str, key_env: str | None, timeout: float = 5.0) -> 
         return
 
 
+@dataclass(frozen=True)
+class ResolvedLLM:
+    """A chat model resolved and checked once (:func:`resolve_llm`), with its printable spec: what a
+    run's preflight hands the agent, so that the groups of one run share one model and one check."""
+
+    chat: BaseChatModel
+    spec: str
+
+    @classmethod
+    def of(cls, spec: str | BaseChatModel, cfg: AgentConfig, seed: int = 0) -> "ResolvedLLM":
+        """:func:`resolve_llm` (with its checks), kept."""
+        return cls(*resolve_llm(spec, cfg, seed=seed))
+
+
 def resolve_llm(spec: str | BaseChatModel, cfg: AgentConfig, check: bool = True,
                 seed: int = 0) -> tuple[BaseChatModel, str]:
     """The chat model for ``spec`` and a printable spec string (never containing a key). ``seed``
@@ -71,6 +87,7 @@ def resolve_llm(spec: str | BaseChatModel, cfg: AgentConfig, check: bool = True,
     and each is reproducible."""
     if isinstance(spec, BaseChatModel):
         return spec, f"python:{type(spec).__name__}"
+    count_step("llm")
     spec = spec.strip()
     if spec == "builtin":
         from .builtin import BuiltinPolicy

@@ -30,6 +30,7 @@ from ..core.redaction import redact, redact_url
 from ..core.errors import TDCError
 from ..core.faults import failpoint
 from ..core.bounds import ERROR_CHARS, RATIONALE_CHARS, cut
+from ..core.tally import count_step
 
 
 class MemoryBankError(TDCError):
@@ -232,6 +233,7 @@ class MemoryBank:
         import chromadb
         from chromadb.config import Settings
 
+        count_step("memory")
         if url:
             u = urlparse(url)
             if u.scheme not in ("http", "https") or not u.hostname:
@@ -262,8 +264,11 @@ class MemoryBank:
         except Exception as e:  # noqa: BLE001 - chromadb raises many types for a broken database
             raise MemoryBankError(failure_advice(e, str(where))) from None
 
-    def __init__(self, unit_names: list[str], arch_hash: str, path: str | None = None, url: str | None = None):
-        self.client = self.open_client(path, url)
+    def __init__(self, unit_names: list[str], arch_hash: str, path: str | None = None, url: str | None = None,
+                 client: Any = None):
+        """``client``: one :meth:`open_client` already opened (a run's preflight opens a memory server
+        once, and the agent uses that client instead of connecting again)."""
+        self.client = client if client is not None else self.open_client(path, url)
         try:
             self.collection = self.client.get_or_create_collection(
                 f"schemes-{arch_hash}", embedding_function=KeepLevelEmbedding(unit_names),

@@ -1,8 +1,10 @@
-"""Proxy-based pruning of one group (paper Eq. 7, 11): the agent's rounds, then the best scheme built.
+"""Proxy-based pruning of groups (paper Eq. 7, 11): the agent's rounds, then the best scheme built.
 
-This is what ``tdc-agent prune --method agent`` and stage 2 call. The output directory holds
+This is what ``tdc-agent prune --method agent`` and stage 2 call. An output directory holds
 ``memory/`` (Chroma, unless ``--memory-dir``/``--memory-url``), ``transcript.jsonl``,
-``group_<i>/rounds.json`` (resume state), ``model/`` (the chosen pruned model) and ``agent.json``.
+``group_<i>/rounds.json`` (resume state) and ``group_<i>/agent.json`` (the summary), and ``model/``
+(the chosen pruned model). A run keeps one output directory per group (``stage2/g<i>/agent``) and
+one :class:`AgentPruning` for all of them.
 """
 
 from __future__ import annotations
@@ -19,41 +21,19 @@ from langchain_core.language_models.chat_models import BaseChatModel
 from ..core.io import atomic_write_json, atomic_write_text
 from ..core.config import Config
 from ..core.data import ImageDataset
-from ..models.latent import training_data
+from ..models.latent import held_out, training_data
+from ..models.backbone import check_takes
+from ..planning.plan import GroupTask
 from ..diffusion.process import ForwardProcess
 from ..pruning.pruner import Pruner
 from ..pruning.scheme import PruningScheme
 from ..pruning.serialize import save_pruned
-from .llm import resolve_llm
+from .llm import ResolvedLLM, resolve_llm
 from .loop import GroupOutcome, RoundLoop
 from .memory import MemoryBank, architecture_hash, weights_hash
 from .prompts import load_prompts
-from .tools import GroupTask, PruningSession
+from .tools import PruningSession
 from .transcript import Transcript
-
-
-def held_out(cfg: Config, split: str = "val") -> ImageDataset:
-    """Images (or latents) the models never trained on: ``val`` for the agent's quick evaluation
-    (and stage 2's before/after losses), ``test`` for benchmarks that score the chosen schemes.
-
-    When stage 1 trains on ``data.split=all`` the validation images were trained on; that is said
-    once, loudly, since the agent's choices then rest on training loss.
-    """
-    if cfg.data.split != "train" and split in ("val", "test") and not _WARNED.get(cfg.data.split):
-        from ..core.progress import console
-
-        _WARNED[cfg.data.split] = True
-        console.print(f"[yellow]warning:[/] data.split={cfg.data.split} trains on the {split} images too, so the "
-                      "agent's quick losses are not held out. Set data.split=train (the default) for honest ones.")
-    return training_data(cfg, cfg.data.model_copy(update={"split": split}))
-
-
-_WARNED: dict[str, bool] = {}
-
-
-def group_state_dir(out_dir: Path, index: int) -> Path:
-    """Where an agent output directory keeps group ``index``'s ``rounds.json`` and ``agent.json``."""
-    return Path(out_dir) / f"group_{index}"
 
 
 def run_id_for(out_dir: Path) -> str:
@@ -66,32 +46,18 @@ def run_id_for(out_dir: Path) -> str:
     return rid
 
 
-def check_base_takes(base: torch.nn.Module, data: ImageDataset) -> None:
-    """The base must take the images (or latents) it is evaluated on: a mismatch is one clear error
-    before any LLM call, not a traceback from inside ``evaluate_scheme`` after several."""
-    from ..core.errors import ConfigError
-
-    config = getattr(base, "config", None)
-    if config is None or not hasattr(config, "in_channels"):
-        return
-    c, h, w = data.shape
-    mc, ms = config.in_channels, config.sample_size
-    size = tuple(ms) if isinstance(ms, (list, tuple)) else (ms, ms)
-    if mc != c or (ms is not None and size != (h, w)):
-        raise ConfigError(
-            f"The base model takes {mc}-channel {size[0]}x{size[1]} inputs, but the agent would evaluate it on "
-            f"{data.name} data of shape {c}x{h}x{w}: the model and the data disagree. Use data that match the model "
-            f"(e.g. data.name=cifar10 for the CIFAR-10 presets), or size the model to the data "
-            f"(data.image_size={h} data.channels={c} for a preset).")
-
-
 @dataclass
 class AgentPruning:
-    """Everything the agent needs for one base model; prunes groups one after another.
+    """Everything the agent needs for one base model, built once; prunes groups one after another.
 
-    ``callbacks``: LangChain callback handlers of yours, given every LLM call and tool call of every
-    round (e.g. a LangSmith tracer, a cost logger); each round's run carries ``run_name``, ``tags``
-    and ``metadata`` with the run id, group, round and attempt.
+    The data, the LLM (resolved and checked), the prompts, the pruner (units, channel scores) and the
+    memory bank are set up here, once; :meth:`prune_group` only runs a group's rounds. ``llm`` is a
+    spec (``builtin``, ``openai:<model>``...), a chat model of yours, or a :class:`ResolvedLLM` a
+    caller resolved already. ``eval_data``/``train_data``: the held-out and training data when the
+    caller has loaded them (a run loads each once); ``memory_client``: a memory server's client the
+    caller opened. ``callbacks``: LangChain callback handlers of yours, given every LLM call and tool
+    call of every round (e.g. a LangSmith tracer, a cost logger); each round's run carries
+    ``run_name``, ``tags`` and ``metadata`` with the run id, group, round and attempt.
     """
 
     cfg: Config
@@ -105,18 +71,28 @@ class AgentPruning:
     # own ``memory/`` so that all its groups share one bank (neighbour hints, paper Eq. 11-12)
     memory_path: Path | None = None
     callbacks: list[Any] | None = None  # LangChain callback handlers of the caller, for every round
+    eval_data: ImageDataset | None = None  # default: held_out(cfg)
+    train_data: ImageDataset | None = None  # default: training_data(cfg)
+    memory_client: Any = None  # default: the bank's client is opened here
 
     def __post_init__(self) -> None:
         a = self.cfg.agent
         self.out_dir = Path(self.out_dir)
-        self.eval_data = held_out(self.cfg)
-        check_base_takes(self.base, self.eval_data)  # before the LLM is resolved or called
+        if self.eval_data is None:
+            self.eval_data = held_out(self.cfg)
+        # before the LLM is resolved or called: one clear error, not a traceback from evaluate_scheme
+        check_takes(self.base, self.eval_data.shape, "The base model", f"{self.eval_data.name}, which the agent "
+                    "evaluates it on")
         # the LLM is resolved (key present, server reachable) before any compute is spent
-        self.chat, self.llm_spec = resolve_llm(self.llm, a, seed=self.cfg.run.seed)
+        if isinstance(self.llm, ResolvedLLM):
+            self.chat, self.llm_spec = self.llm.chat, self.llm.spec
+        else:
+            self.chat, self.llm_spec = resolve_llm(self.llm, a, seed=self.cfg.run.seed)
         self.prompts = load_prompts(a.prompt_dir)
         self.process = ForwardProcess(self.cfg.schedule, self.device)
-        train_data = training_data(self.cfg)
-        self.pruner = Pruner(self.base, train_data, self.process, self.cfg.run.seed)
+        if self.train_data is None:
+            self.train_data = training_data(self.cfg)
+        self.pruner = Pruner(self.base, self.train_data, self.process, self.cfg.run.seed)
         config = {k: v for k, v in dict(self.base.config).items() if not k.startswith("_")}
         self.arch_hash = architecture_hash(self.pruner.graph.names, config)
         self.base_hash = weights_hash(self.base)
@@ -126,27 +102,45 @@ class AgentPruning:
         # the memory bank first: a bad --memory-dir/--memory-url must fail before anything is written here
         self.memory = MemoryBank(self.pruner.graph.names, self.arch_hash,
                                  path=a.memory_dir or str(self.memory_path or self.out_dir / "memory"),
-                                 url=a.memory_url)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+                                 url=a.memory_url, client=self.memory_client)
         # one id per memory owner: all groups of a pipeline run share it (their records are "this run")
         self.run_id = run_id_for(self.memory_path.parent if self.memory_path else self.out_dir)
+        self._open_dir(self.out_dir)
+
+    def _open_dir(self, out_dir: Path) -> None:
+        """Write transcripts and group state into ``out_dir`` from now on."""
+        a = self.cfg.agent
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.transcript = Transcript(self.out_dir / "transcript.jsonl",
                                      secret_env=[a.api_key_env] if a.api_key_env else [])
         self.loop = RoundLoop(self.chat, self.llm_spec, self.prompts, self.transcript, a, self.show,
                               callbacks=self.callbacks)
 
-    def prune_group(self, task: GroupTask, model_dir: Path | None = None) -> tuple[GroupOutcome, Any]:
-        """Run the rounds for ``task``, build the best scheme, save it; returns (outcome, PruneResult)."""
+    def state_dir(self, index: int) -> Path:
+        """Where group ``index``'s ``rounds.json``, ``agent.json``, sensitivities and recovery runs go."""
+        return self.out_dir / f"group_{index}"
+
+    def prune_group(self, task: GroupTask, model_dir: Path | None = None,
+                    out_dir: Path | None = None) -> tuple[GroupOutcome, Any]:
+        """Run the rounds for ``task``, build the best scheme, save it; returns (outcome, PruneResult).
+
+        ``out_dir``: this group's output directory (transcript, group state), when it is not the
+        one the agent was made with (a run keeps one per group)."""
         if task.limit_macs >= self.pruner.base_count.thop:
             from ..core.errors import ConfigError
 
             raise ConfigError(f"The MACs limit of group {task.index} ({task.limit_macs:,.0f}) is not below the base "
                               f"model's {self.pruner.base_count.thop:,}: there is nothing to prune.")
+        if out_dir is not None and Path(out_dir) != self.out_dir:
+            if hasattr(self.chat, "rewound"):  # a replay replays each group's transcript from its start
+                self.chat = self.chat.rewound()
+            self._open_dir(Path(out_dir))
         session = PruningSession(self.pruner, task, self.memory, self.eval_data, self.process, self.cfg.agent,
-                                 self.run_id, self.llm_spec, self.out_dir / f"group_{task.index}", self.cfg.run.seed,
+                                 self.run_id, self.llm_spec, self.state_dir(task.index), self.cfg.run.seed,
                                  base_hash=self.base_hash, eval_key=self.eval_key)
         t0 = time.time()
-        outcome = self.loop.run_group(session, group_state_dir(self.out_dir, task.index) / "rounds.json")
+        outcome = self.loop.run_group(session, self.state_dir(task.index) / "rounds.json")
         best = outcome.best
         t_build = time.time()
         result = self.pruner.prune(PruningScheme(levels=best.levels, source=self.llm_spec, rationale=best.rationale),
@@ -164,7 +158,8 @@ class AgentPruning:
         n_evals = sum(len(s.losses) for s in outcome.rounds)
         per_eval = (len(eval_timesteps(task.timesteps, self.cfg.agent.eval_timesteps))
                     * min(self.cfg.agent.eval_batch_size, len(self.eval_data)))
-        proxy_images = n_evals * (per_eval + self.cfg.agent.recovery_steps * 32 * 3)
+        # a recovery step's forward and backward cost about 3 forwards (STEP_COST in workflow/stage1.py)
+        proxy_images = n_evals * (per_eval + self.cfg.agent.recovery_steps * self.cfg.agent.recovery_batch_size * 3)
         summary = {
             "group": task.index, "llm": self.llm_spec, "run_id": self.run_id, "best_id": best.id,
             "best_loss": best.loss, "base_loss": session.base_loss, "best_levels": best.levels,
@@ -179,6 +174,6 @@ class AgentPruning:
             "proxy_evaluations": n_evals, "proxy_forward_images": proxy_images,
             "proxy_forward_macs": float(proxy_images) * task.limit_macs,
         }
-        atomic_write_json(group_state_dir(self.out_dir, task.index) / "agent.json", summary)
+        atomic_write_json(self.state_dir(task.index) / "agent.json", summary)
         outcome.extra["summary"] = summary
         return outcome, result

@@ -32,6 +32,10 @@ class ReplayChatModel(BaseChatModel):
             raise TDCError(f"Transcript {path} holds no LLM replies to replay.")
         return cls(replies=replies, source=path)
 
+    def rewound(self) -> "ReplayChatModel":
+        """The same replies from the first again (each group of a run replays from the start)."""
+        return type(self)(replies=self.replies, source=self.source)
+
     @property
     def _llm_type(self) -> str:
         return "tdc-replay"

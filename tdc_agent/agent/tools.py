@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,36 +23,11 @@ from ..core.errors import TDCError
 from ..core.faults import failpoint
 from ..diffusion.process import ForwardProcess
 from ..evaluation.quick import quick_loss
-from ..planning.plan import Group
+from ..planning.plan import GroupTask
 from ..pruning.apply import fit_levels
 from ..pruning.pruner import Pruner
 from ..pruning.scheme import PruningScheme, SchemeError
 from .memory import Like, MemoryBank, MemoryRecord
-
-
-@dataclass
-class GroupTask:
-    """What one group's pruning must achieve: a plan :class:`~tdc_agent.planning.plan.Group` (the one
-    group type), its MACs limit in MACs, and the neighbouring groups. A thin view: the group's
-    fields read through."""
-
-    group: Group
-    limit_macs: float
-    neighbours: list[int] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, group: Group, base_macs: float, n_groups: int = 1) -> "GroupTask":
-        """The task for ``group`` of a plan with ``n_groups`` groups, for a base of ``base_macs`` MACs."""
-        neighbours = [i for i in (group.index - 1, group.index + 1) if 0 <= i < n_groups]
-        return cls(group, group.limit_fraction * base_macs, neighbours)
-
-    index = property(lambda self: self.group.index)
-    t_start = property(lambda self: self.group.t_start)
-    t_end = property(lambda self: self.group.t_end)
-    snr_min = property(lambda self: self.group.snr_min)
-    snr_max = property(lambda self: self.group.snr_max)
-    limit_fraction = property(lambda self: self.group.limit_fraction)
-    timesteps = property(lambda self: self.group.timesteps)
 
 
 class NoArgs(BaseModel):
@@ -317,7 +291,7 @@ class PruningSession:
         """A few fine-tuning steps on the group's timesteps before evaluation (``recovery_steps``)."""
         from ..training import train
 
-        tcfg = TrainConfig(steps=self.cfg.recovery_steps, batch_size=32, lr=1e-4, warmup=0,
+        tcfg = TrainConfig(steps=self.cfg.recovery_steps, batch_size=self.cfg.recovery_batch_size, lr=1e-4, warmup=0,
                            ckpt_every=10**9, log_every=max(1, self.cfg.recovery_steps), ema_decay=0.0, amp=False)
         data = self.pruner.data if self.pruner.data is not None else self.eval_data  # train on training images
         res = train(model, data, self.process, tcfg, self.out_dir / "recovery" / self.short_id(rec),

@@ -378,7 +378,8 @@ class AgentConfig(_Section):
     timeout_s: float = Field(default=60.0, gt=0)
     eval_timesteps: int = Field(default=8, ge=1)
     eval_batch_size: int = Field(default=128, ge=1, le=MAX_BATCH_SIZE)
-    recovery_steps: int = Field(default=0, ge=0)
+    recovery_steps: int = Field(default=0, ge=0)  # fine-tuning steps of each candidate before its quick loss
+    recovery_batch_size: int = Field(default=32, ge=1, le=MAX_BATCH_SIZE)  # images per recovery step
     sensitivity_images: int = Field(default=32, ge=1)  # images per unit_sensitivity measurement
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # model -> $/1M tokens (in, out)
     # tools: the LLM calls our tools (native tool calling); json: for models without tool calling, it

@@ -1,1 +1,23 @@
-"""Evaluation: quick group loss (for the agent), and later Fréchet distances and speed."""
+"""Evaluation: the quick group loss (for the agent), Fréchet distances on digits and Inception FID.
+
+The names other layers use, importable from here (``from tdc_agent.evaluation import ...``); each
+is loaded from its module on first use, so importing one module of this package does not import
+the rest."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+_MODULES = {
+    "fd": ["digits_fd"],
+    "fid": ["InceptionEvaluator"],
+    "quick": ["eval_timesteps", "quick_loss"],
+}
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,7 +46,7 @@ import torch
 from ..core.backbones import BUILTIN_BACKBONES, add_backbone_name, backbone_names, check_new_name, remove_backbone_name
 from ..core.errors import CheckpointError, ConfigError
 
-__all__ = ["Backbone", "backbone_for_class", "backbone_of", "build_preset", "denoise", "eval_mode", "example_inputs",
+__all__ = ["Backbone", "backbone_for_class", "backbone_of", "build_preset", "check_takes", "denoise", "eval_mode", "example_inputs",
            "get_backbone", "input_shape", "output_tensor", "param_count", "register_backbone",
            "unregister_backbone"]
 
@@ -273,3 +273,34 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def check_takes(model: torch.nn.Module, shape: tuple[int, ...], what: str, data: str = "",
+                forward: bool = False) -> None:
+    """The one check that a denoiser takes the data: images (or latents) of ``shape`` (C, H, W).
+
+    Its declared input shape (from its backbone) must match the data's; with ``forward`` it also
+    runs once, in eval mode and without gradients, on one blank input, so a size its downsamplings
+    cannot take (e.g. 9x9 through two 2x downsamplings) fails here. A mismatch is a
+    :class:`ConfigError` naming ``what`` (the model, as the user gave it) and ``data`` (the dataset's
+    name), with the fix: one clear error before anything is written or any LLM is called, not a
+    traceback from deep inside training, pruning or evaluation."""
+    c, h, w = (tuple(shape) + (0, 0, 0))[:3]
+    backbone = backbone_of(model)
+    mc, mh, mw = backbone.input_shape(model)
+    if (mc, mh, mw) != (c, h, w):
+        raise ConfigError(
+            f"{what} takes {mc}-channel {mh}x{mw} inputs, but the data{f' ({data})' if data else ''} are "
+            f"{c}x{h}x{w}: the model and the data disagree. Use data that match the model (e.g. "
+            f"data.name=cifar10 for the CIFAR-10 presets, or its latent.vae), or size the model to the data "
+            f"(data.image_size={h} data.channels={c} for a preset).")
+    if not forward:
+        return
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros(1, *shape, device=device), torch.zeros(1, dtype=torch.long, device=device))
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(
+            f"{what} cannot take the data's {'x'.join(map(str, shape))} images ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]}). {backbone.fit_hint(model)}") from None

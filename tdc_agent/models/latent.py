@@ -23,6 +23,7 @@ from ..core.io import load_tensors, save_tensors
 from ..core.config import Config, DataConfig
 from ..core.data import ImageDataset, load_dataset
 from ..core.errors import CheckpointError
+from ..core.tally import count_step
 
 _SUBFOLDERS = ("vae", "vqvae")
 
@@ -99,6 +100,7 @@ def training_data(cfg: Config, data: DataConfig | None = None, device: torch.dev
     from ..core.io import cache_dir
 
     data = data or cfg.data
+    count_step(f"data[{data.split}]")
     if not cfg.latent.vae:
         return load_dataset(data)
     vae = load_autoencoder(cfg.latent.vae, device)
@@ -110,6 +112,25 @@ def training_data(cfg: Config, data: DataConfig | None = None, device: torch.dev
         latents = encode(vae, load_dataset(data).images, scale, cfg.latent.batch_size)
         save_tensors(path, {"latents": latents}, metadata={"vae": cfg.latent.vae, "scale": str(scale)})
     return ImageDataset(latents, f"{data.name}[{data.split}] latents")
+
+
+def held_out(cfg: Config, split: str = "val") -> ImageDataset:
+    """Images (or latents) the models never trained on: ``val`` for the agent's quick evaluation
+    (and stage 2's before/after losses), ``test`` for benchmarks that score the chosen schemes.
+
+    When stage 1 trains on ``data.split=all`` the validation images were trained on; that is said
+    once, loudly, since the agent's choices then rest on training loss.
+    """
+    if cfg.data.split != "train" and split in ("val", "test") and not _WARNED.get(cfg.data.split):
+        from ..core.progress import console
+
+        _WARNED[cfg.data.split] = True
+        console.print(f"[yellow]warning:[/] data.split={cfg.data.split} trains on the {split} images too, so the "
+                      "agent's quick losses are not held out. Set data.split=train (the default) for honest ones.")
+    return training_data(cfg, cfg.data.model_copy(update={"split": split}))
+
+
+_WARNED: dict[str, bool] = {}
 
 
 def latent_meta(cfg: Config, latent_shape: tuple[int, ...]) -> dict[str, Any] | None:

@@ -1,0 +1,22 @@
+"""The TDC plan: timestep groups, their MACs budgets, and building, writing and reading plans.
+
+The names other layers use, importable from here (``from tdc_agent.planning import ...``); each
+is loaded from its module on first use, so importing one module of this package does not import
+the rest."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+_MODULES = {
+    "build": ["build_plan", "load_plan", "plan_table", "write_plan"],
+    "plan": ["Group", "GroupTask", "Plan"],
+}
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

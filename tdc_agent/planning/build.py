@@ -10,11 +10,13 @@ from ..core.io import atomic_write_json, read_json
 from ..core.config import Config
 from ..core.fmt import fmt_macs_sig3
 from ..core.errors import CheckpointError, ConfigError
+from ..core.tally import count_step
 from .plan import Plan, make_plan
 
 
 def build_plan(cfg: Config) -> Plan:
     """The plan a config describes (schedule + plan sections)."""
+    count_step("plan")
     try:
         return make_plan(
             schedule=cfg.schedule.name, timesteps=cfg.schedule.timesteps, n_groups=cfg.plan.groups,
@@ -36,10 +38,11 @@ def write_plan(plan: Plan, out_dir: str | Path, base_macs: int | None = None) ->
     return out_dir / "plan.json", png
 
 
-def load_plan(path: str | Path, cfg: Config) -> Plan:
-    """Read ``plan.json`` back; it must agree with what the config would plan now."""
+def load_plan(path: str | Path, cfg: Config, fresh: Plan | None = None) -> Plan:
+    """Read ``plan.json`` back; it must agree with what the config would plan now (``fresh``, when
+    the caller has built it already)."""
     d = read_json(path, "plan")
-    fresh = build_plan(cfg)
+    fresh = fresh or build_plan(cfg)
     try:
         stored = Plan.from_dict(d, fresh.snr, fresh.budget)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:

@@ -113,6 +113,31 @@ class Group:
 
 
 @dataclass
+class GroupTask:
+    """What one group's pruning must achieve: a plan :class:`~tdc_agent.planning.plan.Group` (the one
+    group type), its MACs limit in MACs, and the neighbouring groups. A thin view: the group's
+    fields read through."""
+
+    group: Group
+    limit_macs: float
+    neighbours: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, group: Group, base_macs: float, n_groups: int = 1) -> "GroupTask":
+        """The task for ``group`` of a plan with ``n_groups`` groups, for a base of ``base_macs`` MACs."""
+        neighbours = [i for i in (group.index - 1, group.index + 1) if 0 <= i < n_groups]
+        return cls(group, group.limit_fraction * base_macs, neighbours)
+
+    index = property(lambda self: self.group.index)
+    t_start = property(lambda self: self.group.t_start)
+    t_end = property(lambda self: self.group.t_end)
+    snr_min = property(lambda self: self.group.snr_min)
+    snr_max = property(lambda self: self.group.snr_max)
+    limit_fraction = property(lambda self: self.group.limit_fraction)
+    timesteps = property(lambda self: self.group.timesteps)
+
+
+@dataclass
 class Plan:
     """The grouping of all timesteps and their budgets: what ``tdc-agent plan`` prints and saves."""
 

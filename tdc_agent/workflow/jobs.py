@@ -14,20 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from ..core.config import Config
-from ..core.data import load_dataset
 from ..core.devices import dist_env, resolve_device
 from ..core.errors import ConfigError
+from ..core.tally import step_counts, steps_since
 from ..models.latent import decoder, training_data
 from ..models.macs import MacsCount, count, thop_macs
 from ..models.store import load_model
-from ..models.unet import build_unet, denoise, unet_config
+from ..models.backbone import build_preset, denoise
 from ..planning.build import build_plan, write_plan
 from ..planning.plan import Plan
 from ..pruning.units import UnitGraph, analyse
 from ..training import TrainResult
 from .pipeline import assemble, check_groups, evaluate_run, run_pipeline, variants
 from .prune import load_base
+from .context import RunContext
 from .results import Evaluation, PipelineResult
 from .rundir import PIPELINE_SECTIONS, RunDir
 from .sampling import generate, write_samples
@@ -39,7 +42,7 @@ def base_macs(cfg: Config, model: Path | None, preset: str | None) -> int | None
     if model is not None:
         return thop_macs(load_model(model)[0])
     if preset is not None:
-        return thop_macs(build_unet(unet_config(preset, cfg.data.image_size, cfg.data.channels)))
+        return thop_macs(build_preset(cfg.model.backbone, preset, cfg.data.image_size, cfg.data.channels))
     return None
 
 
@@ -92,23 +95,28 @@ def train_base_job(cfg: Config, run_dir: Path | None = None, progress: bool = Tr
     return Stage1Job(result, grid, time.time() - t0)
 
 
-def preflight(cfg: Config, groups: Sequence[int] | None) -> None:
-    """What ``run`` checks before it writes anything: the groups, the data, the model, the LLM."""
-    check_groups(build_plan(cfg), groups)  # before run.prepare writes config.yaml and logs/
-    shape = load_dataset(cfg.data).shape  # fails on missing data before anything is written
-    if not cfg.latent.vae:  # (latents get their shape from the autoencoder)
-        check_model_takes(cfg, shape)
+def preflight(cfg: Config, run: RunDir, device: torch.device, groups: Sequence[int] | None,
+              show: bool = True) -> RunContext:
+    """What ``run`` checks before it writes anything (the groups, the data, the model, the LLM, a
+    memory server), kept as the run's context: the plan, the training data, the resolved LLM and the
+    memory server's client are the ones every later step uses."""
+    ctx = RunContext(cfg, run, device, build_plan(cfg), show)
+    check_groups(ctx.plan, groups)  # before run.prepare writes config.yaml and logs/
+    shape = ctx.training_data().shape  # fails on missing data before anything is written
+    check_model_takes(cfg, shape)
     if cfg.stage2.mode == "tdc":
-        from ..agent.llm import resolve_llm
-
+        from ..agent.llm import ResolvedLLM
         from ..agent.prompts import load_prompts
 
-        resolve_llm(cfg.agent.llm, cfg.agent)  # a missing key or dead server fails before compute
+        # a missing key or dead server fails before compute; the one resolution (and key check) of the run
+        ctx.llm = ResolvedLLM.of(cfg.agent.llm, cfg.agent, seed=cfg.run.seed)
         load_prompts(cfg.agent.prompt_dir)  # a template that would fail to render fails before stage 1
         if cfg.agent.memory_url:
             from ..agent.memory import MemoryBank
 
-            MemoryBank.open_client(url=cfg.agent.memory_url)  # a dead server fails before anything is written
+            # a dead server fails before anything is written; the agent uses this client
+            ctx.memory_client = MemoryBank.open_client(url=cfg.agent.memory_url)
+    return ctx
 
 
 @dataclass
@@ -123,19 +131,22 @@ def run_job(cfg: Config, run_dir: Path | None = None, groups: Sequence[int] | No
             progress: bool = True) -> RunJob:
     """The whole TDC job (resumable): preflight, pipeline, and, when every group is done, evaluation."""
     dev = resolve_device(cfg.run.device)
-    preflight(cfg, groups)
-    run = RunDir.for_config(cfg, run_dir)
+    before = step_counts()
+    ctx = preflight(cfg, RunDir.for_config(cfg, run_dir), dev, groups, progress)
+    run = ctx.run
     if dist_env().is_main:
         run.prepare(cfg, sections=PIPELINE_SECTIONS)
         run.log(f"run start device={dev} groups={','.join(map(str, groups)) if groups is not None else 'all'}")
     t0 = time.time()
-    out = run_pipeline(cfg, run, dev, groups, show=progress)
+    out = run_pipeline(ctx, groups)
     if not dist_env().is_main:
         return RunJob(run)
     job = RunJob(run, out)
     if out.complete and evaluate:
-        job.evaluation = evaluate_run(cfg, run, dev, show=progress)
+        job.evaluation = evaluate_run(cfg, run, dev, show=progress, plan=ctx.plan)
     job.seconds = time.time() - t0
+    # what this run built (each should be 1): a step that rebuilds what the run has shows here
+    run.log("run built once: " + " ".join(f"{k}={v}" for k, v in steps_since(before).items()))
     if job.evaluation is not None:
         run.log(f"run done in {job.seconds:.1f}s")
     return job
@@ -156,7 +167,8 @@ def assemble_job(cfg: Config, run_dir: Path | None = None) -> list[Path]:
     """Build the progressive model(s) of a run from its finished groups."""
     run = existing_run(cfg, run_dir, "assemble")
     run.prepare(cfg, sections=PIPELINE_SECTIONS)  # the stored config must be this config
-    return [assemble(vcfg, run, resolve_device(cfg.run.device), variant) for variant, vcfg in variants(cfg)]
+    plan = build_plan(cfg)
+    return [assemble(vcfg, run, resolve_device(cfg.run.device), variant, plan) for variant, vcfg in variants(cfg)]
 
 
 def evaluate_job(cfg: Config, run_dir: Path | None = None, progress: bool = True) -> Evaluation:

@@ -13,15 +13,16 @@ import torch
 from rich.markup import escape
 
 from ..core.io import atomic_write_json
+from ..models.backbone import input_shape
 from ..models.store import load_model
 from ..core.config import Config
 from ..core.devices import barrier, dist_env, rank0_says
-from ..models.latent import training_data
 from ..core.errors import ConfigError, TDCError
-from ..planning.build import build_plan, write_plan
+from ..planning.build import build_plan
 from ..core.progress import console
 from ..models.progressive import ProgressiveModel, member_from_dir
 from ..models.macs import count
+from .context import RunContext
 from .results import Evaluation, ModelScore, PipelineResult
 from .rundir import RunDir
 from ..diffusion.schedule import ddim_timesteps
@@ -40,18 +41,15 @@ def check_groups(plan: Plan, groups: Sequence[int] | None) -> None:
                           f"(plan.groups={len(plan.groups)}). Pick groups in that range.")
 
 
-def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequence[int] | None = None,
-                 show: bool = True) -> PipelineResult:
-    """Plan, stage 1 and stage 2 for ``groups`` (default all); assembles when every group is done."""
-    from ..agent.proxy import held_out
-
+def run_pipeline(ctx: RunContext, groups: Sequence[int] | None = None) -> PipelineResult:
+    """Plan, stage 1 and stage 2 for ``groups`` (default all); assembles when every group is done.
+    Everything a run builds once (plan, data, LLM, memory bank, agent, pruner) comes from ``ctx``."""
+    cfg, run, device, show = ctx.cfg, ctx.run, ctx.device, ctx.show
     t0 = time.time()
-    plan = build_plan(cfg)
-    check_groups(plan, groups)
-    for w in plan.warnings:
+    check_groups(ctx.plan, groups)
+    for w in ctx.plan.warnings:
         console.print(f"[yellow]plan warning:[/] {escape(w)}")
-    data = training_data(cfg, device=device)
-    eval_data = held_out(cfg)
+    data = ctx.training_data()
     run.log("run: stage 1")
     t1 = time.time()
     with run.lock("stage1"):  # another job on this run directory may be training it: wait, then reuse
@@ -59,11 +57,12 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
     timings = {"stage1": time.time() - t1}
     base, meta = load_model(stage1.model_dir, device)
     env = dist_env()
+    base_macs = count(base).thop
     if env.is_main:
-        write_plan(plan, run.path, count(base).thop)
+        ctx.keep_plan(base_macs)
+    plan = ctx.plan
     out = PipelineResult(len(plan.groups), timings=timings)
     for variant, vcfg in variants(cfg):
-        cache: dict = {}
         for g in plan.groups:
             if groups is not None and g.index not in groups:
                 continue
@@ -78,9 +77,9 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
                 tg = time.time()
                 # Under torchrun, rank 0 alone prunes (one agent, one memory writer); every rank fine-tunes.
                 if env.is_main:
-                    prepare_in_order(vcfg, run, plan, g, base, meta, device, cache, show, variant)
+                    prepare_in_order(ctx, vcfg, g, base, meta, variant)
                 barrier()
-                res = finetune_group(vcfg, run, plan, g, data, eval_data, device, show and env.is_main, variant)
+                res = finetune_group(ctx, vcfg, g, show and env.is_main, variant)
             timings[f"group_{g.index}{'_' + variant if variant else ''}"] = time.time() - tg
             if show:
                 console.print(f"group {g.index}{f' ({variant})' if variant else ''} (t {g.t_start}-{g.t_end}): held-out "
@@ -92,11 +91,11 @@ def run_pipeline(cfg: Config, run: RunDir, device: torch.device, groups: Sequenc
             out.groups_done = done
         if len(done) == len(plan.groups):
             if env.is_main:
-                assemble(vcfg, run, device, variant)
+                assemble(vcfg, run, device, variant, plan=plan)
             barrier()
             out.progressive[variant] = str(run.progressive(variant))
     if cfg.evaluation.compare_equal_compute and len(out.groups_done) == len(plan.groups):
-        steps = equal_compute_total_steps(cfg, run, plan, count(base).thop)
+        steps = equal_compute_total_steps(cfg, run, plan, base_macs)
         run.log(f"run: base continued to {steps} steps (equal compute)")
         t2 = time.time()
         with run.lock("equal-compute"):
@@ -123,14 +122,14 @@ def variants(cfg: Config) -> list[tuple[str, Config]]:
     return out
 
 
-def assemble(cfg: Config, run: RunDir, device: torch.device, variant: str = "") -> Path:
-    """Build ``RUN/progressive`` (or ``progressive-<variant>``) from the finished groups (idempotent)."""
+def assemble(cfg: Config, run: RunDir, device: torch.device, variant: str = "", plan: Plan | None = None) -> Path:
+    """Build ``RUN/progressive`` (or ``progressive-<variant>``) from the finished groups (idempotent);
+    ``plan``: the run's plan, when the caller holds it (else built from ``cfg``)."""
     with run.lock("assemble" + (f"-{variant}" if variant else "")):
-        return _assemble(cfg, run, device, variant)
+        return _assemble(cfg, run, device, variant, plan or build_plan(cfg))
 
 
-def _assemble(cfg: Config, run: RunDir, device: torch.device, variant: str) -> Path:
-    plan = build_plan(cfg)
+def _assemble(cfg: Config, run: RunDir, device: torch.device, variant: str, plan: Plan) -> Path:
     target = run.progressive(variant)
     if (target / "manifest.json").is_file():
         problem = _manifest_problem(target, plan, device)
@@ -150,7 +149,7 @@ def _assemble(cfg: Config, run: RunDir, device: torch.device, variant: str) -> P
         m, meta = member_from_dir(g.index, g.t_start, g.t_end, d, g.limit_fraction, device)
         members.append(m)
         dirs.append(d)
-    shape = meta.get("image_shape") or [members[0].model.config.in_channels] + [members[0].model.config.sample_size] * 2
+    shape = meta.get("image_shape") or list(input_shape(members[0].model))
     pm = ProgressiveModel(members, cfg.schedule, shape, meta.get("latent"))
     pm.save(target, dirs)
     run.log("run: assembled progressive model")
@@ -170,13 +169,15 @@ def _manifest_problem(target: Path, plan: Any, device: torch.device) -> str | No
     return None
 
 
-def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = True) -> Evaluation:
-    """Sample base and progressive models with the same seeds, measure FD, MACs, speed; write the report."""
+def evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool = True,
+                 plan: Plan | None = None) -> Evaluation:
+    """Sample base and progressive models with the same seeds, measure FD, MACs, speed; write the report.
+    ``plan``: the run's plan, when the caller holds it (else built from ``cfg``)."""
     with run.lock("evaluate"):  # two jobs finishing together evaluate one after the other
-        return _evaluate_run(cfg, run, device, show)
+        return _evaluate_run(cfg, run, device, show, plan or build_plan(cfg))
 
 
-def _evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool) -> Evaluation:
+def _evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool, plan: Plan) -> Evaluation:
     from ..models.unet import denoise
     from .sampling import generate, write_samples
 
@@ -192,7 +193,6 @@ def _evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool) ->
     base_count = count(base)
     ts = ddim_timesteps(cfg.schedule.timesteps, scfg.steps).tolist() if scfg.sampler == "ddim" else list(
         range(cfg.schedule.timesteps))
-    plan = build_plan(cfg)
     table = plan.routing_table()
     planned = float(sum(plan.budget[t] for t in ts) / len(ts)) * base_count.thop
     planned_limits = float(sum(plan.groups[table[t]].limit_fraction for t in ts) / len(ts)) * base_count.thop
@@ -229,7 +229,7 @@ def _evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool) ->
     atomic_write_json(run.evaluation, results.to_dict())
     from .report import write_report
 
-    write_report(cfg, run, results)
+    write_report(cfg, run, results, plan)
     return results
 
 

@@ -13,25 +13,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from ..agent.proxy import AgentPruning, held_out
-from ..agent.tools import GroupTask
 from ..core.config import Config
-from ..core.data import load_dataset
+from ..core.data import ImageDataset, load_dataset
 from ..core.devices import resolve_device
 from ..core.errors import ConfigError
 from ..core.io import atomic_write_json, read_json
 from ..diffusion.process import ForwardProcess
 from ..evaluation.quick import quick_loss
-from ..models.latent import training_data
+from ..models.latent import held_out, training_data
 from ..models.macs import thop_macs
 from ..models.store import load_model
-from ..models.backbone import build_preset, input_shape
+from ..models.backbone import build_preset, check_takes
 from ..planning.build import build_plan
-from ..planning.plan import Group
+from ..planning.plan import Group, GroupTask
 from ..pruning.apply import PruneResult
 from ..pruning.criteria import Criterion, criterion_names, get_criterion
 from ..pruning.pruner import Pruner
@@ -51,19 +49,6 @@ def load_base(model_dir: Path | None, preset: str | None, cfg: Config,
     # a preset is sized by data.image_size/channels when set, else by its own default (8x8x1, 32x32x3)
     model = build_preset(cfg.model.backbone, preset, cfg.data.image_size, cfg.data.channels)
     return model.to(device), {"schedule": cfg.schedule.model_dump()}
-
-
-def check_fits_data(model: torch.nn.Module, cfg: Config, what: str) -> None:
-    """The model must take the data's images: refuse a mismatch before any pruning or LLM call."""
-    if cfg.latent.vae:  # latents: their shape is only known after encoding
-        return
-    c, h, w = load_dataset(cfg.data).shape
-    mc, ms, _ = input_shape(model)
-    if (mc, ms) != (c, h):
-        raise ConfigError(
-            f"{what} takes {mc}-channel {ms}x{ms} images, but the config's data ({cfg.data.name}) are {c}x{h}x{w}: "
-            f"the model and the data disagree. Use a config whose data match the model (e.g. data.name=cifar10 for "
-            f"the CIFAR-10 presets), or size a preset to the data with data.image_size={h} data.channels={c}.")
 
 
 def target_group(cfg: Config, macs_fraction: float | None, group: int | None) -> tuple[Group, int]:
@@ -90,11 +75,14 @@ def method_criterion(method: str) -> Criterion:
     return get_criterion(method)  # an entry point's package is imported here, and may fail to load
 
 
-def criterion_pruner(cfg: Config, base: torch.nn.Module, criterion: str,
-                     device: torch.device | str = "cpu") -> Pruner:
-    """A :class:`Pruner` of ``base`` for ``criterion`` (gradient criteria get the training data)."""
+def criterion_pruner(cfg: Config, base: torch.nn.Module, criterion: str, device: torch.device | str = "cpu",
+                     data: Callable[[], ImageDataset] | None = None) -> Pruner:
+    """A :class:`Pruner` of ``base`` for ``criterion``. Gradient criteria get the training data:
+    ``data()`` when the caller has it (a run loads it once), else loaded here."""
     gradient = method_criterion(criterion).gradients is not None
-    return Pruner(base, training_data(cfg) if gradient else None,
+    if gradient:
+        images = data() if data is not None else training_data(cfg)
+    return Pruner(base, images if gradient else None,
                   ForwardProcess(cfg.schedule, device) if gradient else None, cfg.run.seed)
 
 
@@ -114,6 +102,8 @@ def prune_with_agent(cfg: Config, base: torch.nn.Module, meta: dict, task: Group
     ``memory_path``, default ``out_dir/memory``, unless ``agent.memory_dir``/``memory_url`` say
     otherwise); the best candidate is saved to ``model_dir`` (default ``out_dir/model``). Returns
     (summary, result, LLM spec)."""
+    from ..agent.proxy import AgentPruning  # here, so that pruning by a criterion never imports the agent
+
     ap = AgentPruning(cfg, base, meta, out_dir, cfg.agent.llm, device, show=show, memory_path=memory_path)
     outcome, result = ap.prune_group(task, model_dir=model_dir)
     return outcome.extra["summary"], result, ap.llm_spec
@@ -146,7 +136,10 @@ class AgentPruningRun:
 def _base_for(cfg: Config, base_dir: Path | None, preset: str | None):
     dev = resolve_device(cfg.run.device)
     model, meta = load_base(base_dir, preset, cfg, dev)
-    check_fits_data(model, cfg, f"--preset {preset}" if preset else f"the model in {base_dir}")
+    if not cfg.latent.vae:  # (latents: the agent checks the base on them once they are encoded)
+        # refused before any pruning or LLM call
+        check_takes(model, load_dataset(cfg.data).shape, f"--preset {preset}" if preset else f"the model in {base_dir}",
+                    cfg.data.name)
     schedule = schedule_of(meta, str(base_dir)) if base_dir is not None else cfg.schedule
     return cfg.model_copy(update={"schedule": schedule}), model, meta, dev
 

@@ -18,7 +18,7 @@ from ..core.plots import save_figure  # noqa: E402
 from .results import MODEL_NAMES, Evaluation  # noqa: E402
 from .rundir import RunDir  # noqa: E402
 from .stage1 import STEP_COST  # noqa: E402
-from ..agent.proxy import group_state_dir  # noqa: E402
+from ..planning.plan import Plan  # noqa: E402
 
 
 def _rounds_plot(cfg: Config, run: RunDir, n_groups: int) -> Path | None:
@@ -40,7 +40,7 @@ def rounds_figure(run: RunDir, n_groups: int) -> "plt.Figure | None":
     fig, ax = plt.subplots(figsize=(6, 3.5))
     drawn, absolute, most = False, None, 1
     for i in range(n_groups):
-        d = group_state_dir(run.agent(i), i)
+        d = run.agent_state(i)
         f = d / "rounds.json"
         if not f.is_file():
             continue
@@ -77,8 +77,10 @@ def rounds_figure(run: RunDir, n_groups: int) -> "plt.Figure | None":
     return fig
 
 
-def write_report(cfg: Config, run: RunDir, results: Evaluation) -> Path:
-    plan = build_plan(cfg)
+def write_report(cfg: Config, run: RunDir, results: Evaluation, plan: Plan | None = None) -> Path:
+    """``report.md`` (and ``agent_rounds.png``) for ``results``; ``plan``: the run's plan, when the
+    caller holds it (else built from ``cfg``)."""
+    plan = plan or build_plan(cfg)
     lines = [f"# TDC run `{run.path.name}`", "",
              "Training compute = 3 × forward MACs × images for every trained model (a backward costs about two "
              "forwards) + 1 × the teacher's (distillation) and the agent's (quick evaluation) forward MACs. The "

@@ -80,6 +80,11 @@ class RunDir:
         """Group ``index``'s agent output directory (transcript, round state, summary)."""
         return self.group(index, variant) / "agent"
 
+    def agent_state(self, index: int, variant: str = "") -> Path:
+        """Where group ``index``'s agent keeps its ``rounds.json`` and ``agent.json`` (its
+        :meth:`~tdc_agent.agent.proxy.AgentPruning.state_dir` in :meth:`agent`)."""
+        return self.agent(index, variant) / f"group_{index}"
+
     def agent_memory(self, index: int, variant: str = "") -> Path:
         """The memory bank group ``index``'s agent uses: the run's :attr:`memory`, except in runs from
         before the shared memory, which kept one bank per group (``agent/memory``) and resume there."""

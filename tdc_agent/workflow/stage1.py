@@ -14,8 +14,7 @@ from ..core.config import Config
 from ..core.data import ImageDataset
 from ..core.devices import barrier, dist_env
 from ..diffusion.process import ForwardProcess
-from ..core.errors import ConfigError
-from ..models.backbone import build_preset, get_backbone
+from ..models.backbone import build_preset, check_takes, get_backbone
 from .rundir import RunDir
 from ..training import TrainResult, train
 
@@ -27,32 +26,19 @@ def build_model(cfg: Config, image_shape: tuple[int, int, int]) -> torch.nn.Modu
     """The base denoiser a config asks for (``model.backbone``), sized to the data; errors if the two disagree."""
     c, h, _ = image_shape
     if cfg.stage1.init:
-        backbone = get_backbone(cfg.model.backbone)
-        model = backbone.load_pretrained(cfg.stage1.init)
-        mc, mh, mw = backbone.input_shape(model)
-        if (mc, mh, mw) != (c, h, h):
-            raise ConfigError(
-                f"stage1.init {cfg.stage1.init} expects {mc}-channel inputs of size {mh}x{mw}, but the training "
-                f"data are {c}x{h}x{h}. Set data.image_size and data.channels (or the latent autoencoder) to match."
-            )
+        model = get_backbone(cfg.model.backbone).load_pretrained(cfg.stage1.init)
+        check_takes(model, image_shape, f"stage1.init {cfg.stage1.init}", cfg.data.name)
         return model
     return build_preset(cfg.model.backbone, cfg.model.preset, sample_size=h, channels=c)
 
 
 def check_model_takes(cfg: Config, image_shape: tuple[int, int, int]) -> None:
-    """Build the configured base and run it once on one blank image of ``image_shape``, so a data
-    shape the UNet cannot take (e.g. 9x9 through two 2x downsamplings) fails before anything is
-    written, with advice, instead of deep inside stage 1 or evaluation."""
+    """Build the configured base and run it once on one blank input of ``image_shape``
+    (:func:`~tdc_agent.models.backbone.check_takes`), so data the denoiser cannot take fail before
+    anything is written, with advice, instead of deep inside stage 1 or evaluation."""
     model = build_model(cfg, image_shape)
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *image_shape), torch.zeros(1, dtype=torch.long))
-    except (RuntimeError, ValueError) as e:
-        backbone = get_backbone(cfg.model.backbone)
-        raise ConfigError(
-            f"The {cfg.stage1.init or cfg.model.preset} {backbone.module_type.__name__} cannot take the data's "
-            f"{'x'.join(map(str, image_shape))} images ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
-            f"{backbone.fit_hint(model)}") from None
+    check_takes(model, image_shape, f"The {cfg.stage1.init or cfg.model.preset} {type(model).__name__}",
+                cfg.data.name, forward=True)
 
 
 def model_meta(cfg: Config, data: ImageDataset, **extra: object) -> dict:

@@ -20,14 +20,14 @@ import torch
 from ..core.io import atomic_write_json, load_tensors, read_json
 from ..models.store import load_model, save_model
 from ..core.config import Config
-from ..core.data import ImageDataset
 from ..core.devices import barrier, dist_env, rank0_says
 from ..core.progress import console
 from ..diffusion.process import ForwardProcess
 from ..evaluation.quick import eval_timesteps, quick_loss
 from ..models.macs import count
+from .context import RunContext
 from .rundir import RunDir
-from ..planning.plan import Group, Plan
+from ..planning.plan import Group, GroupTask, Plan
 from ..training import train
 
 
@@ -61,10 +61,11 @@ def trained_steps(cfg: Config, run: RunDir, plan: Plan, group: Group, variant: s
     return group_steps(cfg, plan, group)
 
 
-def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: torch.nn.Module, meta: dict,
-                        device: torch.device, pruner_cache: dict, show: bool = True,
+def prepare_group_model(ctx: RunContext, cfg: Config, g: Group, base: torch.nn.Module, meta: dict,
                         variant: str = "") -> dict[str, Any]:
-    """The group's starting model in ``pruned/`` (agent, baseline criterion, or the base itself)."""
+    """The group's starting model in ``pruned/`` (agent, baseline criterion, or the base itself).
+    ``cfg`` is the variant's config (its ``stage2.mode``); the agent and the pruner are ``ctx``'s."""
+    run, plan = ctx.run, ctx.plan
     out = run.group(g.index, variant) / "pruned"
     info_path = run.group(g.index, variant) / "prune.json"
     if (out / "model.safetensors").is_file() and info_path.is_file():
@@ -78,50 +79,46 @@ def prepare_group_model(cfg: Config, run: RunDir, plan: Plan, g: Group, base: to
         info: dict[str, Any] = {"mode": mode if mode == "tdc-no-prune" else f"{mode} (full budget: base)",
                                 "levels": {}, "macs_thop": c.thop, "params": c.params}
     elif mode == "tdc":
-        from ..agent.tools import GroupTask
-        from ..models.macs import thop_macs
-        from .prune import prune_with_agent
-
-        task = GroupTask.of(g, thop_macs(base), len(plan.groups))
-        summary, _, _ = prune_with_agent(cfg, base, gmeta, task, run.agent(g.index, variant), device, show, model_dir=out,
-                                         memory_path=run.agent_memory(g.index, variant))
-        info = {"mode": mode, **summary}
+        agent = ctx.agent(base, meta, run.agent(g.index, variant), run.agent_memory(g.index, variant))
+        task = GroupTask.of(g, agent.pruner.base_count.thop, len(plan.groups))
+        outcome, _ = agent.prune_group(task, model_dir=out, out_dir=run.agent(g.index, variant))
+        info = {"mode": mode, **outcome.extra["summary"]}
     else:
-        from .prune import criterion_pruner, prune_with_criterion
+        from .prune import prune_with_criterion
 
-        if "pruner" not in pruner_cache:
-            pruner_cache["pruner"] = criterion_pruner(cfg, base, mode, device)
-        result = prune_with_criterion(pruner_cache["pruner"], mode, g.limit_fraction, g.timesteps, out, gmeta)
+        result = prune_with_criterion(ctx.pruner(base, mode), mode, g.limit_fraction, g.timesteps, out, gmeta)
         info = {"mode": mode, **result.summary()}
     atomic_write_json(info_path, json.loads(json.dumps(info, default=str)))
     return info
 
 
-def prepare_in_order(cfg: Config, run: RunDir, plan: Plan, g: Group, base: torch.nn.Module, meta: dict,
-                     device: torch.device, pruner_cache: dict, show: bool = True, variant: str = "") -> dict[str, Any]:
+def prepare_in_order(ctx: RunContext, cfg: Config, g: Group, base: torch.nn.Module, meta: dict,
+                     variant: str = "") -> dict[str, Any]:
     """:func:`prepare_group_model` for ``g``, after groups ``0..g-1`` when the agent prunes.
 
     The agent of group ``g`` reads the run's memory, where earlier groups' schemes are its neighbour
     hints; so that a run split over jobs (``--groups``) makes the choices one job makes, groups are
     pruned in index order, each under its own lock: a job pruning group 2 first prunes groups 0 and 1
     itself if no other job has (pruning is cheap next to fine-tuning, which stays parallel)."""
-    order = plan.groups[: g.index + 1] if cfg.stage2.mode == "tdc" else [g]
+    order = ctx.plan.groups[: g.index + 1] if cfg.stage2.mode == "tdc" else [g]
     info: dict[str, Any] = {}
     for gj in order:
-        with run.lock(f"prune{gj.index}{'-' + variant if variant else ''}"):
-            info = prepare_group_model(cfg, run, plan, gj, base, meta, device, pruner_cache, show, variant)
+        with ctx.run.lock(f"prune{gj.index}{'-' + variant if variant else ''}"):
+            info = prepare_group_model(ctx, cfg, gj, base, meta, variant)
     return info
 
 
-def finetune_group(cfg: Config, run: RunDir, plan: Plan, g: Group, data: ImageDataset, eval_data: ImageDataset,
-                   device: torch.device, show: bool = True, variant: str = "") -> GroupResult:
-    """Fine-tune the group's model on its own timesteps, then check it against the base.
+def finetune_group(ctx: RunContext, cfg: Config, g: Group, show: bool = True, variant: str = "") -> GroupResult:
+    """Fine-tune the group's model on its own timesteps (``cfg``: the variant's config), then check
+    it against the base.
 
     The member's held-out quick loss on the group's timesteps is compared with the base's; while it
     is above ``stage2.max_loss_ratio`` x the base's, training goes on from its last checkpoint,
     ``floor_steps`` at a time, up to ``stage2.extra_steps`` more. ``finetune.json`` records the
     losses (base, pruned, each check), the steps trained and whether the member ended worse.
     """
+    run, plan, device = ctx.run, ctx.plan, ctx.device
+    data, eval_data = ctx.training_data(), ctx.held_out()
     gdir = run.group(g.index, variant)
     model, meta = load_model(gdir / "pruned", device)
     process = ForwardProcess(cfg.schedule, device)
