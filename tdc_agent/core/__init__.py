@@ -14,6 +14,7 @@ _MODULES = {
     "config": ["AgentConfig", "Config", "ConfigNote", "DataConfig", "MAX_CONFIG_BYTES", "MIN_FD_SAMPLES",
                "SampleConfig", "ScheduleConfig", "TrainConfig", "format_validation_error", "load_config",
                "load_yaml", "stored_config"],
+    "backbones": ["BUILTIN_BACKBONES", "add_backbone_name", "backbone_names", "remove_backbone_name"],
     "criteria": ["BUILTIN_CRITERIA", "ENTRY_POINT_GROUP", "add_criterion_name", "check_new_name", "criterion_names",
                  "remove_criterion_name"],
     "data": ["ImageDataset", "load_dataset", "to_uint8"],

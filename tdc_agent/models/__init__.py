@@ -10,7 +10,8 @@ from importlib import import_module
 
 _MODULES = {
     "backbone": ["Backbone", "backbone_of", "build_preset", "check_takes", "denoise", "eval_mode", "example_inputs",
-                 "get_backbone", "input_shape", "param_count", "register_backbone", "unregister_backbone"],
+                 "get_backbone", "input_shape", "output_tensor", "param_count", "register_backbone",
+                 "unregister_backbone"],
     "latent": ["decode", "decoder", "held_out", "latent_meta", "load_autoencoder", "training_data"],
     "macs": ["MacsCount", "count", "thop_layer_ops", "thop_macs"],
     "progressive": ["ProgressiveModel", "is_progressive", "member_from_dir"],
