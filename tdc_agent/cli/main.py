@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -81,6 +82,8 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON to stdout."),
 ) -> None:
     """Group the timesteps by SNR and give every group a MACs budget (paper Eq. 2-5)."""
+    if out is not None:
+        _check_dir_target(out)
     from ..planning.build import plan_table
     from ..workflow.jobs import plan_job
 
@@ -99,6 +102,20 @@ def plan(
     for w in job.plan.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", emoji=False)
     console.print(f"plan written to {job.paths[0]} and {job.paths[1]}")
+
+
+def _check_dir_target(path: Path) -> None:
+    """Refuse a directory option that cannot become a directory (a file there, or a file among its
+    parents) before the workflow (torch, diffusers) is imported, so the refusal takes about a second;
+    the error is the OSError the write would raise, shown as one paragraph by the handler below."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+            return
 
 
 @app.command("train-base")
@@ -145,12 +162,18 @@ def run_cmd(
 ) -> None:
     """The whole TDC job: plan, stage 1, per-group agent pruning and fine-tuning, progressive model,
     evaluation against the base, report. Rerun the same command to resume after a kill."""
-    from ..workflow.jobs import parse_groups, run_job
-
     extra = list(overrides or [])
     if max_tokens_per_group is not None:
         extra.append(f"agent.max_tokens_per_group={max_tokens_per_group}")
     cfg = _config(config, extra, device)
+    if cfg.stage2.mode == "tdc":
+        from ..agent.prompts import load_prompts
+
+        # refused in about a second, before the workflow (torch, diffusers, LangChain) is imported;
+        # the run's preflight checks them again for library callers
+        load_prompts(cfg.agent.prompt_dir)
+    from ..workflow.jobs import parse_groups, run_job
+
     job = run_job(cfg, run_dir, parse_groups(groups), evaluate=not no_eval, progress=not quiet)
     out = job.pipeline
     if out is None:  # a non-main torchrun rank
