@@ -100,7 +100,7 @@ QUALITY: dict[str, dict[str, Any]] = {
 TEST_TIMESTEPS = {"cpu": 32, "full": 32, "smoke": 3}  # the agent's quick loss uses agent.eval_timesteps (8)
 TEST_NOISE_DRAWS = 3
 MACS_TOLERANCE = 0.005  # |classical MACs / agent MACs - 1| allowed for a reported pair
-PARITY_GRID = 20  # limits whose MACs are predicted per criterion and pair (cheap: no build)
+PARITY_GRID = 5  # limits predicted each side of the agent's MACs per criterion and pair (no build)
 PARITY_BUILDS = 3  # of those, the best few built and measured before the criterion is excluded
 NOISE_DRAWS = 5  # fresh-noise re-evaluations of a model's val loss, for the noise of the agent's yardstick
 NOISE_MARGIN = 2.0  # "beyond noise": a margin larger than this many noise SDs
@@ -111,17 +111,22 @@ def at_parity(predict: Callable[[float], float], build: Callable[[float], PruneR
               tol: float = MACS_TOLERANCE) -> tuple[PruneResult, list[dict[str, Any]]]:
     """A model whose measured MACs are within ``tol`` of ``target`` either side, if the criterion can
     land there. ``build(limit)`` builds at most ``limit`` MACs; ``predict(limit)`` is the MACs it
-    would build, from the layer geometry (no build). Limits on a grid over ``[target (1 - tol),
-    target (1 + tol)]`` are ranked by their predicted gap, and the best few are built and measured;
-    returns (the closest measured model, the tries). The caller checks the gap: it may still be out."""
-    grid = [target * (1 + tol * (1 - 2 * k / PARITY_GRID)) for k in range(PARITY_GRID + 1)]
+    would build, from the layer geometry (no build). Limits across ``[target (1 - tol), target (1 +
+    tol)]`` are predicted nearest-first until one lands within ``tol / 2`` (else all are ranked by
+    their predicted gap), and the best few are built and measured; returns (the closest measured
+    model, the tries). The caller checks the gap: it may still be out."""
+    steps = [0] + [k * sign for k in range(1, PARITY_GRID + 1) for sign in (1, -1)]
     ranked: list[tuple[float, float]] = []
     tries: list[dict[str, Any]] = []
-    for limit in grid:
+    for k in steps:
+        limit = target * (1 + tol * k / PARITY_GRID)
         try:
             ranked.append((abs(predict(limit) / target - 1), limit))
         except SchemeError as e:  # out of this criterion's reach at this limit
             tries.append({"limit": limit, "error": str(e)[:200]})
+            continue
+        if ranked[-1][0] <= tol / 2:  # near enough: measurement rarely moves a model off its prediction
+            break
     ranked.sort()
     best: tuple[float, PruneResult] | None = None
     seen: set[float] = set()
@@ -142,10 +147,22 @@ def at_parity(predict: Callable[[float], float], build: Callable[[float], PruneR
 
 
 class QualityBench(Bench):
-    def __init__(self, scale: str, work: Path, device: str, llm: str):
+    def __init__(self, scale: str, work: Path, device: str, llm: str, bases_from: Path | None = None):
         super().__init__(scale, work, device)
         self.s = {**SCALES[scale], **QUALITY[scale]}
         self.llm = llm
+        self.bases_from = bases_from
+
+    def base(self, seed: int) -> RunDir:
+        """The seed's stage-1 base; copied from ``bases_from`` (a Table I work directory of the same
+        scale: the same stage-1 config and seeds) when it holds a finished one, else trained."""
+        run = RunDir(self.seed_dir(seed) / "base")
+        src = RunDir(self.bases_from / f"s{seed}" / "base") if self.bases_from else None
+        if (src is not None and not (run.base_model / "model.safetensors").is_file()
+                and (src.base_model / "model.safetensors").is_file()):
+            self.log(f"seed {seed}: stage-1 base copied from {src.path}")
+            shutil.copytree(src.base_model, run.base_model, dirs_exist_ok=True)
+        return super().base(seed)
 
     def cfg(self, seed: int, overrides: dict[str, Any] | None = None):
         return super().cfg(seed, {"agent.llm": self.llm, **(overrides or {})})
@@ -241,6 +258,7 @@ class QualityBench(Bench):
                                "test_loss": self.test_loss(cfg, r1.model, g.timesteps, seed),
                                "is_final": rid == info.get("best_id")}
             best = None
+            uniform_macs: dict[float, float] = {}
             for crit in CLASSICAL:
                 graph = pruner.graph
                 if crit in GLOBAL:
@@ -252,8 +270,10 @@ class QualityBench(Bench):
                     def build(limit: float, c: str = GLOBAL[crit]) -> PruneResult:
                         return pruner.prune_global(limit, c, g.timesteps, MAX_PRUNING_RATIO)
                 else:
-                    def predict(limit: float) -> float:  # every unit alike (no shape given)
-                        return graph.predict_macs(fit_levels(graph, {}, limit))
+                    def predict(limit: float) -> float:  # every unit alike: the same for every criterion
+                        if limit not in uniform_macs:
+                            uniform_macs[limit] = graph.predict_macs(fit_levels(graph, {}, limit))
+                        return uniform_macs[limit]
 
                     def build(limit: float, c: str = crit) -> PruneResult:
                         return pruner.prune(None, limit, c, g.timesteps)
@@ -406,6 +426,7 @@ def aggregate(b: QualityBench, seeds: list[int], out_dir: Path, wall_s: float) -
     res = {
         "protocol": {
             "scale": b.scale, "seeds": complete, "seeds_asked": seeds, "llm": b.llm, "rounds": b.s["rounds"],
+            "bases_from": str(b.bases_from) if b.bases_from else None,
             "candidates": b.s["candidates"],
             "agent_eval": "val split (first half of the held-out sixth of digits), agent.eval_timesteps, 128 images",
             "test_eval": f"test split (second half), all its images, {TEST_TIMESTEPS[b.scale]} timesteps per group, "
@@ -415,8 +436,9 @@ def aggregate(b: QualityBench, seeds: list[int], out_dir: Path, wall_s: float) -
                            "group-normalised importance, averaged over channel groups), max_pruning_ratio "
                            f"{MAX_PRUNING_RATIO} per unit, filled to the MACs limit (tdc_agent/pruning/global_pruning.py)",
             "macs_tolerance": MACS_TOLERANCE,
-            "macs_parity": f"limits over the window are tried on the MACs prediction ({PARITY_GRID + 1} per "
-                           f"criterion and pair), the best {PARITY_BUILDS} built and measured; a criterion whose "
+            "macs_parity": f"limits over the window are tried on the MACs prediction (nearest first, up to "
+                           f"{2 * PARITY_GRID + 1} per criterion and pair), the best {PARITY_BUILDS} built and "
+                           "measured; a criterion whose "
                            "measured MACs cannot land within the tolerance of the agent's achieved MACs, either "
                            "side, is excluded from that pair",
             "finetune": "stage 2 of Table I's CPU recipe (proportional steps, lr 1e-3, no distillation)",
@@ -463,7 +485,6 @@ def aggregate(b: QualityBench, seeds: list[int], out_dir: Path, wall_s: float) -
             "memory_never_worse": bool(transfer) and all(x["never_worse"] for x in transfer),
             "memory_faster_beyond_noise_in_most_groups": bool(transfer) and
             sum(x["faster_beyond_noise"] for x in transfer) > len(transfer) / 2,
-            "search_adds_beyond_round1": bool(r1_iv.hi < 1.0),
         },
         "seconds_per_seed": timing, "wall_seconds": wall_s,
     }
@@ -510,8 +531,8 @@ def markdown(r: dict[str, Any]) -> str:
               f"round 1's best was the final scheme in {r1['round1_final_already']}/{r['n_pairs']} pairs; round 1 "
               f"alone beats the best baseline in {r1['round1_wins_vs_best_classical']}/{r['n_pairs']}. "
               + ("The search adds measurably beyond round 1 (CI below 1)." if r1["search_adds_beyond_round1"] else
-                 "**The search adds nothing measurable beyond round 1** (the CI reaches 1): nearly all of the "
-                 "agent's advantage is round 1's sensitivity allocation."),
+                 "**The search adds nothing measurable beyond round 1** (the CI reaches 1): whatever the agent "
+                 "gains over the baselines comes from round 1's sensitivity allocation."),
               f"- **FD after fine-tuning**, agent − best baseline: {fd['mean']:+.3f}, 95 % CI "
               f"[{fd['ci95'][0]:+.3f}, {fd['ci95'][1]:+.3f}] over {fd['n']} seeds: {fd['verdict']} (target: CI "
               f"entirely below 0: {_met(t['fd_win_ci_below_0'])}). Per seed: "
@@ -553,6 +574,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="torch threads per process (default: torch's own with --jobs 1, else 1)")
     ap.add_argument("--deadline-s", type=float, default=None, help="stop workers after this many seconds")
     ap.add_argument("--aggregate", action="store_true", help="only write the results from what has finished")
+    ap.add_argument("--bases-from", type=Path, default=None,
+                    help="a Table I work directory of the same scale (benchmarks/work/table1-cpu): its finished "
+                         "stage-1 bases are copied instead of trained again (same config, same seeds)")
     ap.add_argument("--role", choices=["seed", "transfer"], help=argparse.SUPPRESS)  # a worker's job
     ap.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--donor", type=int, help=argparse.SUPPRESS)
@@ -560,7 +584,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     work = a.work or ROOT / "benchmarks" / "work" / f"agent-quality-{a.scale}"
-    b = QualityBench(a.scale, work, a.device, a.llm)
+    b = QualityBench(a.scale, work, a.device, a.llm, a.bases_from)
     seeds = a.seeds if a.seeds is not None else b.s["seeds"]
     if a.role:
         run_job(b, a.role, a.seed, a.donor, a.deadline_s or 10**9)
@@ -595,6 +619,7 @@ def _run_workers(b: QualityBench, a: argparse.Namespace, jobs: list[tuple[str, i
             left = (deadline - time.time()) if deadline else None
             cmd = [sys.executable, __file__, "--scale", a.scale, "--work", str(work), "--device", a.device,
                    "--llm", a.llm, "--threads", str(a.threads or 1), "--role", role, "--seed", str(s),
+                   *(["--bases-from", str(a.bases_from)] if a.bases_from else []),
                    *(["--donor", str(donor)] if donor is not None else []),
                    *(["--deadline-s", str(max(1, left))] if left else [])]
             log = open(logs / f"{role}_{s}.log", "a")  # noqa: SIM115 (closed with the process)
