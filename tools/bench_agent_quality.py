@@ -277,7 +277,12 @@ class QualityBench(Bench):
 
                     def build(limit: float, c: str = crit) -> PruneResult:
                         return pruner.prune(None, limit, c, g.timesteps)
-                res, tries = at_parity(predict, build, agent_macs)
+                try:
+                    res, tries = at_parity(predict, build, agent_macs)
+                except SchemeError as e:  # the criterion cannot reach these MACs at all (e.g. its cap)
+                    entry["excluded"][crit] = {"error": str(e)[:300], "macs_gap": None}
+                    self.log(f"seed {seed} group {g.index}: {crit} left out of this pair: {e}")
+                    continue
                 gap = res.macs.thop / agent_macs - 1
                 record = {"macs": float(res.macs.thop), "macs_gap": gap, "limit_tries": len(tries)}
                 if abs(gap) > MACS_TOLERANCE:  # never compared at another size
