@@ -71,10 +71,12 @@ bench-pruning: $(STAMP)
 bench-agent: $(STAMP)
 	$(PY) tools/bench_agent.py --records 10000 --queries 200
 
-# The agent's schemes vs the classical criteria on the held-out test split, FD after fine-tuning,
-# memory transfer (3 seeds, ~1 h on 2 cores; resumable). Writes benchmarks/results/agent_quality.*
+# The agent's schemes vs uniform and global baselines at MACs parity (+-0.5 %) on the held-out test
+# split, round 1 vs the full search, FD after fine-tuning (paired CI), memory transfer vs noise.
+# 6 seeds, two worker processes of 1 thread (estimate ~1.5-2 h on 2 idle cores; the JSON records the
+# seconds each part took). Resumable, seed by seed. Writes benchmarks/results/agent_quality.*
 bench-agent-quality: $(STAMP)
-	$(PY) tools/bench_agent_quality.py --threads 2
+	$(PY) tools/bench_agent_quality.py --jobs 2 --threads 1
 
 # LLM input tokens per group for each preset (scripted LLM behind a local server; bytes/4 estimate).
 bench-agent-tokens: $(STAMP)

@@ -67,3 +67,69 @@ def test_sampler_steps_diagnostic_scores_each_variant(tmp_path, monkeypatch):
     assert "49" in res["eps_loss_per_t"]  # the last timestep of a 50-step schedule
     with pytest.raises(SystemExit, match="unknown variants"):
         mod.main(["--model", str(tmp_path / "m"), "--variants", "bogus", "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.slow  # ~6 CPU-minutes (37 min wall on a loaded 2-core machine): make bench-smoke / make test-slow
+@pytest.mark.timeout(3600)
+def test_agent_quality_smoke_every_row_at_macs_parity_and_resumes(tmp_path, monkeypatch):
+    """tools/bench_agent_quality.py at toy size: the pairs (uniform and global baselines within 0.5 %
+    of the agent's MACs), round 1 vs the full search, FD with a paired CI, memory transfer with its
+    noise; a rerun (through worker processes) recomputes nothing."""
+    monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
+    spec = importlib.util.spec_from_file_location("bench_agent_quality", ROOT / "tools" / "bench_agent_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--scale", "smoke", "--threads", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    bench.main(args)
+    res = json.loads((tmp_path / "out" / "agent_quality-smoke.json").read_text())
+    seeds, groups = bench.QUALITY["smoke"]["seeds"], bench.SCALES["smoke"]["groups"]
+    assert res["protocol"]["seeds"] == seeds and res["protocol"]["rounds"] == 2
+    assert any("global" in c for c in res["protocol"]["classical"]) and res["targets"]["global_criterion_among_baselines"]
+    assert len(res["pairs"]) == len(seeds) * groups
+    for p in res["pairs"]:
+        # MACs parity, either side, for the best baseline and every baseline compared
+        assert abs(p["classical_macs"] / p["agent_macs"] - 1) <= bench.MACS_TOLERANCE
+        assert abs(p["macs_gap"]) <= bench.MACS_TOLERANCE
+        assert all(abs(c["macs"] / p["agent_macs"] - 1) <= bench.MACS_TOLERANCE for c in p["classical"].values())
+        assert all(c["macs_gap"] is None or abs(c["macs_gap"]) > bench.MACS_TOLERANCE for c in p["excluded"].values())
+        assert set(p["classical"]) | set(p["excluded"]) == set(bench.CLASSICAL)
+        assert p["best_classical_test_loss"] == min(c["test_loss"] for c in p["classical"].values())
+        assert p["win"] == (p["agent_test_loss"] < p["best_classical_test_loss"])
+        # round 1 alone: rebuilt from the memory exactly as the agent builds its final scheme
+        r1 = p["round1"]
+        assert r1["val_loss"] >= p["agent_val_loss"] - 1e-12 and math.isfinite(r1["test_loss"])
+        if r1["is_final"]:
+            assert r1["test_loss"] == p["agent_test_loss"] and r1["macs"] == p["agent_macs"]
+    assert res["all_within_macs_tolerance"] and res["max_macs_gap"] <= bench.MACS_TOLERANCE
+    r1 = res["round1_vs_search"]
+    lo, hi = r1["test_loss_ratio_full_over_round1"]["ci95"]
+    assert lo <= r1["test_loss_ratio_full_over_round1"]["mean"] <= hi
+    assert r1["search_adds_beyond_round1"] == (hi < 1)
+    fd = res["fd"]["paired_difference_agent_minus_classical"]
+    assert fd["n"] == len(seeds) and fd["ci95"][0] <= fd["mean"] <= fd["ci95"][1]
+    assert res["targets"]["fd_win_ci_below_0"] == (fd["ci95"][1] < 0)
+    mt = res["memory_transfer"]
+    assert mt["n"] == len(seeds) * groups
+    for x in mt["groups"]:
+        assert x["never_worse"] == (x["with_memory_final_val"] <= x["no_memory_final_val"] * 1.002)
+        assert x["val_noise_rel_sd"] > 0 and len(x["with_memory_best_by_round"]) == 2
+        assert 1 <= x["no_memory_rounds_to_final"] <= 2
+    assert res["targets"]["memory_never_worse"] == all(x["never_worse"] for x in mt["groups"])
+    assert set(res["seconds_per_seed"][str(seeds[0])]) >= {"stage1", "agent", "pairs", "finetune_fd", "transfer"}
+    md = (tmp_path / "out" / "agent_quality-smoke.md").read_text()
+    for text in ("Round 1 alone vs the full search", "FD after fine-tuning", "Memory transfer", "global-"):
+        assert text in md
+    if not fd["ci95"][1] < 0:  # the wording follows the CI: no win and no "no worse" without one
+        assert "agent better" not in md and "no worse" not in md.replace("'no worse'", "")
+    # --bases-from: a finished stage-1 base of another work directory (Table I's) is copied, not retrained
+    b2 = bench.QualityBench("smoke", tmp_path / "work2", "cpu", "builtin", bases_from=tmp_path / "work")
+    copied = b2.base(seeds[0]).base_model / "model.safetensors"
+    assert copied.read_bytes() == (tmp_path / "work" / f"s{seeds[0]}" / "base" / "stage1" / "model" /
+                                   "model.safetensors").read_bytes()
+    assert not (tmp_path / "work2" / f"s{seeds[0]}" / "base" / "stage1" / "metrics.jsonl").exists()
+    # a rerun through worker processes reads every finished part back
+    scores = sorted((tmp_path / "work").rglob("scores/*.json"))
+    before = {p: p.stat().st_mtime_ns for p in scores}
+    bench.main(args[:2] + ["--jobs", "2"] + args[2:])
+    assert before == {p: p.stat().st_mtime_ns for p in scores}
+    assert json.loads((tmp_path / "out" / "agent_quality-smoke.json").read_text())["pairs"] == res["pairs"]

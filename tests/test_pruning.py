@@ -107,6 +107,29 @@ def test_fit_keeps_shape_and_unprunes_an_over_pruned_scheme(tiny_pruner):
     assert g.predict_macs(loose) >= 0.9 * tiny_pruner.limit(0.9)
 
 
+def test_global_pruning_is_one_threshold_capped_and_fills_the_limit(tiny_pruner):
+    """torch-pruning's global rule: one threshold over every unit's step importance, so units prune
+    unequally; no unit loses more than max_pruning_ratio of its channels; the limit is met and filled."""
+    from tdc_agent.pruning.global_pruning import global_levels, levels_at, quantum_importance
+
+    g = tiny_pruner.graph
+    scores = tiny_pruner.scores("magnitude")
+    imp = quantum_importance(g, scores)
+    # ties at the threshold aside, exactly the n least important steps over all units go
+    caps = {u.name: u.n_levels - 1 for u in g.units}
+    lv = levels_at(g, imp, 10, caps)
+    assert sum(round((1 - v) * g.unit(n).n_levels) for n, v in lv.items()) == 10
+    limit = tiny_pruner.limit(0.6)
+    levels = global_levels(g, scores, limit, max_pruning_ratio=0.5)
+    assert len(set(levels.values())) > 1  # not a per-layer ratio
+    assert all(v >= 0.5 - 1e-9 for v in levels.values())  # the cap: no unit below half its channels
+    assert 0.99 * limit <= g.predict_macs(levels) <= limit
+    r = tiny_pruner.prune_global(limit, "magnitude", max_pruning_ratio=0.5)
+    assert r.macs.thop <= limit and r.scheme.levels == {k: v for k, v in levels.items() if v < 1}
+    with pytest.raises(SchemeError, match="global pruning can reach"):
+        tiny_pruner.prune_global(tiny_pruner.limit(0.1), "magnitude", max_pruning_ratio=0.5)
+
+
 def test_select_pruned_removes_equally_per_block():
     scores = torch.arange(16.0).flip(0)  # 4 blocks of 4; the last channels of each block are least important
     idx = select_pruned(scores, n_levels=4, keep=3)

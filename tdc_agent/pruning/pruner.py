@@ -10,9 +10,10 @@ from ..core.data import ImageDataset
 from ..diffusion.process import ForwardProcess
 from .apply import PruneResult, prune_to_budget
 from .criteria import get_criterion
+from .global_pruning import DEFAULT_MAX_PRUNING_RATIO, global_levels
 from .importance import channel_scores
 from ..models.macs import MacsCount, count
-from .scheme import PruningScheme
+from .scheme import PruningScheme, SchemeError
 from .units import UnitGraph, analyse
 
 
@@ -60,6 +61,28 @@ class Pruner:
         result = prune_to_budget(self.base, self.graph, scheme, self.scores(criterion, timesteps),
                                  limit_macs, self.base_count)
         result.extra["criterion"] = criterion
+        return result
+
+    def prune_global(
+        self,
+        limit_macs: float,
+        criterion: str = "magnitude",
+        timesteps: Sequence[int] | None = None,
+        max_pruning_ratio: float = DEFAULT_MAX_PRUNING_RATIO,
+    ) -> PruneResult:
+        """Global pruning with ``criterion``'s scores (:mod:`tdc_agent.pruning.global_pruning`): one
+        importance threshold over all units decides how much each keeps, within ``limit_macs``; no
+        unit loses more than ``max_pruning_ratio`` of its channels. Built, then measured."""
+        scores = self.scores(criterion, timesteps)
+        levels = global_levels(self.graph, scores, limit_macs, max_pruning_ratio)
+        scheme = PruningScheme(levels=levels, source=f"global-{criterion}")
+        # built as given (no refit: a refit would rescale the shape the threshold chose)
+        result = prune_to_budget(self.base, self.graph, scheme, scores, None, self.base_count)
+        if result.macs.thop > limit_macs:
+            raise SchemeError(f"global pruning predicted {result.predicted_macs:,.0f} MACs but the built model "
+                              f"measures {result.macs.thop:,}, above the limit {limit_macs:,.0f}.")
+        result.limit_macs = limit_macs
+        result.extra.update(criterion=f"global-{criterion}", max_pruning_ratio=max_pruning_ratio)
         return result
 
     def limit(self, fraction: float) -> float:
