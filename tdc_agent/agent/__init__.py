@@ -6,7 +6,7 @@ the rest."""
 
 from __future__ import annotations
 
-from importlib import import_module
+from ..core.lazy import lazy_exports
 
 _MODULES = {
     "bank": ["best_records", "export_records", "memory_records"],
@@ -15,11 +15,4 @@ _MODULES = {
     "prompts": ["init_prompts", "load_prompts"],
     "proxy": ["AgentPruning"],
 }
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _MODULES)

@@ -6,7 +6,7 @@ the rest."""
 
 from __future__ import annotations
 
-from importlib import import_module
+from .lazy import lazy_exports
 
 _MODULES = {
     "bounds": ["ERROR_CHARS", "JSON_REPLY_CHARS", "NAME_CHARS", "RATIONALE_CHARS", "REPLY_TEXT_CHARS",
@@ -15,6 +15,7 @@ _MODULES = {
                "SampleConfig", "ScheduleConfig", "TrainConfig", "format_validation_error", "load_config",
                "load_yaml", "stored_config"],
     "backbones": ["BUILTIN_BACKBONES", "add_backbone_name", "backbone_names", "remove_backbone_name"],
+    "lazy": ["lazy_exports"],
     "criteria": ["BUILTIN_CRITERIA", "ENTRY_POINT_GROUP", "add_criterion_name", "check_new_name", "criterion_names",
                  "remove_criterion_name"],
     "data": ["ImageDataset", "load_dataset", "to_uint8"],
@@ -29,11 +30,4 @@ _MODULES = {
     "redaction": ["RedactingStream", "redact", "redact_url", "register_secret_env", "secret_values"],
     "tally": ["count_step", "step_counts", "steps_since"],
 }
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _MODULES)

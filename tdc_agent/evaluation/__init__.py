@@ -6,18 +6,11 @@ the rest."""
 
 from __future__ import annotations
 
-from importlib import import_module
+from ..core.lazy import lazy_exports
 
 _MODULES = {
     "fd": ["digits_fd"],
     "fid": ["InceptionEvaluator"],
     "quick": ["eval_timesteps", "quick_loss"],
 }
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _MODULES)
