@@ -68,6 +68,29 @@ def test_pickle_only_autoencoder_is_refused(tmp_path):
         load_autoencoder(str(tmp_path))
 
 
+def test_train_base_loads_the_autoencoder_once(tmp_path, cache, cli, make_config):
+    """The latents, the model's metadata (twice: the first and the final save) and a second job in
+    the same process share one loaded autoencoder; new weights in the folder load again."""
+    from tdc_agent.core.tally import step_counts, steps_since
+
+    tiny_autoencoder(tmp_path / "vae")
+    cfg = make_config(latent={"vae": str(tmp_path / "vae")}, stage1={"steps": 2, "batch_size": 8, "ckpt_every": 1})
+    before = step_counts()
+    code, _, err = cli("train-base", "--config", cfg, "--run-dir", tmp_path / "run", "-q")
+    assert code == 0, err
+    assert steps_since(before).get("autoencoder") == 1
+    code, _, err = cli("train-base", "--config", cfg, "--run-dir", tmp_path / "run2", "-q")
+    assert code == 0, err
+    assert steps_since(before).get("autoencoder") == 1
+    meta = json.loads((tmp_path / "run" / "stage1" / "model" / "tdc_model.json").read_text())
+    assert meta["latent"]["image_shape"] == [1, 8, 8]
+    tiny_autoencoder(tmp_path / "vae", "kl")  # rewritten: the cache key follows the weights
+    from tdc_agent.models.latent import load_autoencoder
+
+    load_autoencoder(str(tmp_path / "vae"))
+    assert steps_since(before).get("autoencoder") == 2
+
+
 @pytest.mark.slow  # ~100 s; `make test-slow`
 def test_latent_pipeline_end_to_end(tmp_path, cache, cli, make_config):
     from tdc_agent.core.config import SampleConfig

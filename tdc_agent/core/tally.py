@@ -1,5 +1,5 @@
 """A process-wide tally of the steps a run should take once each: the plan built, the data loaded
-(per split), the LLM resolved, the memory bank opened.
+(per split), the LLM resolved, the memory bank opened, a latent autoencoder loaded.
 
 The functions that do those steps count themselves here; ``tdc-agent run`` writes what one run took
 into its log (``logs/run.log``: ``run built once: plan=1 data[train]=1 ...``), so a run that rebuilds

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,11 +42,34 @@ def _folder(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
+def _fingerprint(path: str, sub: str | None) -> tuple:
+    """What identifies a local autoencoder's weights without reading them (name, size, mtime)."""
+    folder = Path(path) / (sub or "")
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.glob("*.safetensors")))
+
+
+# One autoencoder per (folder, weights, device) per process: a run needs it for the latents, the
+# model's metadata and the decoder, and loading it is the slow part (a real VAE is 80+ MB).
+_LOADED: dict[tuple, torch.nn.Module] = {}
+_LOADED_LOCK = threading.Lock()
+
+
 def load_autoencoder(spec: str, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """An ``AutoencoderKL`` or ``VQModel`` in eval mode (the class comes from its config)."""
+    """An ``AutoencoderKL`` or ``VQModel`` in eval mode (the class comes from its config), loaded
+    once per process for the same folder, weights and device (it is frozen, so sharing it is safe)."""
+    path, sub = _folder(spec)
+    key = (str(Path(path).resolve()) if Path(path).exists() else path, sub, str(torch.device(device)),
+           _fingerprint(path, sub))
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = _load_autoencoder(spec, path, sub, device)
+        return _LOADED[key]
+
+
+def _load_autoencoder(spec: str, path: str, sub: str | None, device: torch.device | str) -> torch.nn.Module:
     from diffusers import AutoencoderKL, VQModel
 
-    path, sub = _folder(spec)
+    count_step("autoencoder")
     errors = []
     for cls in (AutoencoderKL, VQModel):
         try:
