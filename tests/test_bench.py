@@ -133,3 +133,33 @@ def test_agent_quality_smoke_every_row_at_macs_parity_and_resumes(tmp_path, monk
     bench.main(args[:2] + ["--jobs", "2"] + args[2:])
     assert before == {p: p.stat().st_mtime_ns for p in scores}
     assert json.loads((tmp_path / "out" / "agent_quality-smoke.json").read_text())["pairs"] == res["pairs"]
+
+
+def test_worker_pool_runs_jobs_in_order_keeps_logs_and_reports_failures(tmp_path):
+    """tools/workers.py (the pool of `make bench` and `make bench-agent-quality`): at most n at a time,
+    every job's output in its own appended log, failed jobs returned, a deadline stops the rest."""
+    import os
+    import sys
+    import time
+
+    spec = importlib.util.spec_from_file_location("workers", ROOT / "tools" / "workers.py")
+    workers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(workers)
+    said: list[str] = []
+    script = ("import sys, time, pathlib; d = pathlib.Path(sys.argv[1]); n = len(list(d.glob('*.on')));"
+              "(d / (sys.argv[2] + '.on')).touch(); print('job', sys.argv[2], 'saw', n); time.sleep(0.3);"
+              "(d / (sys.argv[2] + '.on')).unlink(); sys.exit(int(sys.argv[3]))")
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    jobs = [("a", 0), ("b", 3), ("c", 0), ("d", 0)]
+    failed = workers.run_workers(jobs, 2, lambda j, left: [sys.executable, "-c", script, str(flags), j[0], str(j[1])],
+                                 lambda j: j[0], tmp_path / "logs", dict(os.environ), said.append)
+    assert failed == [("b", 3)] and len(said) == 1 and "exit 3" in said[0]
+    seen = [int((tmp_path / "logs" / f"{j}.log").read_text().split()[-1]) for j in "abcd"]
+    assert max(seen) <= 1  # never more than 2 running: each saw at most one other
+    polls: list[int] = []
+    t0 = time.time()
+    failed = workers.run_workers([("e", 0)], 1, lambda j, left: [sys.executable, "-c", "import time; time.sleep(30)"],
+                                 lambda j: j[0], tmp_path / "logs", dict(os.environ), said.append,
+                                 deadline=time.time() + 1.5, after_poll=lambda r, p: polls.append(len(r)))
+    assert time.time() - t0 < 10 and polls and "deadline reached" in said[-1]

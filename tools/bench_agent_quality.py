@@ -48,7 +48,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_table1 import SCALES, Bench  # noqa: E402
+from workers import run_workers  # noqa: E402
 from tdc_agent.agent.bank import memory_records  # noqa: E402
 from tdc_agent.core.io import atomic_write_json, read_json  # noqa: E402
 from tdc_agent.diffusion.process import ForwardProcess  # noqa: E402
@@ -614,32 +614,17 @@ def _run_workers(b: QualityBench, a: argparse.Namespace, jobs: list[tuple[str, i
     deadline = t0 + a.deadline_s if a.deadline_s else None
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("OMP_NUM_THREADS", str(a.threads or 1))
-    logs = work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    pending, running, failed = list(jobs), [], []
-    while pending or running:
-        while pending and len(running) < a.jobs:
-            role, s, donor = pending.pop(0)
-            left = (deadline - time.time()) if deadline else None
-            cmd = [sys.executable, __file__, "--scale", a.scale, "--work", str(work), "--device", a.device,
-                   "--llm", a.llm, "--threads", str(a.threads or 1), "--role", role, "--seed", str(s),
-                   *(["--bases-from", str(a.bases_from)] if a.bases_from else []),
-                   *(["--donor", str(donor)] if donor is not None else []),
-                   *(["--deadline-s", str(max(1, left))] if left else [])]
-            log = open(logs / f"{role}_{s}.log", "a")  # noqa: SIM115 (closed with the process)
-            running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), (role, s)))
-        time.sleep(1)
-        for p, j in list(running):
-            if p.poll() is not None:
-                running.remove((p, j))
-                if p.returncode != 0:
-                    failed.append(j)
-                    b.log(f"worker {j} failed (exit {p.returncode}); see {logs}")
-        if deadline and time.time() > deadline:
-            b.log("deadline reached: stopping workers and aggregating what finished")
-            for p, _ in running:
-                p.kill()
-            break
+
+    def command(job: tuple[str, int, int | None], left: float | None) -> list[str]:
+        role, s, donor = job
+        return [sys.executable, __file__, "--scale", a.scale, "--work", str(work), "--device", a.device,
+                "--llm", a.llm, "--threads", str(a.threads or 1), "--role", role, "--seed", str(s),
+                *(["--bases-from", str(a.bases_from)] if a.bases_from else []),
+                *(["--donor", str(donor)] if donor is not None else []),
+                *(["--deadline-s", str(max(1, left))] if left else [])]
+
+    failed = run_workers(jobs, a.jobs, command, lambda job: f"{job[0]}_{job[1]}", work / "logs", env, b.log,
+                         deadline=deadline)
     if failed:
         print(f"{len(failed)} worker(s) failed: {failed}; the results cover the seeds that finished", file=sys.stderr)
 

@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
 from tdc_agent.core.io import atomic_write_json, read_json
 from tdc_agent.models.store import load_model  # noqa: E402
@@ -60,6 +60,7 @@ from tdc_agent.workflow.sampling import generate  # noqa: E402
 from tdc_agent.workflow.stage1 import STEP_COST, continue_base, train_base  # noqa: E402
 from tdc_agent.workflow.stage2 import prepare_in_order, trained_steps  # noqa: E402
 from tdc_agent.diffusion.process import ForwardProcess  # noqa: E402
+from workers import run_workers  # noqa: E402
 from tdc_agent.diffusion.schedule import ddim_timesteps  # noqa: E402
 from tdc_agent.evaluation.quick import grid_loss  # noqa: E402
 
@@ -683,36 +684,21 @@ def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if a.jobs <= 0 or n_par > 1:
         env.setdefault("OMP_NUM_THREADS", "1")
-    logs = work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    pending = list(jobs)
-    running: list[tuple[subprocess.Popen, list[str]]] = []
     chosen = (work / "tune" / "choice.json").is_file()
-    failed = []
-    while pending or running:
-        while pending and len(running) < n_par:
-            j = pending.pop(0)
-            left = (deadline - time.time()) if deadline else None
-            cmd = [sys.executable, __file__, "worker", "--scale", a.scale, "--work", str(work), "--device", a.device,
-                   *j, *(["--deadline-s", str(max(1, left))] if left else [])]
-            log = open(logs / ("_".join(j[1::2]) + ".log"), "a")  # noqa: SIM115 (closed with the process)
-            running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), j))
-        time.sleep(1)
-        for p, j in list(running):
-            if p.poll() is not None:
-                running.remove((p, j))
-                if p.returncode != 0:
-                    failed.append(j)
-                    b.log(f"worker {' '.join(j)} failed (exit {p.returncode}); see {logs}")
-        if not chosen and not any(j[1] == "tune" for _, j in running) and not any(j[1] == "tune" for j in pending):
+
+    def choose_once(running: list[list[str]], pending: list[list[str]]) -> None:
+        nonlocal chosen
+        if not chosen and not any(j[1] == "tune" for j in running + pending):
             c = b.choose()
             chosen = True
             b.log(f"tuning choice: lr {c['lr']:g}, steps rule {c['steps_rule']}, distill {c['distill']}")
-        if deadline and time.time() > deadline:
-            b.log("deadline reached: stopping workers and aggregating what finished")
-            for p, _ in running:
-                p.kill()
-            break
+
+    def command(j: list[str], left: float | None) -> list[str]:
+        return [sys.executable, __file__, "worker", "--scale", a.scale, "--work", str(work), "--device", a.device,
+                *j, *(["--deadline-s", str(max(1, left))] if left else [])]
+
+    failed = run_workers(jobs, n_par, command, lambda j: "_".join(j[1::2]), work / "logs", env, b.log,
+                         deadline=deadline, after_poll=choose_once)
     if not chosen:
         b.choose()
     res = b.aggregate(a.out, time.time() - t0)

@@ -39,7 +39,7 @@ from tdc_agent.diffusion.process import ForwardProcess
 from tdc_agent.evaluation.quick import quick_loss
 from tdc_agent.models.unet import denoise
 from tdc_agent.workflow.context import RunContext
-from tdc_agent.workflow.pipeline import evaluate_run, run_pipeline, scorer, training_macs
+from tdc_agent.workflow.pipeline import evaluate_run, run_pipeline, scorer
 from tdc_agent.planning.build import build_plan
 from tdc_agent.models.progressive import ProgressiveModel, member_from_dir
 from tdc_agent.pruning.criteria import criterion_names
