@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from tdc_agent.agent.proxy import AgentPruning
+from tdc_agent.agent.runner import AgentPruning
 from tdc_agent.planning.plan import GroupTask
 from tdc_agent.planning.plan import Group
 from tdc_agent.core.config import load_config

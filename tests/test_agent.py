@@ -17,7 +17,7 @@ import torch
 from conftest import PYTHON, python_env, tiny_config_dict
 from openai_server import FakeOpenAI, estimate_tokens, tool_call
 from prompt_reader import PromptReader
-from tdc_agent.agent.proxy import AgentPruning
+from tdc_agent.agent.runner import AgentPruning
 from tdc_agent.planning.plan import GroupTask
 from tdc_agent.planning.plan import Group
 from tdc_agent.agent.transcript import read_transcript

@@ -18,7 +18,7 @@ from llm_behaviours import NeverSubmits, OnePerReply
 from openai_server import FakeOpenAI, tool_call
 from prompt_reader import PromptReader
 from test_agent import AGENT, _check_valid, _events, _round_prompts, _setup, run_agent
-from tdc_agent.agent.proxy import AgentPruning
+from tdc_agent.agent.runner import AgentPruning
 from tdc_agent.planning.plan import GroupTask
 from tdc_agent.agent.transcript import read_transcript
 from tdc_agent.core.config import AgentConfig

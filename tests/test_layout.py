@@ -90,7 +90,7 @@ def test_agent_exports_no_workflow_pieces_and_classical_pruning_needs_no_agent()
 
     agent = importlib.import_module("tdc_agent.agent")
     assert not {"held_out", "group_state_dir", "check_base_takes", "GroupTask"} & set(agent.__all__)
-    proxy = importlib.import_module("tdc_agent.agent.proxy")
+    proxy = importlib.import_module("tdc_agent.agent.runner")
     assert not hasattr(proxy, "group_state_dir") and not hasattr(proxy, "check_base_takes")
     p = subprocess.run([sys.executable, "-c", "import sys, tdc_agent.workflow.jobs, tdc_agent.workflow.report; "
                         "print(sorted(m for m in sys.modules if m.startswith(('tdc_agent.agent', 'langchain'))))"],

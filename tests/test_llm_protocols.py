@@ -22,7 +22,7 @@ from fake_http import json_policy_text
 from ollama_server import FakeOllama
 from openai_server import FakeOpenAI, tool_call
 from test_agent import AGENT, _check_valid, _events, _setup, run_agent
-from tdc_agent.agent.proxy import AgentPruning
+from tdc_agent.agent.runner import AgentPruning
 from tdc_agent.core.errors import ConfigError, TDCError
 
 ONE = {"rounds": 1}

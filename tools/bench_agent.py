@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from tdc_agent.agent.memory import MemoryBank, MemoryRecord, architecture_hash
-from tdc_agent.agent.proxy import AgentPruning
+from tdc_agent.agent.runner import AgentPruning
 from tdc_agent.planning.plan import GroupTask
 from tdc_agent.planning.plan import Group
 from tdc_agent.core.config import load_config

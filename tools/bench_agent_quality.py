@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_table1 import SCALES, Bench  # noqa: E402
 from workers import run_workers  # noqa: E402
-from tdc_agent.agent.bank import memory_records  # noqa: E402
+from tdc_agent.agent.records import memory_records  # noqa: E402
 from tdc_agent.core.io import atomic_write_json, read_json  # noqa: E402
 from tdc_agent.diffusion.process import ForwardProcess  # noqa: E402
 from tdc_agent.evaluation.fd import digits_classifier, frechet  # noqa: E402

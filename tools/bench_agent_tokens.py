@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from llm_behaviours import NeverSubmits, OnePerReply  # noqa: E402
 from openai_server import FakeOpenAI, tool_call  # noqa: E402
 from prompt_reader import PromptReader  # noqa: E402
-from tdc_agent.agent.proxy import AgentPruning  # noqa: E402
+from tdc_agent.agent.runner import AgentPruning  # noqa: E402
 from tdc_agent.planning.plan import GroupTask  # noqa: E402
 from tdc_agent.core.io import atomic_write_json  # noqa: E402
 from tdc_agent.core.config import load_config  # noqa: E402

@@ -9,10 +9,10 @@ from __future__ import annotations
 from ..core.lazy import lazy_exports
 
 _MODULES = {
-    "bank": ["best_records", "export_records", "memory_records"],
+    "records": ["best_records", "export_records", "memory_records"],
     "llm": ["ResolvedLLM"],
     "memory": ["MemoryBank"],
     "prompts": ["init_prompts", "load_prompts"],
-    "proxy": ["AgentPruning"],
+    "runner": ["AgentPruning"],
 }
 __all__, __getattr__ = lazy_exports(__name__, _MODULES)

@@ -402,7 +402,7 @@ def _memory_table(recs, title: str) -> Table:
 def memory_list(run_dir: Optional[Path] = MemRun, memory_dir: Optional[Path] = MemDir,
                 memory_url: Optional[str] = MemUrl, group: Optional[int] = MemGroup) -> None:
     """Every recorded scheme."""
-    from ..agent.bank import memory_records
+    from ..agent.records import memory_records
 
     recs = sorted(memory_records(run_dir, memory_dir, memory_url, group), key=lambda r: (r.run_id, r.group, r.round, r.candidate))
     console.print(_memory_table(recs, f"memory bank: {len(recs)} records"))
@@ -413,7 +413,7 @@ def memory_best(run_dir: Optional[Path] = MemRun, memory_dir: Optional[Path] = M
                 memory_url: Optional[str] = MemUrl, group: Optional[int] = MemGroup,
                 k: int = typer.Option(5, "--k", min=1)) -> None:
     """The lowest-loss schemes (per group)."""
-    from ..agent.bank import best_records, memory_records
+    from ..agent.records import best_records, memory_records
 
     best = best_records(memory_records(run_dir, memory_dir, memory_url, group), k)
     console.print(_memory_table(best, f"best {k} per group"))
@@ -424,7 +424,7 @@ def memory_export(out: Path = typer.Option(..., "--out", help="File to write: .c
                   run_dir: Optional[Path] = MemRun, memory_dir: Optional[Path] = MemDir,
                   memory_url: Optional[str] = MemUrl, group: Optional[int] = MemGroup) -> None:
     """Export all records as CSV or JSON."""
-    from ..agent.bank import export_records, memory_records
+    from ..agent.records import export_records, memory_records
 
     recs = memory_records(run_dir, memory_dir, memory_url, group)
     export_records(recs, out)

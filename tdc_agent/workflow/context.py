@@ -78,11 +78,11 @@ class RunContext:
         write_plan(self.plan, self.run.path, base_macs)
 
     def agent(self, base: torch.nn.Module, meta: dict, out_dir: Path, memory_path: Path) -> Any:
-        """The agent of this run's base (an :class:`~tdc_agent.agent.proxy.AgentPruning`), made once
+        """The agent of this run's base (an :class:`~tdc_agent.agent.runner.AgentPruning`), made once
         (per memory bank: a run from before the shared memory keeps one bank per group)."""
         key = str(memory_path)
         if key not in self._agents:
-            from ..agent.proxy import AgentPruning  # here, so that pruning by a criterion never imports the agent
+            from ..agent.runner import AgentPruning  # here, so that pruning by a criterion never imports the agent
 
             self._agents[key] = AgentPruning(
                 self.cfg, base, {k: v for k, v in meta.items() if k != "pruning"}, out_dir,

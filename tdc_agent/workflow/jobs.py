@@ -4,7 +4,7 @@ work, and returns a typed result for the CLI to print. ``tdc_agent.cli`` only pa
 * :func:`plan_job` (``plan``), :func:`train_base_job` (``train-base``), :func:`run_job` (``run``),
   :func:`assemble_job` (``assemble``), :func:`evaluate_job` (``evaluate``), :func:`inspect_model`
   (``inspect``). Pruning (``prune``) is :mod:`tdc_agent.workflow.prune`; sampling (``sample``)
-  :func:`tdc_agent.workflow.sampling.sample_model`; the memory bank :mod:`tdc_agent.agent.bank`.
+  :func:`tdc_agent.workflow.sampling.sample_model`; the memory bank :mod:`tdc_agent.agent.records`.
 """
 
 from __future__ import annotations

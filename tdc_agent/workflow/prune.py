@@ -102,7 +102,7 @@ def prune_with_agent(cfg: Config, base: torch.nn.Module, meta: dict, task: Group
     ``memory_path``, default ``out_dir/memory``, unless ``agent.memory_dir``/``memory_url`` say
     otherwise); the best candidate is saved to ``model_dir`` (default ``out_dir/model``). Returns
     (summary, result, LLM spec)."""
-    from ..agent.proxy import AgentPruning  # here, so that pruning by a criterion never imports the agent
+    from ..agent.runner import AgentPruning  # here, so that pruning by a criterion never imports the agent
 
     ap = AgentPruning(cfg, base, meta, out_dir, cfg.agent.llm, device, show=show, memory_path=memory_path)
     outcome, result = ap.prune_group(task, model_dir=model_dir)

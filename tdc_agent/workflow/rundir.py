@@ -82,7 +82,7 @@ class RunDir:
 
     def agent_state(self, index: int, variant: str = "") -> Path:
         """Where group ``index``'s agent keeps its ``rounds.json`` and ``agent.json`` (its
-        :meth:`~tdc_agent.agent.proxy.AgentPruning.state_dir` in :meth:`agent`)."""
+        :meth:`~tdc_agent.agent.runner.AgentPruning.state_dir` in :meth:`agent`)."""
         return self.agent(index, variant) / f"group_{index}"
 
     def agent_memory(self, index: int, variant: str = "") -> Path:
