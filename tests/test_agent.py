@@ -410,7 +410,7 @@ def test_memory_compares_like_with_like(tmp_path):
     c = AgentPruning(cfg2, other, meta, tmp_path / "c", "builtin", torch.device("cpu"), show=False)
     out_c, _ = c.prune_group(task)
     assert c.base_hash != a.base_hash
-    from tdc_agent.agent.tools import PruningSession
+    from tdc_agent.agent.session import PruningSession
 
     s = PruningSession(c.pruner, task, c.memory, c.eval_data, c.process, cfg.agent, c.run_id, "builtin",
                        tmp_path / "c" / "x", 0, base_hash=c.base_hash, eval_key=c.eval_key)

@@ -217,7 +217,8 @@ def test_tool_exception_becomes_an_error_result(tmp_path):
     """A failure inside a tool (here: evaluation data the model cannot take, which a session built
     by hand from Python can have) is an error result for the LLM, not a traceback."""
     from tdc_agent.agent.memory import MemoryBank, architecture_hash
-    from tdc_agent.agent.tools import PruningSession
+    from tdc_agent.agent.session import PruningSession
+    from tdc_agent.agent.tools import agent_tools
     from tdc_agent.core.data import ImageDataset
     from tdc_agent.diffusion.process import ForwardProcess
     from tdc_agent.pruning.pruner import Pruner
@@ -228,7 +229,7 @@ def test_tool_exception_becomes_an_error_result(tmp_path):
     pruner = Pruner(base, None, process, 0)
     memory = MemoryBank(pruner.graph.names, architecture_hash(pruner.graph.names, {}), path=str(tmp_path / "m"))
     session = PruningSession(pruner, task, memory, wrong, process, cfg.agent, "r", "test", tmp_path / "s")
-    tools = {t.name: t for t in session.tools()}
+    tools = {t.name: t for t in agent_tools(session)}
     out = json.loads(tools["evaluate_scheme"].invoke({"levels": {}}))
     assert "error" in out and "evaluate_scheme failed with RuntimeError" in out["error"]
     assert "Traceback" not in out["error"] and session.last_tool_failure

@@ -38,7 +38,8 @@ from ..core.faults import failpoint
 from ..core.progress import console
 from .memory import MemoryRecord
 from .prompts import PromptSet
-from .tools import PruningSession
+from .session import PruningSession
+from .tools import agent_tools
 from .transcript import Transcript
 
 
@@ -395,7 +396,7 @@ class RoundLoop:
             # "required" is OpenAI's word for LangChain's "any" (which langchain-openai maps back)
             middleware.append(ToolChoice("any" if self.cfg.tool_choice == "required" else self.cfg.tool_choice))
         config = self._run_config(session, r, attempt, meter, n_middleware=len(middleware))
-        agent = create_agent(self.llm, session.tools(), system_prompt=system, middleware=middleware)
+        agent = create_agent(self.llm, agent_tools(session), system_prompt=system, middleware=middleware)
         result = agent.invoke({"messages": [HumanMessage(self._round_prompt(session, r, note))]}, config=config)
         return result["messages"], None
 

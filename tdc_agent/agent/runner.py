@@ -32,7 +32,7 @@ from .llm import ResolvedLLM, resolve_llm
 from .loop import GroupOutcome, RoundLoop
 from .memory import MemoryBank, architecture_hash, weights_hash
 from .prompts import load_prompts
-from .tools import PruningSession
+from .session import PruningSession
 from .transcript import Transcript
 
 

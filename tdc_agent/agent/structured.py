@@ -21,7 +21,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ..core.bounds import JSON_REPLY_CHARS
 from .loop import bound_reply
-from .tools import PruningSession, SchemeArgs
+from .session import PruningSession
+from .tools import SchemeArgs, agent_tools
 from .transcript import Transcript
 
 SYSTEM_NOTE = ("\n\nThis model is used without tool calling: you cannot call tools. Each message gives you what "
@@ -87,7 +88,7 @@ def run_json_round(llm: BaseChatModel, session: PruningSession, system: str, pro
                    config: dict[str, Any], max_calls: int, transcript: Transcript) -> tuple[list[BaseMessage], str | None]:
     """One attempt at a round in ``json`` mode. Returns the conversation and, when it ended without
     K evaluated candidates, why (in words for the LLM and the user)."""
-    tools = {t.name: t for t in session.tools()}
+    tools = {t.name: t for t in agent_tools(session)}
     k = session.cfg.candidates
     need = k - len(session.ok_candidates())
     text = prompt

@@ -1,33 +1,22 @@
 """The agent's tools: LangChain ``StructuredTool``s with pydantic arguments and JSON results.
 
-They act on a :class:`PruningSession` (one group, one round at a time). A tool that receives bad
-arguments (unknown unit, level out of range, unknown candidate id...) returns ``{"error": ...}``
-that tells the LLM what to fix; it never ends the run.
+They act on a :class:`~.session.PruningSession` (one group, one round at a time). A tool that
+receives bad arguments (unknown unit, level out of range, unknown candidate id...) returns
+``{"error": ...}`` that tells the LLM what to fix, and an unexpected failure inside a tool comes back
+the same way: neither ends the run.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import threading
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
-from ..core.bounds import ERROR_CHARS, NAME_CHARS, RATIONALE_CHARS, cut
-from ..core.config import AgentConfig, TrainConfig
-from ..core.data import ImageDataset
+from ..core.bounds import ERROR_CHARS, cut
 from ..core.errors import TDCError
-from ..core.faults import failpoint
-from ..diffusion.process import ForwardProcess
-from ..evaluation.quick import quick_loss
-from ..planning.plan import GroupTask
-from ..pruning.apply import fit_levels
-from ..pruning.pruner import Pruner
-from ..pruning.scheme import PruningScheme, SchemeError
-from .memory import Like, MemoryBank, MemoryRecord
+from .session import PruningSession
 
 
 class NoArgs(BaseModel):
@@ -57,308 +46,53 @@ class SubmitArgs(BaseModel):
     candidate_ids: list[str] = Field(description="Ids returned by evaluate_scheme in this round.")
 
 
-def _fmt(x: float) -> float:
-    return float(f"{x:.6g}")
+def _tool_failure(session: PruningSession, name: str, e: Exception) -> dict[str, Any]:
+    """An unexpected exception inside a tool, as an error result the LLM can act on (the round's
+    retry note and the final error quote it, so the user sees it too)."""
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    session.last_tool_failure = f"{name} failed with {type(e).__name__}: {first}"
+    return {"error": f"{session.last_tool_failure}. This is a failure of the tool on this scheme, not of your "
+                     "arguments' format; try a different (e.g. less aggressive) scheme."}
 
 
-class PruningSession:
-    """State shared by the tools while the agent prunes one group."""
+def agent_tools(session: PruningSession) -> list[StructuredTool]:
+    """The seven tools of one group's session, as LangChain tools returning JSON strings."""
+    def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., str]:
+        def run(**kwargs: Any) -> str:
+            with session.lock:
+                try:
+                    out = fn(**kwargs)
+                    if isinstance(out, dict) and isinstance(out.get("error"), str):
+                        # errors quote the LLM's arguments; they are re-sent on every later call
+                        out["error"] = cut(out["error"], ERROR_CHARS)
+                    return json.dumps(out)
+                except TDCError:
+                    raise  # already one clear message for the user (caps, a dead memory server...)
+                except Exception as e:  # noqa: BLE001 - any other failure is reported, not a traceback
+                    return json.dumps(_tool_failure(session, fn.__name__, e))
+        return run
 
-    def __init__(
-        self,
-        pruner: Pruner,
-        task: GroupTask,
-        memory: MemoryBank,
-        eval_data: ImageDataset,
-        process: ForwardProcess,
-        cfg: AgentConfig,
-        run_id: str,
-        llm_spec: str,
-        out_dir: Path,
-        seed: int = 0,
-        base_hash: str = "",
-        eval_key: str = "",
-    ):
-        self.pruner, self.task, self.memory = pruner, task, memory
-        self.eval_data, self.process, self.cfg = eval_data, process, cfg
-        self.run_id, self.llm_spec, self.out_dir, self.seed = run_id, llm_spec, Path(out_dir), seed
-        self.like = Like(base_hash, eval_key, task.t_start, task.t_end, task.limit_fraction)
-        self._base_loss: float | None = None
-        self._sensitivity: dict[str, Any] | None = None
-        self.round = 0
-        self.evaluated: list[MemoryRecord] = []
-        self.submitted: list[str] | None = None
-        self.closed_by: str | None = None  # "llm" (submit_candidates) or "tdc-agent" (K were evaluated)
-        self.eval_seconds = 0.0  # time spent building and evaluating candidates (not agent overhead)
-        self._lock = threading.Lock()
-        self.last_tool_failure: str | None = None
+    specs = [
+        ("inspect_architecture", session.inspect_architecture, NoArgs,
+         "List the prunable units of the base UNet: name, role, channels, quantum, MACs share, params."),
+        ("group_context", session.group_context, NoArgs,
+         "The timestep group being pruned: t range, SNR range, MACs limit, round number, what is evaluated."),
+        ("query_memory", session.query_memory, QueryMemoryArgs,
+         "Stored schemes: comparable ones of this group, this run's neighbouring groups, shapes from other "
+         "bases; with `levels`, also the most similar ones."),
+        ("unit_sensitivity", session.unit_sensitivity, SensitivityArgs,
+         "Per unit, the loss rise when it alone is pruned to keep_level, and the MACs that saves; "
+         "cheapest first. Measured once per group."),
+        ("count_macs", session.count_macs, CountArgs,
+         "Fit a scheme to the MACs limit and return its fitted levels and MACs, without evaluating it."),
+        ("evaluate_scheme", session.evaluate_scheme, SchemeArgs,
+         "Build, fit, quick-evaluate and record a scheme. Returns its id and loss (lower is better)."),
+        ("submit_candidates", session.submit_candidates, SubmitArgs,
+         "End the round with the ids of the candidates evaluated in it (optional: the round closes by "
+         "itself once it has its candidates)."),
+    ]
+    return [StructuredTool.from_function(func=wrap(fn), name=name, description=desc, args_schema=schema)
+            for name, fn, schema, desc in specs]
 
-    # round bookkeeping -----------------------------------------------------------------------
-    def start_round(self, r: int) -> None:
-        self.round = r
-        self.memory.refresh()  # records other processes added meanwhile (shared memory)
-        self.evaluated = [rec for rec in self.memory.all({"$and": [{"run_id": self.run_id}, {"group": self.task.index},
-                                                                   {"round": r}]})]
-        self.evaluated.sort(key=lambda rec: rec.candidate)
-        self.submitted = None
-        self.closed_by = None
 
-    def ok_candidates(self) -> list[MemoryRecord]:
-        return [r for r in self.evaluated if r.status == "ok"]
-
-    def round_candidates(self) -> list[MemoryRecord]:
-        """The round's result: the submitted candidates, else the first K evaluated."""
-        ok = {self.short_id(r): r for r in self.ok_candidates()}
-        if self.submitted:
-            return [ok[i] for i in self.submitted if i in ok]
-        return self.ok_candidates()[: self.cfg.candidates]
-
-    def close_round(self) -> list[str]:
-        """Submit the round's best K evaluated candidates ourselves (lowest loss first). Called once K
-        valid candidates exist: the round has what it needs, and a model that never calls
-        ``submit_candidates`` would otherwise be called again and again until a cap stops it."""
-        best = sorted(self.ok_candidates(), key=lambda r: (r.loss, r.candidate))[: self.cfg.candidates]
-        self.submitted = [self.short_id(r) for r in best]
-        self.closed_by = "tdc-agent"
-        return self.submitted
-
-    def short_id(self, rec: MemoryRecord) -> str:
-        return f"g{rec.group}-r{rec.round}-c{rec.candidate}"
-
-    # tools ------------------------------------------------------------------------------------
-    def inspect_architecture(self) -> dict[str, Any]:
-        c = self.pruner.base_count
-        return {"base_macs": c.thop, "base_params": c.params, "units": [u.compact() for u in self.pruner.graph.units]}
-
-    def group_context(self) -> dict[str, Any]:
-        t = self.task
-        return {"group": t.index, "t_start": t.t_start, "t_end": t.t_end, "snr_min_db": _fmt(t.snr_min),
-                "snr_max_db": _fmt(t.snr_max), "limit_macs": int(t.limit_macs), "limit_fraction": _fmt(t.limit_fraction),
-                "base_macs": self.pruner.base_count.thop, "round": self.round, "rounds": self.cfg.rounds,
-                "candidates_per_round": self.cfg.candidates, "neighbours": t.neighbours, "run": self.run_id,
-                "base_loss": _fmt(self.base_loss),
-                "evaluated_this_round": [self.short_id(r) for r in self.ok_candidates()]}
-
-    def _brief(self, rec: MemoryRecord) -> dict[str, Any]:
-        return {"id": self.short_id(rec), "run": rec.run_id, "group": rec.group, "round": rec.round,
-                "loss": None if rec.loss is None else _fmt(rec.loss), "macs": int(rec.macs),
-                "limit_fraction": _fmt(self.limit_fraction(rec)), "levels": rec.levels}
-
-    def limit_fraction(self, rec: MemoryRecord) -> float:
-        """A record's budget as a fraction of the base MACs (older records only stored the MACs)."""
-        return rec.limit_fraction if rec.limit_fraction >= 0 else rec.limit_macs / self.pruner.base_count.thop
-
-    @property
-    def base_loss(self) -> float:
-        """The unpruned base model's quick loss on this group: the reference every candidate is read
-        against (computed once per group)."""
-        if self._base_loss is None:
-            self._base_loss = quick_loss(self.pruner.base, self.eval_data, self.process, self.task.timesteps,
-                                         self.cfg.eval_timesteps, self.cfg.eval_batch_size, self.seed)
-        return self._base_loss
-
-    def remembered(self, k: int = 5) -> dict[str, list[MemoryRecord]]:
-        """What the memory offers this group, like with like (see :class:`~.memory.Like`):
-        ``this_group``: comparable records (same base, eval set, timesteps, budget band; any run);
-        ``neighbours``: this run's best of the neighbouring groups; ``other_bases``: the best shapes of
-        earlier runs on other base weights of this architecture (losses not comparable)."""
-        like = self.like
-        return {
-            "this_group": self.memory.best(None, k, where=like.comparable),
-            "neighbours": [r for g in self.task.neighbours for r in self.memory.best(
-                g, 2, where=lambda m: m.get("run_id") == self.run_id)],
-            "other_bases": self.memory.best(None, k, where=like.transferable, per_run=2),
-        }
-
-    def query_memory(self, levels: Optional[dict[str, float]] = None, k: int = 5) -> dict[str, Any]:
-        mem = self.remembered(k)
-        out: dict[str, Any] = {
-            "records": self.memory.count(),
-            "base_loss": _fmt(self.base_loss),
-            "best_this_group": [self._brief(r) for r in mem["this_group"]],
-            "best_neighbours": [self._brief(r) for r in mem["neighbours"]],
-            "other_bases": [self._brief(r) for r in mem["other_bases"]],
-        }
-        if levels:
-            try:
-                scheme, _ = PruningScheme(levels=levels).validated(self.pruner.graph)
-            except (SchemeError, ValueError) as e:
-                return {"error": str(e)}
-            out["similar"] = [{**self._brief(r), "distance": _fmt(d)}
-                              for r, d in self.memory.similar(scheme.full(self.pruner.graph), k)]
-        return out
-
-    def unit_sensitivity(self, keep_level: float = 0.5) -> dict[str, Any]:
-        """How much the loss rises when one unit alone keeps ``keep_level`` of its channels, per unit,
-        against the MACs that saves: where pruning is cheap. Measured once per group (cached)."""
-        if not 0 < keep_level < 1:
-            return {"error": f"keep_level must be in (0, 1), got {keep_level}."}
-        if self._sensitivity is not None and self._sensitivity.get("keep_level") == keep_level:
-            return self._sensitivity
-        import time
-
-        from ..core.io import atomic_write_json, read_json
-        from ..pruning.apply import build_pruned
-
-        cache = self.out_dir / f"sensitivity-{keep_level:g}.json"
-        if cache.is_file():
-            self._sensitivity = read_json(cache, "unit sensitivity")
-            return self._sensitivity
-        t0 = time.time()
-        g, base_macs = self.pruner.graph, float(self.pruner.base_count.thop)
-        scores = self.pruner.scores(self.cfg.criterion, self.task.timesteps)
-        n = max(1, self.cfg.sensitivity_images)
-        sub = type(self.eval_data)(self.eval_data.images[:n], self.eval_data.name)
-        ref = quick_loss(self.pruner.base, sub, self.process, self.task.timesteps, self.cfg.eval_timesteps, n, self.seed)
-        units = []
-        for u in g.units:
-            level = u.floor(keep_level)
-            if level >= 1:
-                continue
-            model, _ = build_pruned(self.pruner.base, g, {u.name: level}, scores)
-            rise = quick_loss(model, sub, self.process, self.task.timesteps, self.cfg.eval_timesteps, n, self.seed) - ref
-            saved = (base_macs - g.predict_macs({u.name: level})) / base_macs
-            units.append({"name": u.name, "keep_level": _fmt(level), "loss_rise": _fmt(rise),
-                          "macs_saved": _fmt(saved), "rise_per_macs": _fmt(max(rise, 0.0) / max(saved, 1e-9))})
-        units.sort(key=lambda x: x["rise_per_macs"])
-        self.eval_seconds += time.time() - t0
-        self._sensitivity = {"keep_level": keep_level, "reference_loss": _fmt(ref), "images": n,
-                             "cheapest_first": units}
-        atomic_write_json(cache, self._sensitivity, scrub=False)  # a cache of our numbers and unit names
-        return self._sensitivity
-
-    def count_macs(self, levels: dict[str, float]) -> dict[str, Any]:
-        try:
-            scheme, notes = PruningScheme(levels=levels).validated(self.pruner.graph)
-            fitted = fit_levels(self.pruner.graph, scheme.full(self.pruner.graph), self.task.limit_macs, notes)
-        except (SchemeError, ValueError) as e:
-            return {"error": str(e)}
-        macs = self.pruner.graph.predict_macs(fitted)
-        return {"fitted_levels": {n: v for n, v in fitted.items() if v < 1}, "predicted_macs": int(macs),
-                "limit_macs": int(self.task.limit_macs), "notes": notes}
-
-    def evaluate_scheme(self, levels: dict[str, float], rationale: Optional[str] = None) -> dict[str, Any]:
-        import time
-
-        if len(self.ok_candidates()) >= self.cfg.candidates:
-            return {"error": f"this round already has {self.cfg.candidates} evaluated candidates "
-                             f"({', '.join(self.short_id(r) for r in self.ok_candidates())}); it closes with them, this scheme "
-                             "was not evaluated."}
-        try:
-            rationale = cut(rationale, RATIONALE_CHARS) if rationale else rationale  # stored, re-sent, exported
-            scheme = PruningScheme(levels=levels, source=self.llm_spec, rationale=rationale)
-            t0 = time.time()
-            result = self.pruner.prune(scheme, self.task.limit_macs, self.cfg.criterion, self.task.timesteps)
-        except (SchemeError, ValueError) as e:
-            return {"error": str(e)}
-        fitted = result.scheme.levels
-        for prev in self.ok_candidates():
-            if prev.levels == fitted:
-                return {"error": f"after fitting to the limit this scheme equals {self.short_id(prev)} of this "
-                                 "round; propose a different shape."}
-        n = max([r.candidate for r in self.evaluated], default=-1) + 1
-        rec = MemoryRecord(
-            id=f"{self.run_id}:g{self.task.index}-r{self.round}-c{n}", run_id=self.run_id, group=self.task.index,
-            t_start=self.task.t_start, t_end=self.task.t_end, limit_macs=self.task.limit_macs, macs=result.macs.thop,
-            params=result.macs.params, round=self.round, candidate=n, llm=self.llm_spec,
-            arch_hash=self.memory.arch_hash, base_hash=self.like.base_hash, limit_fraction=self.task.limit_fraction,
-            split=self.like.split, levels=fitted, rationale=rationale or "",
-        )
-        model = result.model
-        try:
-            if self.cfg.recovery_steps:
-                model = self._recover(model, rec)
-            loss = quick_loss(model, self.eval_data, self.process, self.task.timesteps, self.cfg.eval_timesteps,
-                              self.cfg.eval_batch_size, self.seed)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss}")
-            rec.loss = loss
-        except FloatingPointError as e:
-            rec.status, rec.error = "failed", str(e)
-        self.eval_seconds += time.time() - t0
-        self.memory.add(rec)
-        self.evaluated.append(rec)
-        failpoint("agent.candidate")
-        if rec.status != "ok":
-            return {"error": f"candidate {self.short_id(rec)} diverged during evaluation ({rec.error}); it is "
-                             "recorded as failed. Propose a less aggressive shape."}
-        return {"id": self.short_id(rec), "loss": _fmt(rec.loss), "macs": int(rec.macs),
-                "fill_of_limit": _fmt(rec.macs / self.task.limit_macs), "params": rec.params,
-                "fitted_levels": fitted, "notes": result.notes,
-                "evaluated_this_round": len(self.ok_candidates()), "needed": self.cfg.candidates}
-
-    def _recover(self, model, rec: MemoryRecord):
-        """A few fine-tuning steps on the group's timesteps before evaluation (``recovery_steps``)."""
-        from ..training import train
-
-        tcfg = TrainConfig(steps=self.cfg.recovery_steps, batch_size=self.cfg.recovery_batch_size, lr=1e-4, warmup=0,
-                           ckpt_every=10**9, log_every=max(1, self.cfg.recovery_steps), ema_decay=0.0, amp=False)
-        data = self.pruner.data if self.pruner.data is not None else self.eval_data  # train on training images
-        res = train(model, data, self.process, tcfg, self.out_dir / "recovery" / self.short_id(rec),
-                    seed=self.seed, device=next(model.parameters()).device, timesteps=self.task.timesteps,
-                    progress=False, desc="recovery")
-        from ..models.store import load_model
-
-        return load_model(res.model_dir, next(model.parameters()).device)[0]
-
-    def _tool_failure(self, name: str, e: Exception) -> dict[str, Any]:
-        """An unexpected exception inside a tool, as an error result the LLM can act on (the round's
-        retry note and the final error quote it, so the user sees it too)."""
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        self.last_tool_failure = f"{name} failed with {type(e).__name__}: {first}"
-        return {"error": f"{self.last_tool_failure}. This is a failure of the tool on this scheme, not of your "
-                         "arguments' format; try a different (e.g. less aggressive) scheme."}
-
-    def submit_candidates(self, candidate_ids: list[str]) -> dict[str, Any]:
-        ok = {self.short_id(r) for r in self.ok_candidates()}
-        unknown = [i for i in candidate_ids if i not in ok]
-        if unknown:
-            shown = [cut(i, NAME_CHARS) for i in unknown[:5]] + ([f"and {len(unknown) - 5} more"] if len(unknown) > 5 else [])
-            return {"error": f"unknown or failed candidate id(s) {shown}; evaluated this round: {sorted(ok)}."}
-        ids = list(dict.fromkeys(candidate_ids))
-        if len(ids) < self.cfg.candidates:
-            return {"error": f"submit {self.cfg.candidates} different candidates; got {len(ids)}. "
-                             f"Evaluated this round: {sorted(ok)}."}
-        self.submitted = ids[: self.cfg.candidates]
-        self.closed_by = "llm"
-        return {"submitted": self.submitted, "round_done": True}
-
-    def tools(self) -> list[StructuredTool]:
-        def wrap(fn):
-            # LangChain runs the tool calls of one reply concurrently; candidates are built and
-            # evaluated one at a time so ids, timings and the CPU are not shared between them.
-            def run(**kwargs: Any) -> str:
-                with self._lock:
-                    try:
-                        out = fn(**kwargs)
-                        if isinstance(out, dict) and isinstance(out.get("error"), str):
-                            # errors quote the LLM's arguments; they are re-sent on every later call
-                            out["error"] = cut(out["error"], ERROR_CHARS)
-                        return json.dumps(out)
-                    except TDCError:
-                        raise  # already one clear message for the user (caps, a dead memory server...)
-                    except Exception as e:  # noqa: BLE001 - any other failure is reported, not a traceback
-                        return json.dumps(self._tool_failure(fn.__name__, e))
-            return run
-
-        specs = [
-            ("inspect_architecture", self.inspect_architecture, NoArgs,
-             "List the prunable units of the base UNet: name, role, channels, quantum, MACs share, params."),
-            ("group_context", self.group_context, NoArgs,
-             "The timestep group being pruned: t range, SNR range, MACs limit, round number, what is evaluated."),
-            ("query_memory", self.query_memory, QueryMemoryArgs,
-             "Stored schemes: comparable ones of this group, this run's neighbouring groups, shapes from other "
-             "bases; with `levels`, also the most similar ones."),
-            ("unit_sensitivity", self.unit_sensitivity, SensitivityArgs,
-             "Per unit, the loss rise when it alone is pruned to keep_level, and the MACs that saves; "
-             "cheapest first. Measured once per group."),
-            ("count_macs", self.count_macs, CountArgs,
-             "Fit a scheme to the MACs limit and return its fitted levels and MACs, without evaluating it."),
-            ("evaluate_scheme", self.evaluate_scheme, SchemeArgs,
-             "Build, fit, quick-evaluate and record a scheme. Returns its id and loss (lower is better)."),
-            ("submit_candidates", self.submit_candidates, SubmitArgs,
-             "End the round with the ids of the candidates evaluated in it (optional: the round closes by "
-             "itself once it has its candidates)."),
-        ]
-        return [StructuredTool.from_function(func=wrap(fn), name=name, description=desc, args_schema=schema)
-                for name, fn, schema, desc in specs]
+__all__ = ["PruningSession", "SchemeArgs", "agent_tools"]

@@ -1,0 +1,237 @@
+"""One group's pruning session: the round being played, its evaluated and submitted candidates,
+and what each of the agent's tools does (the LangChain wrapping is in :mod:`.tools`, the quick
+evaluations in :mod:`.evaluator`).
+
+A tool action that receives bad arguments (unknown unit, level out of range, unknown candidate
+id...) returns ``{"error": ...}`` that tells the LLM what to fix; it never ends the run.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ..core.bounds import NAME_CHARS, RATIONALE_CHARS, cut
+from ..core.config import AgentConfig
+from ..core.data import ImageDataset
+from ..core.faults import failpoint
+from ..diffusion.process import ForwardProcess
+from ..planning.plan import GroupTask
+from ..pruning.apply import fit_levels
+from ..pruning.pruner import Pruner
+from ..pruning.scheme import PruningScheme, SchemeError
+from .evaluator import GroupEvaluator, sig6
+from .memory import Like, MemoryBank, MemoryRecord
+
+
+class PruningSession:
+    """State shared by the tools while the agent prunes one group."""
+
+    def __init__(
+        self,
+        pruner: Pruner,
+        task: GroupTask,
+        memory: MemoryBank,
+        eval_data: ImageDataset,
+        process: ForwardProcess,
+        cfg: AgentConfig,
+        run_id: str,
+        llm_spec: str,
+        out_dir: Path,
+        seed: int = 0,
+        base_hash: str = "",
+        eval_key: str = "",
+    ):
+        self.pruner, self.task, self.memory = pruner, task, memory
+        self.eval_data, self.process, self.cfg = eval_data, process, cfg
+        self.run_id, self.llm_spec, self.out_dir, self.seed = run_id, llm_spec, Path(out_dir), seed
+        self.like = Like(base_hash, eval_key, task.t_start, task.t_end, task.limit_fraction)
+        self.evaluator = GroupEvaluator(pruner, task, eval_data, process, cfg, self.out_dir, seed)
+        self.round = 0
+        self.evaluated: list[MemoryRecord] = []
+        self.submitted: list[str] | None = None
+        self.closed_by: str | None = None  # "llm" (submit_candidates) or "tdc-agent" (K were evaluated)
+        # LangChain runs the tool calls of one reply concurrently; the tools (tools.py) take this lock so
+        # candidates are built and evaluated one at a time: ids, timings and the CPU are not shared
+        self.lock = threading.Lock()
+        self.last_tool_failure: str | None = None  # the last unexpected tool exception, for the round's note
+
+    # round bookkeeping -----------------------------------------------------------------------
+    def start_round(self, r: int) -> None:
+        self.round = r
+        self.memory.refresh()  # records other processes added meanwhile (shared memory)
+        self.evaluated = [rec for rec in self.memory.all({"$and": [{"run_id": self.run_id}, {"group": self.task.index},
+                                                                   {"round": r}]})]
+        self.evaluated.sort(key=lambda rec: rec.candidate)
+        self.submitted = None
+        self.closed_by = None
+
+    def ok_candidates(self) -> list[MemoryRecord]:
+        return [r for r in self.evaluated if r.status == "ok"]
+
+    def round_candidates(self) -> list[MemoryRecord]:
+        """The round's result: the submitted candidates, else the first K evaluated."""
+        ok = {self.short_id(r): r for r in self.ok_candidates()}
+        if self.submitted:
+            return [ok[i] for i in self.submitted if i in ok]
+        return self.ok_candidates()[: self.cfg.candidates]
+
+    def close_round(self) -> list[str]:
+        """Submit the round's best K evaluated candidates ourselves (lowest loss first). Called once K
+        valid candidates exist: the round has what it needs, and a model that never calls
+        ``submit_candidates`` would otherwise be called again and again until a cap stops it."""
+        best = sorted(self.ok_candidates(), key=lambda r: (r.loss, r.candidate))[: self.cfg.candidates]
+        self.submitted = [self.short_id(r) for r in best]
+        self.closed_by = "tdc-agent"
+        return self.submitted
+
+    def short_id(self, rec: MemoryRecord) -> str:
+        return f"g{rec.group}-r{rec.round}-c{rec.candidate}"
+
+    # tools ------------------------------------------------------------------------------------
+    def inspect_architecture(self) -> dict[str, Any]:
+        c = self.pruner.base_count
+        return {"base_macs": c.thop, "base_params": c.params, "units": [u.compact() for u in self.pruner.graph.units]}
+
+    def group_context(self) -> dict[str, Any]:
+        t = self.task
+        return {"group": t.index, "t_start": t.t_start, "t_end": t.t_end, "snr_min_db": sig6(t.snr_min),
+                "snr_max_db": sig6(t.snr_max), "limit_macs": int(t.limit_macs), "limit_fraction": sig6(t.limit_fraction),
+                "base_macs": self.pruner.base_count.thop, "round": self.round, "rounds": self.cfg.rounds,
+                "candidates_per_round": self.cfg.candidates, "neighbours": t.neighbours, "run": self.run_id,
+                "base_loss": sig6(self.base_loss),
+                "evaluated_this_round": [self.short_id(r) for r in self.ok_candidates()]}
+
+    def _brief(self, rec: MemoryRecord) -> dict[str, Any]:
+        return {"id": self.short_id(rec), "run": rec.run_id, "group": rec.group, "round": rec.round,
+                "loss": None if rec.loss is None else sig6(rec.loss), "macs": int(rec.macs),
+                "limit_fraction": sig6(self.limit_fraction(rec)), "levels": rec.levels}
+
+    def limit_fraction(self, rec: MemoryRecord) -> float:
+        """A record's budget as a fraction of the base MACs (older records only stored the MACs)."""
+        return rec.limit_fraction if rec.limit_fraction >= 0 else rec.limit_macs / self.pruner.base_count.thop
+
+    @property
+    def base_loss(self) -> float:
+        """The unpruned base model's quick loss on this group (see :class:`~.evaluator.GroupEvaluator`)."""
+        return self.evaluator.base_loss
+
+    @property
+    def eval_seconds(self) -> float:
+        """Time spent building and evaluating candidates (not agent overhead)."""
+        return self.evaluator.eval_seconds
+
+    def remembered(self, k: int = 5) -> dict[str, list[MemoryRecord]]:
+        """What the memory offers this group, like with like (see :class:`~.memory.Like`):
+        ``this_group``: comparable records (same base, eval set, timesteps, budget band; any run);
+        ``neighbours``: this run's best of the neighbouring groups; ``other_bases``: the best shapes of
+        earlier runs on other base weights of this architecture (losses not comparable)."""
+        like = self.like
+        return {
+            "this_group": self.memory.best(None, k, where=like.comparable),
+            "neighbours": [r for g in self.task.neighbours for r in self.memory.best(
+                g, 2, where=lambda m: m.get("run_id") == self.run_id)],
+            "other_bases": self.memory.best(None, k, where=like.transferable, per_run=2),
+        }
+
+    def query_memory(self, levels: Optional[dict[str, float]] = None, k: int = 5) -> dict[str, Any]:
+        mem = self.remembered(k)
+        out: dict[str, Any] = {
+            "records": self.memory.count(),
+            "base_loss": sig6(self.base_loss),
+            "best_this_group": [self._brief(r) for r in mem["this_group"]],
+            "best_neighbours": [self._brief(r) for r in mem["neighbours"]],
+            "other_bases": [self._brief(r) for r in mem["other_bases"]],
+        }
+        if levels:
+            try:
+                scheme, _ = PruningScheme(levels=levels).validated(self.pruner.graph)
+            except (SchemeError, ValueError) as e:
+                return {"error": str(e)}
+            out["similar"] = [{**self._brief(r), "distance": sig6(d)}
+                              for r, d in self.memory.similar(scheme.full(self.pruner.graph), k)]
+        return out
+
+    def unit_sensitivity(self, keep_level: float = 0.5) -> dict[str, Any]:
+        """How much the loss rises when one unit alone keeps ``keep_level`` of its channels, per unit,
+        against the MACs that saves: where pruning is cheap. Measured once per group (cached)."""
+        if not 0 < keep_level < 1:
+            return {"error": f"keep_level must be in (0, 1), got {keep_level}."}
+        return self.evaluator.sensitivity(keep_level)
+
+    def count_macs(self, levels: dict[str, float]) -> dict[str, Any]:
+        try:
+            scheme, notes = PruningScheme(levels=levels).validated(self.pruner.graph)
+            fitted = fit_levels(self.pruner.graph, scheme.full(self.pruner.graph), self.task.limit_macs, notes)
+        except (SchemeError, ValueError) as e:
+            return {"error": str(e)}
+        macs = self.pruner.graph.predict_macs(fitted)
+        return {"fitted_levels": {n: v for n, v in fitted.items() if v < 1}, "predicted_macs": int(macs),
+                "limit_macs": int(self.task.limit_macs), "notes": notes}
+
+    def evaluate_scheme(self, levels: dict[str, float], rationale: Optional[str] = None) -> dict[str, Any]:
+        if len(self.ok_candidates()) >= self.cfg.candidates:
+            return {"error": f"this round already has {self.cfg.candidates} evaluated candidates "
+                             f"({', '.join(self.short_id(r) for r in self.ok_candidates())}); it closes with them, this scheme "
+                             "was not evaluated."}
+        try:
+            rationale = cut(rationale, RATIONALE_CHARS) if rationale else rationale  # stored, re-sent, exported
+            scheme = PruningScheme(levels=levels, source=self.llm_spec, rationale=rationale)
+            t0 = time.time()
+            result = self.pruner.prune(scheme, self.task.limit_macs, self.cfg.criterion, self.task.timesteps)
+        except (SchemeError, ValueError) as e:
+            return {"error": str(e)}
+        fitted = result.scheme.levels
+        for prev in self.ok_candidates():
+            if prev.levels == fitted:
+                return {"error": f"after fitting to the limit this scheme equals {self.short_id(prev)} of this "
+                                 "round; propose a different shape."}
+        n = max([r.candidate for r in self.evaluated], default=-1) + 1
+        rec = MemoryRecord(
+            id=f"{self.run_id}:g{self.task.index}-r{self.round}-c{n}", run_id=self.run_id, group=self.task.index,
+            t_start=self.task.t_start, t_end=self.task.t_end, limit_macs=self.task.limit_macs, macs=result.macs.thop,
+            params=result.macs.params, round=self.round, candidate=n, llm=self.llm_spec,
+            arch_hash=self.memory.arch_hash, base_hash=self.like.base_hash, limit_fraction=self.task.limit_fraction,
+            split=self.like.split, levels=fitted, rationale=rationale or "",
+        )
+        model = result.model
+        try:
+            if self.cfg.recovery_steps:
+                model = self.evaluator.recover(model, self.short_id(rec))
+            loss = self.evaluator.loss(model)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss}")
+            rec.loss = loss
+        except FloatingPointError as e:
+            rec.status, rec.error = "failed", str(e)
+        self.evaluator.eval_seconds += time.time() - t0
+        self.memory.add(rec)
+        self.evaluated.append(rec)
+        failpoint("agent.candidate")
+        if rec.status != "ok":
+            return {"error": f"candidate {self.short_id(rec)} diverged during evaluation ({rec.error}); it is "
+                             "recorded as failed. Propose a less aggressive shape."}
+        return {"id": self.short_id(rec), "loss": sig6(rec.loss), "macs": int(rec.macs),
+                "fill_of_limit": sig6(rec.macs / self.task.limit_macs), "params": rec.params,
+                "fitted_levels": fitted, "notes": result.notes,
+                "evaluated_this_round": len(self.ok_candidates()), "needed": self.cfg.candidates}
+
+    def submit_candidates(self, candidate_ids: list[str]) -> dict[str, Any]:
+        ok = {self.short_id(r) for r in self.ok_candidates()}
+        unknown = [i for i in candidate_ids if i not in ok]
+        if unknown:
+            shown = [cut(i, NAME_CHARS) for i in unknown[:5]] + ([f"and {len(unknown) - 5} more"] if len(unknown) > 5 else [])
+            return {"error": f"unknown or failed candidate id(s) {shown}; evaluated this round: {sorted(ok)}."}
+        ids = list(dict.fromkeys(candidate_ids))
+        if len(ids) < self.cfg.candidates:
+            return {"error": f"submit {self.cfg.candidates} different candidates; got {len(ids)}. "
+                             f"Evaluated this round: {sorted(ok)}."}
+        self.submitted = ids[: self.cfg.candidates]
+        self.closed_by = "llm"
+        return {"submitted": self.submitted, "round_done": True}
+
+
+__all__ = ["PruningSession"]
