@@ -119,3 +119,27 @@ def pytest_itemcollected(item):
     if module in ONE_WORKER_MODULES:
         item.add_marker(pytest.mark.xdist_group(module))
 
+
+@pytest.fixture
+def installed_package(tmp_path, monkeypatch):
+    """A package installed on sys.path (module + dist-info with entry points), as pip would leave it
+    (test_criteria.py, test_backbone.py)."""
+
+    def _install(module: str, source: str, entry_points: str) -> None:
+        (tmp_path / "site").mkdir(exist_ok=True)
+        (tmp_path / "site" / f"{module}.py").write_text(source)
+        info = tmp_path / "site" / f"{module}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(entry_points)
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+        refresh()
+
+    def refresh() -> None:
+        from tdc_agent.core import backbones, criteria
+
+        criteria.refresh_entry_points()
+        backbones.refresh_entry_points()
+
+    yield _install
+    refresh()  # rescanned lazily, after monkeypatch has taken the path away

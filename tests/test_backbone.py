@@ -227,3 +227,41 @@ def test_backbone_registration_is_checked(toy):
         register_backbone(SameClass)
     with pytest.raises(TypeError, match="must subclass"):
         register_backbone(object())  # type: ignore[arg-type]
+
+
+def test_an_entry_point_backbone_works_without_registering(installed_package, cli, make_config, tmp_path):
+    """A package that advertises a backbone under ``tdc_agent.backbones`` is usable by name from a
+    config and the CLI, and its saved models load, with no register_backbone call; a broken entry
+    point is named in one clear error."""
+    installed_package("tdc_test_backbones", (
+        "from test_backbone import ToyBackbone, ToyDenoiser\n"
+        "class EPDenoiser(ToyDenoiser):\n"
+        "    pass\n"
+        "class EPBackbone(ToyBackbone):\n"
+        "    name = 'ep-toy'\n"
+        "    module_type = EPDenoiser\n"
+        "    presets = ('narrow', 'small')\n"
+        "    def preset_config(self, preset, sample_size=None, channels=None):\n"
+        "        return {'width': {'narrow': 8, 'small': 16}[preset], 'sample_size': sample_size or 8,\n"
+        "                'channels': channels or 1}\n"
+        "    def build(self, config):\n"
+        "        return EPDenoiser(**config)\n"),
+        "[tdc_agent.backbones]\n"
+        "ep-toy = tdc_test_backbones:EPBackbone\n"
+        "ep-broken = tdc_test_backbones_missing:Nothing\n")
+    try:
+        assert {"ep-toy", "ep-broken"} <= set(backbone_names())
+        assert ModelConfig(backbone="ep-toy").preset == "narrow"  # the presets are read from the package
+        assert load_config(None, ["model.backbone=ep-toy", "model.preset=small"]).model.preset == "small"
+        code, out, err = cli("prune", "--preset", "small", "--method", "magnitude", "--macs-fraction", "0.6",
+                             "--out", tmp_path / "p", "--json", "--config", make_config(), "model.backbone=ep-toy",
+                             "model.preset=narrow")
+        assert code == 0, err
+        unregister_backbone("ep-toy")  # a fresh process: the saved model finds its backbone by _class_name
+        model, _ = load_model(tmp_path / "p" / "model")
+        assert type(model).__name__ == "EPDenoiser" and model.structure["width"] == 16
+        assert get_backbone("ep-toy").name == "ep-toy"
+        with pytest.raises(ConfigError, match="ep-broken.*could not be loaded.*ModuleNotFoundError"):
+            ModelConfig(backbone="ep-broken")
+    finally:
+        unregister_backbone("ep-toy")

@@ -10,7 +10,7 @@ import torch
 import torch_pruning as tp
 
 from tdc_agent.core.config import DataConfig, ScheduleConfig, load_config
-from tdc_agent.core.criteria import BUILTIN_CRITERIA, criterion_names, refresh_entry_points
+from tdc_agent.core.criteria import BUILTIN_CRITERIA, criterion_names
 from tdc_agent.core.data import ImageDataset, load_dataset
 from tdc_agent.core.errors import ConfigError
 from tdc_agent.diffusion.process import ForwardProcess
@@ -98,24 +98,6 @@ def test_criterion_names_are_checked(registered):
     assert register_criterion("mine", FirstChannelsGo, replace_existing=True).name == "mine"
     with pytest.raises(ValueError, match="gradients"):
         register_criterion("mine-2", FirstChannelsGo, gradients="sometimes")
-
-
-@pytest.fixture
-def installed_package(tmp_path, monkeypatch):
-    """A package installed on sys.path (module + dist-info with entry points), as pip would leave it."""
-
-    def _install(module: str, source: str, entry_points: str) -> None:
-        (tmp_path / "site").mkdir(exist_ok=True)
-        (tmp_path / "site" / f"{module}.py").write_text(source)
-        info = tmp_path / "site" / f"{module}-0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-        (info / "entry_points.txt").write_text(entry_points)
-        monkeypatch.syspath_prepend(str(tmp_path / "site"))
-        refresh_entry_points()
-
-    yield _install
-    refresh_entry_points()  # rescanned lazily, after monkeypatch has taken the path away
 
 
 def test_an_entry_point_criterion_works_without_registering(installed_package, cli, make_config, tmp_path):

@@ -28,7 +28,9 @@ Everything above ``models/`` handles a denoiser as a plain ``torch.nn.Module`` a
 
 The built-in backbone is ``unet2d`` (diffusers ``UNet2DModel``, :mod:`tdc_agent.models.unet`). A DiT
 or a ``UNet2DConditionModel`` goes in a module beside it, subclasses :class:`Backbone`, and is
-registered with :func:`register_backbone`; ``model.backbone: NAME`` then selects it. Backbone names
+registered with :func:`register_backbone` (from code), or advertised by an installed package as an
+entry point in the group ``tdc_agent.backbones`` (``NAME = package.module:MyBackbone``; imported
+when first needed); ``model.backbone: NAME`` then selects it. Backbone names
 and their presets are also known to :mod:`tdc_agent.core.backbones`, so config validation (in
 ``core``, below this layer) checks them.
 """
@@ -43,7 +45,8 @@ from typing import Any, ClassVar, Iterator
 
 import torch
 
-from ..core.backbones import BUILTIN_BACKBONES, add_backbone_name, backbone_names, check_new_name, remove_backbone_name
+from ..core.backbones import (BUILTIN_BACKBONES, ENTRY_POINT_GROUP, add_backbone_name, backbone_names, check_new_name,
+                              entry_point_names, load_entry_point, remove_backbone_name)
 from ..core.errors import CheckpointError, ConfigError
 
 __all__ = ["Backbone", "backbone_for_class", "backbone_of", "build_preset", "check_takes", "denoise", "eval_mode", "example_inputs",
@@ -182,25 +185,59 @@ def unregister_backbone(name: str) -> None:
     remove_backbone_name(name)
 
 
+def _from_entry_point(name: str) -> Backbone | None:
+    """Register and return the backbone an installed package advertises as ``name`` (None if none does)."""
+    obj = load_entry_point(name)
+    if obj is None:
+        return None
+    if getattr(obj, "name", None) != name:
+        raise ConfigError(f"The entry point {name!r} in group {ENTRY_POINT_GROUP!r} gives a backbone named "
+                          f"{getattr(obj, 'name', None)!r}; the entry point's name and the backbone's name must agree.")
+    try:
+        return register_backbone(obj)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"The backbone {name!r} of entry point group {ENTRY_POINT_GROUP!r} is not usable: {e}") from None
+
+
+_ENTRY_POINT_ERRORS: dict[str, str] = {}  # advertised backbones that failed to load (named when nothing matches)
+
+
+def _with_entry_points() -> dict[str, Backbone]:
+    """The registry after importing every advertised backbone (for a saved model or a module whose
+    backbone has not been named yet: rare, so they are loaded only then). One broken package does not
+    hide the others; its error is kept for the message when no backbone matches."""
+    for name in entry_point_names():
+        if name not in _registry():
+            try:
+                _from_entry_point(name)
+            except ConfigError as e:
+                _ENTRY_POINT_ERRORS[name] = str(e)
+    return _registry()
+
+
 def _known() -> str:
-    return ", ".join(f"{b.name} ({b.module_type.__name__})" for b in _registry().values())
+    broken = "".join(f"; {e}" for e in _ENTRY_POINT_ERRORS.values())
+    return ", ".join(f"{b.name} ({b.module_type.__name__})" for b in _registry().values()) + broken
+
+
 
 
 def get_backbone(name: str) -> Backbone:
     """The backbone registered as ``name``; a :class:`ConfigError` listing the known ones otherwise."""
     registry = _registry()
-    if name not in registry:
+    if name not in registry and _from_entry_point(name) is None:
         raise ConfigError(f"Unknown backbone {name!r}. Known backbones: {', '.join(backbone_names())}. A backbone "
-                          "of your own is registered with tdc_agent.models.backbone.register_backbone "
-                          "(README: Backbones).")
+                          "of your own is registered with tdc_agent.models.backbone.register_backbone or an entry "
+                          f"point in the group {ENTRY_POINT_GROUP!r} (README: Backbones).")
     return registry[name]
 
 
 def backbone_for_class(class_name: Any, path: Path | str) -> Backbone:
     """The backbone whose models are saved with ``_class_name`` ``class_name`` (read from ``path``)."""
-    for b in _registry().values():
-        if b.module_type.__name__ == class_name:
-            return b
+    for registry in (_registry, _with_entry_points):
+        for b in registry().values():
+            if b.module_type.__name__ == class_name:
+                return b
     raise CheckpointError(f"{path}: _class_name {class_name!r} names no backbone tdc-agent knows (known: {_known()}). "
                           "Register the backbone the model was saved with (README: Backbones), or re-export the "
                           "model.")
@@ -210,9 +247,13 @@ def backbone_of(model: torch.nn.Module) -> Backbone:
     """The backbone ``model`` (or the module a DDP wrapper holds) belongs to."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
-    registry = _registry().values()
-    found = next((b for b in registry if type(model) is b.module_type), None)  # exact class first
-    found = found or next((b for b in reversed(list(registry)) if isinstance(model, b.module_type)), None)
+    found = None
+    for registry in (_registry, _with_entry_points):
+        backbones = list(registry().values())
+        found = next((b for b in backbones if type(model) is b.module_type), None)  # exact class first
+        found = found or next((b for b in reversed(backbones) if isinstance(model, b.module_type)), None)
+        if found is not None:
+            break
     if found is None:
         raise ConfigError(f"No backbone handles a {type(model).__name__} model (known: {_known()}). Register one "
                           "with tdc_agent.models.backbone.register_backbone (README: Backbones).")
