@@ -113,8 +113,6 @@ def resolve_llm(spec: str | BaseChatModel, cfg: AgentConfig, check: bool = True,
     register_secret_env(key_env)  # whatever the variable is called, its value is now kept out of every sink
     key = os.environ.get(key_env) if key_env else None
     if provider == "openai":
-        from langchain_openai import ChatOpenAI
-
         if not key and not cfg.base_url:
             raise ConfigError(f"--llm {spec} needs an API key in ${key_env}. Export it, or point --llm-base-url at a "
                               "local OpenAI-compatible server, or use --llm builtin.")
@@ -122,6 +120,7 @@ def resolve_llm(spec: str | BaseChatModel, cfg: AgentConfig, check: bool = True,
             check_reachable(cfg.base_url or "https://api.openai.com/v1")
             if key:
                 check_key(cfg.base_url or "https://api.openai.com/v1", key, key_env, timeout=min(cfg.timeout_s, 10.0))
+        from langchain_openai import ChatOpenAI  # after the checks: a refusal does not pay this import
         kwargs: dict[str, Any] = dict(model=model, temperature=cfg.temperature, max_retries=cfg.max_retries,
                                       timeout=cfg.timeout_s, api_key=key or "not-needed")
         if cfg.base_url:

@@ -329,8 +329,6 @@ def prune(
     max_tokens_per_group: Optional[int] = MaxTokensOpt,
 ) -> None:
     """Prune a base model to a MACs budget (classical criteria or the agent) and save it (pickle-free)."""
-    from ..workflow.prune import agent_prune_to_target, prune_to_target
-
     extra = list(overrides or [])
     for key, val in (("agent.llm", llm), ("agent.base_url", llm_base_url), ("agent.rounds", rounds),
                      ("agent.candidates", candidates), ("agent.prompt_dir", prompt_dir),
@@ -341,7 +339,14 @@ def prune(
             extra.append(f"{key}={val}")
     cfg = _config(config, extra, device)
     if method == "agent":
-        ap = agent_prune_to_target(cfg, out, base, preset, macs_fraction, group, show=not as_json)
+        from ..agent.llm import ResolvedLLM
+
+        # the LLM first (spec, key, server): its refusals come before the workflow's imports (~10 s)
+        llm_ = ResolvedLLM.of(cfg.agent.llm, cfg.agent, seed=cfg.run.seed)
+    from ..workflow.prune import agent_prune_to_target, prune_to_target
+
+    if method == "agent":
+        ap = agent_prune_to_target(cfg, out, base, preset, macs_fraction, group, show=not as_json, llm=llm_)
         summary, result, task = ap.summary, ap.result, ap.task
         if as_json:
             typer.echo(json.dumps(summary, indent=2))

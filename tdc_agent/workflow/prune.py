@@ -97,14 +97,16 @@ def prune_with_criterion(pruner: Pruner, criterion: str, fraction: float, timest
 
 def prune_with_agent(cfg: Config, base: torch.nn.Module, meta: dict, task: GroupTask, out_dir: Path,
                      device: torch.device | str, show: bool = True, model_dir: Path | None = None,
-                     memory_path: Path | None = None) -> tuple[dict[str, Any], PruneResult, str]:
+                     memory_path: Path | None = None, llm: Any = None) -> tuple[dict[str, Any], PruneResult, str]:
     """The agent's rounds for ``task`` (transcript and rounds in ``out_dir``; the memory bank in
     ``memory_path``, default ``out_dir/memory``, unless ``agent.memory_dir``/``memory_url`` say
-    otherwise); the best candidate is saved to ``model_dir`` (default ``out_dir/model``). Returns
-    (summary, result, LLM spec)."""
+    otherwise); the best candidate is saved to ``model_dir`` (default ``out_dir/model``). ``llm``: a
+    :class:`~tdc_agent.agent.llm.ResolvedLLM` already checked (default: ``agent.llm``, resolved here).
+    Returns (summary, result, LLM spec)."""
     from ..agent.runner import AgentPruning  # here, so that pruning by a criterion never imports the agent
 
-    ap = AgentPruning(cfg, base, meta, out_dir, cfg.agent.llm, device, show=show, memory_path=memory_path)
+    ap = AgentPruning(cfg, base, meta, out_dir, llm if llm is not None else cfg.agent.llm, device, show=show,
+                      memory_path=memory_path)
     outcome, result = ap.prune_group(task, model_dir=model_dir)
     return outcome.extra["summary"], result, ap.llm_spec
 
@@ -181,10 +183,12 @@ def prune_to_target(cfg: Config, method: str, out: Path, base_dir: Path | None =
 
 def agent_prune_to_target(cfg: Config, out: Path, base_dir: Path | None = None, preset: str | None = None,
                           macs_fraction: float | None = None, group: int | None = None,
-                          show: bool = True) -> AgentPruningRun:
-    """The agent prunes a saved model or preset for ``--group`` or ``--macs-fraction``; writes ``out/``."""
+                          show: bool = True, llm: Any = None) -> AgentPruningRun:
+    """The agent prunes a saved model or preset for ``--group`` or ``--macs-fraction``; writes ``out/``.
+    ``llm``: the chat model, resolved and checked already (the CLI does it before this module's
+    imports, so a missing key or an unreachable server is refused in about a second)."""
     cfg, model, meta, dev = _base_for(cfg, base_dir, preset)
     g, n_groups = target_group(cfg, macs_fraction, group)
     task = GroupTask.of(g, thop_macs(model), n_groups)
-    summary, result, llm = prune_with_agent(cfg, model, meta, task, out, dev, show=show)
+    summary, result, llm = prune_with_agent(cfg, model, meta, task, out, dev, show=show, llm=llm)
     return AgentPruningRun(llm, task, result, out, summary)
