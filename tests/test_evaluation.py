@@ -130,18 +130,18 @@ def test_fid_and_kid_separate_real_from_noise(tmp_path):
     # an npz image dataset with structure (smooth blobs) that noise does not have
     xx, yy = np.meshgrid(np.linspace(-1, 1, 16), np.linspace(-1, 1, 16))
     imgs = np.stack([np.exp(-((xx - rng.uniform(-.5, .5)) ** 2 + (yy - rng.uniform(-.5, .5)) ** 2) * 4)
-                     for _ in range(48)])
+                     for _ in range(32)])
     imgs = (np.repeat(imgs[:, :, :, None], 3, axis=3) * 255).astype(np.uint8)
     np.savez(tmp_path / "blobs.npz", images=imgs)
     data = DataConfig(name="npz", root=str(tmp_path / "blobs.npz"))
-    ev = InceptionEvaluator(data, str(tmp_path / "w.pth"), torch.device("cpu"), reference_samples=32, seed=0)
-    assert ev.count == 32 and ev.kid_ref.shape == (32, 2048)
-    real = load_dataset(data).images[32:48]
+    ev = InceptionEvaluator(data, str(tmp_path / "w.pth"), torch.device("cpu"), reference_samples=16, seed=0)
+    assert ev.count == 16 and ev.kid_ref.shape == (16, 2048)
+    real = load_dataset(data).images[16:32]
     noise = torch.rand(16, 3, 16, 16) * 2 - 1
     s_real, s_noise = ev.score(real), ev.score(noise)
     assert s_noise.fid > 2 * s_real.fid and s_noise.kid > s_real.kid
     # cached reference: a second evaluator reads it instead of recomputing, with identical numbers
-    ev2 = InceptionEvaluator(data, str(tmp_path / "w.pth"), torch.device("cpu"), reference_samples=32, seed=0)
+    ev2 = InceptionEvaluator(data, str(tmp_path / "w.pth"), torch.device("cpu"), reference_samples=16, seed=0)
     assert np.array_equal(ev2.mu, ev.mu) and ev2.score(real).fid == pytest.approx(s_real.fid)
 
 

@@ -97,7 +97,9 @@ def kill_chain(cfg: Path, run: Path, cache: Path, specs: list[str]) -> list[dict
     return log
 
 
-@pytest.fixture(scope="module")
+# session-scoped: under pytest-xdist's loadgroup this module's tests share one worker but may be
+# interleaved with other modules' tests, and a module-scoped fixture is then torn down and built again
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     import yaml
 

@@ -20,7 +20,7 @@ TEMPLATES = ("system", "round", "memory", "architecture")
 BUILD_INPUTS = ("pyproject.toml", "README.md", "setup.py", "setup.cfg", "MANIFEST.in", "LICENSE", "tdc_agent")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # (not module: see test_faults.py's reference)
 def installed(tmp_path_factory):
     """Build the wheel from a copy of the source tree and install it (not editable) into site/."""
     tmp = tmp_path_factory.mktemp("pkg")
