@@ -174,7 +174,7 @@ def _cli(args: list, env: dict | None = None) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def test_memory_persists_across_processes(tmp_path, make_config):
+def test_memory_persists_across_processes(tmp_path, make_config, cli):
     cfg = make_config(agent=AGENT)
     mem = tmp_path / "shared-memory"
     common = ["prune", "--method", "agent", "--preset", "tiny", "--macs-fraction", "0.6", "--config", cfg,
@@ -191,14 +191,14 @@ def test_memory_persists_across_processes(tmp_path, make_config):
                          if '"llm_request"' in x)
     assert f"(run {run1}, limit 0.600)" in json.dumps(first_request)
     total = json.loads(p2.stdout)["memory_records"]
-    listing = _cli(["memory", "list", "--memory-dir", mem])
-    assert listing.returncode == 0 and f"{total} records" in listing.stdout + listing.stderr
-    exp = _cli(["memory", "export", "--memory-dir", mem, "--out", tmp_path / "m.json"])
-    assert exp.returncode == 0
+    # read back by a third process (this one): the two runs' processes are gone
+    code, out, err = cli("memory", "list", "--memory-dir", mem)
+    assert code == 0 and f"{total} records" in out + err
+    assert cli("memory", "export", "--memory-dir", mem, "--out", tmp_path / "m.json")[0] == 0
     runs = {r["run_id"] for r in json.loads((tmp_path / "m.json").read_text())}
     assert runs == {run1, (tmp_path / "r2" / "run_id").read_text()}
-    exp = _cli(["memory", "export", "--memory-dir", mem, "--out", tmp_path / "m.csv"])
-    assert exp.returncode == 0 and (tmp_path / "m.csv").read_text().count("\n") == total + 1
+    assert cli("memory", "export", "--memory-dir", mem, "--out", tmp_path / "m.csv")[0] == 0
+    assert (tmp_path / "m.csv").read_text().count("\n") == total + 1
 
 
 def test_api_key_never_written(tmp_path, make_config):
