@@ -108,7 +108,7 @@ def test_run_takes_the_token_budget_flag(tmp_path, make_config, cli, monkeypatch
         cfg = make_config(agent={**AGENT, "llm": "openai:fake-model", "base_url": srv.url})
         code, out, err = cli("run", "--config", cfg, "--run-dir", tmp_path / "run", "-q", "--max-tokens-per-group", "50")
     assert code == 2 and "Traceback" not in err
-    assert "agent.max_tokens_per_group=50" in err and srv.requests == []
+    assert "agent.max_tokens_per_group=50" in err and "rerun" in err and srv.requests == []
 
 
 @pytest.mark.parametrize("usage", [5000, None])
@@ -126,7 +126,8 @@ def test_tokens_come_from_the_provider_else_an_estimate(tmp_path, monkeypatch, u
         assert u["tokens_estimated"] == u["llm_calls"] == len(srv.requests)
         assert u["input_tokens"] == pytest.approx(srv.input_bytes / 4, rel=0.25)
     with FakeOpenAI(policy=PromptReader(), usage=5000) as srv:
-        with pytest.raises(TDCError, match=r"agent.max_tokens_per_group=6,000"):
+        # the cap says what stopped the group and how to go on (it is raised by our usage meter)
+        with pytest.raises(TDCError, match=r"agent.max_tokens_per_group=6,000.*raise the cap and rerun"):
             run_agent(tmp_path, "openai:fake-model", out="capped", base_url=srv.url, max_tokens_per_group=6000)
     # the provider's 5000 (not the ~2.5k the request measures) plus the next request's estimate exceed it
     assert len(srv.requests) == 1

@@ -459,8 +459,10 @@ class RoundLoop:
                 shortfall = None
                 try:
                     messages, shortfall = self._attempt(session, r, attempt, note, system, meter)
-                except TDCError:
+                except TDCError as e:
                     self._save(state_path, rounds, meter)
+                    if meter.cap_hit and str(e) == meter.cap_hit:  # a cap raised by the meter itself, unwrapped
+                        raise TDCError(self._cap_message(meter, session, r)) from None
                     raise
                 except Exception as e:  # noqa: BLE001 - sorted into transport errors and bugs below
                     if type(e).__name__ == "GraphRecursionError":
@@ -483,8 +485,7 @@ class RoundLoop:
                         ) from None
                     elif meter.cap_hit:  # a per-group cap raised inside a callback, wrapped on the way out
                         self._save(state_path, rounds, meter)
-                        raise TDCError(f"{meter.cap_hit} Group {session.task.index}, round {r + 1}: finished "
-                                       "rounds are saved; raise the cap and rerun the same command to resume.") from None
+                        raise TDCError(self._cap_message(meter, session, r)) from None
                     else:
                         raise
                 if len(session.ok_candidates()) >= self.cfg.candidates:
@@ -528,6 +529,13 @@ class RoundLoop:
                    key=lambda x: (x.loss, x.id))
         return GroupOutcome(best=best, rounds=rounds, usage=meter.to_dict(), eval_seconds=session.eval_seconds,
                             total_seconds=time.time() - t_group)
+
+    @staticmethod
+    def _cap_message(meter: UsageMeter, session: PruningSession, r: int) -> str:
+        """A per-group cap that stopped the group, and how to go on (the usage so far is saved with the
+        rounds, so the same cap would stop a rerun at once)."""
+        return (f"{meter.cap_hit} Group {session.task.index}, round {r + 1}: finished rounds are saved; raise the "
+                "cap and rerun the same command to resume.")
 
     def _save(self, path: Path, rounds: list[RoundSummary], meter: UsageMeter) -> None:
         atomic_write_json(path, {"rounds": [r.__dict__ for r in rounds], "usage": meter.to_dict()})

@@ -121,6 +121,8 @@ class ProgressiveModel(torch.nn.Module):
             members = []
             for e in man["members"]:
                 member_dir = _inside(directory, e["dir"])
+                if not member_dir.is_dir():  # a manifest naming a folder that is not there is a bad manifest
+                    raise ValueError(f"member {e['dir']!r} is not a directory of {directory}")
                 model, meta = load_model(member_dir, device)
                 t0, t1 = _whole(e, "t_start"), _whole(e, "t_end")
                 if not 0 <= t0 <= t1 < schedule.timesteps:

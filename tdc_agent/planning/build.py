@@ -47,10 +47,12 @@ def load_plan(path: str | Path, cfg: Config, fresh: Plan | None = None) -> Plan:
         stored = Plan.from_dict(d, fresh.snr, fresh.budget)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         raise CheckpointError(f"plan {path} is malformed ({e}). Delete it to re-plan.") from None
-    if [g.to_dict() for g in stored.groups] != [g.to_dict() for g in fresh.groups]:
+    fields = ("schedule", "timesteps", "n_groups_requested", "k", "shape", "direction", "budget_rule")
+    if ([g.to_dict() for g in stored.groups] != [g.to_dict() for g in fresh.groups]
+            or any(getattr(stored, f) != getattr(fresh, f) for f in fields)):
         raise CheckpointError(f"plan {path} does not match the config's schedule/plan sections. "
                               "Delete it to re-plan, or restore the original config.")
-    return stored
+    return fresh  # the same plan; what derives from it (warnings) comes from the code, not the file
 
 
 def plan_table(plan: Plan, base_macs: int | None = None) -> Table:
