@@ -14,7 +14,7 @@ _MODULES = {
     "config": ["AgentConfig", "Config", "ConfigNote", "DataConfig", "MAX_CONFIG_BYTES", "MIN_FD_SAMPLES",
                "SampleConfig", "ScheduleConfig", "TrainConfig", "format_validation_error", "load_config",
                "load_yaml", "stored_config"],
-    "backbones": ["BUILTIN_BACKBONES", "add_backbone_name", "backbone_names", "entry_point_names", "load_entry_point",
+    "backbones": ["BUILTIN_BACKBONES", "add_backbone_name", "backbone_names", "backbone_entry_points", "load_backbone_entry_point",
                   "remove_backbone_name"],
     "lazy": ["lazy_exports"],
     "criteria": ["BUILTIN_CRITERIA", "ENTRY_POINT_GROUP", "add_criterion_name", "check_new_name", "criterion_names",

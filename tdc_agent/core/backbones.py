@@ -50,17 +50,17 @@ def remove_backbone_name(name: str) -> None:
 
 
 @lru_cache(maxsize=1)
-def entry_point_names() -> tuple[str, ...]:
+def backbone_entry_points() -> tuple[str, ...]:
     """Backbone names advertised by installed packages (cached; see :func:`refresh_entry_points`)."""
     return tuple(sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)} - set(BUILTIN_BACKBONES)))
 
 
 def refresh_entry_points() -> None:
     """Read the installed packages' entry points again (after installing one into a running process)."""
-    entry_point_names.cache_clear()
+    backbone_entry_points.cache_clear()
 
 
-def load_entry_point(name: str) -> Any:
+def load_backbone_entry_point(name: str) -> Any:
     """The object the entry point ``name`` of :data:`ENTRY_POINT_GROUP` names (a ``Backbone`` subclass or
     instance), imported now; None when no installed package advertises ``name``."""
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -77,7 +77,7 @@ def load_entry_point(name: str) -> Any:
 def backbone_names() -> tuple[str, ...]:
     """Every known backbone: built-in first, then registered from code, then advertised by entry points."""
     names = [*BUILTIN_BACKBONES, *(n for n in _registered if n not in BUILTIN_BACKBONES)]
-    return tuple(names + [n for n in entry_point_names() if n not in names])
+    return tuple(names + [n for n in backbone_entry_points() if n not in names])
 
 
 def backbone_presets(name: str) -> tuple[str, ...]:
@@ -85,8 +85,8 @@ def backbone_presets(name: str) -> tuple[str, ...]:
     is imported to read them."""
     if name in BUILTIN_BACKBONES:
         return BUILTIN_BACKBONES[name]
-    if name not in _registered and name in entry_point_names():
-        presets = getattr(load_entry_point(name), "presets", None)
+    if name not in _registered and name in backbone_entry_points():
+        presets = getattr(load_backbone_entry_point(name), "presets", None)
         if not (isinstance(presets, tuple) and presets and all(isinstance(p, str) and p for p in presets)):
             raise ConfigError(f"The backbone {name!r} of entry point group {ENTRY_POINT_GROUP!r} has no presets "
                               f"(a non-empty tuple of names); got {presets!r}.")

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Iterator
 import torch
 
 from ..core.backbones import (BUILTIN_BACKBONES, ENTRY_POINT_GROUP, add_backbone_name, backbone_names, check_new_name,
-                              entry_point_names, load_entry_point, remove_backbone_name)
+                              backbone_entry_points, load_backbone_entry_point, remove_backbone_name)
 from ..core.errors import CheckpointError, ConfigError
 
 __all__ = ["Backbone", "backbone_for_class", "backbone_of", "build_preset", "check_takes", "denoise", "eval_mode", "example_inputs",
@@ -187,7 +187,7 @@ def unregister_backbone(name: str) -> None:
 
 def _from_entry_point(name: str) -> Backbone | None:
     """Register and return the backbone an installed package advertises as ``name`` (None if none does)."""
-    obj = load_entry_point(name)
+    obj = load_backbone_entry_point(name)
     if obj is None:
         return None
     if getattr(obj, "name", None) != name:
@@ -206,7 +206,7 @@ def _with_entry_points() -> dict[str, Backbone]:
     """The registry after importing every advertised backbone (for a saved model or a module whose
     backbone has not been named yet: rare, so they are loaded only then). One broken package does not
     hide the others; its error is kept for the message when no backbone matches."""
-    for name in entry_point_names():
+    for name in backbone_entry_points():
         if name not in _registry():
             try:
                 _from_entry_point(name)
