@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -51,9 +52,35 @@ def own_cache(tmp_path_factory):
     files, and no test reads what the user's runs left in ``~/.cache/tdc-agent``. Tests that need a
     cache of their own still set one with monkeypatch; subprocesses inherit it through python_env()."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("TDC_AGENT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
+    cache = tmp_path_factory.mktemp("cache")
+    mp.setenv("TDC_AGENT_CACHE", str(cache))
+    yield cache
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def classifier_files(own_cache) -> Path:
+    """The digits FD classifier, trained once per test process into its own cache (seeded, so every
+    training gives the same weights; tests/test_evaluation.py trains it afresh)."""
+    from tdc_agent.evaluation.fd import digits_classifier
+
+    with pytest.MonkeyPatch.context() as mp:  # first asked for by a test that may have set its own cache
+        mp.setenv("TDC_AGENT_CACHE", str(own_cache))
+        digits_classifier()
+    return own_cache / "digits_classifier_v1"
+
+
+@pytest.fixture
+def fresh_cache(classifier_files):
+    """``fresh_cache(path)``: an empty ``$TDC_AGENT_CACHE`` at ``path`` holding only the trained digits
+    classifier, for a test (or the processes it starts) that must not see the worker's cache: each
+    would otherwise train the classifier again (~6 s a process)."""
+
+    def _make(path: Path) -> Path:
+        shutil.copytree(classifier_files, path / classifier_files.name, dirs_exist_ok=True)
+        return path
+
+    return _make
 
 
 @pytest.fixture
@@ -140,6 +167,25 @@ def pytest_collection_modifyitems(session, config, items):
         return max((v for k, v in LONGEST_FIRST.items() if name.startswith(k)), default=0.0)
 
     items.sort(key=cost, reverse=True)  # stable: the rest keeps its order
+    if getattr(config.option, "loadgroup", False):  # set on the xdist workers by --dist loadgroup
+        for item in items:
+            group = next((m.args[0] for m in item.iter_markers("xdist_group")), None)
+            if group is not None and not item.nodeid.endswith(f"@{group}"):
+                _suffix_group(item, group)
+
+
+def _suffix_group(item: pytest.Item, group: str) -> None:
+    """What pytest-xdist's loadgroup does to a grouped test's id (``<nodeid>@<group>``, which its
+    scheduler splits on), done here because xdist 3.8 writes ``item._nodeid`` and pytest >= 9.2 keeps
+    the id in ``item._id``: there xdist's write is lost and every group is silently split over the
+    workers (the faults reference run and the wheel were each built twice)."""
+    new = f"{item.nodeid}@{group}"
+    if hasattr(item, "_id"):
+        from _pytest.nodeid import coerce_node_id
+
+        item._id = coerce_node_id(new)
+    else:
+        item._nodeid = new
 
 
 @pytest.fixture

@@ -100,7 +100,9 @@ def kill_chain(cfg: Path, run: Path, cache: Path, specs: list[str]) -> list[dict
 # session-scoped: under pytest-xdist's loadgroup this module's tests share one worker but may be
 # interleaved with other modules' tests, and a module-scoped fixture is then torn down and built again
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, classifier_files):
+    import shutil
+
     import yaml
 
     from conftest import tiny_config_dict
@@ -109,6 +111,7 @@ def reference(tmp_path_factory):
     cfg = root / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config_dict(root, **CFG)))
     trace = root / "trace.txt"
+    shutil.copytree(classifier_files, root / "cache" / classifier_files.name)  # the chains share this cache
     p = _run(cfg, root / "ref", root / "cache", TDC_AGENT_FAILPOINT_TRACE=str(trace))
     assert p.returncode == 0, p.stderr[-3000:]
     return cfg, root, trace.read_text().split(), artifacts(root / "ref")
@@ -372,7 +375,7 @@ def test_corrupt_file_is_named_and_nothing_else_is_touched(reference, tmp_path, 
 # --- LLM chaos: a whole multi-group run against a server that injects random faults ----------------
 
 @pytest.mark.parametrize("chaos_run", range(int(os.environ.get("TDC_CHAOS_RUNS", "1"))))
-def test_chaos_llm_run_completes_or_fails_clearly_and_resumes(tmp_path, cli, monkeypatch, chaos_run):
+def test_chaos_llm_run_completes_or_fails_clearly_and_resumes(tmp_path, cli, monkeypatch, chaos_run, fresh_cache):
     import yaml
 
     from conftest import tiny_config_dict
@@ -380,7 +383,7 @@ def test_chaos_llm_run_completes_or_fails_clearly_and_resumes(tmp_path, cli, mon
 
     secret = "sk-live-CHAOS-SECRET-9f8e7d6c5b4a"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
-    monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TDC_AGENT_CACHE", str(fresh_cache(tmp_path / "cache")))
     monkeypatch.chdir(tmp_path)  # an executed injection would create ./PWNED here
     rate = float(os.environ.get("TDC_CHAOS_RATE", "0.35"))
     with FakeOpenAI(chaos=random.Random(SEED * 1000 + chaos_run), chaos_rate=rate) as srv:

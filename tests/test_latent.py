@@ -29,8 +29,8 @@ def tiny_autoencoder(path, kind: str = "kl"):
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
+def cache(tmp_path, monkeypatch, fresh_cache):
+    monkeypatch.setenv("TDC_AGENT_CACHE", str(fresh_cache(tmp_path / "cache")))
 
 
 @pytest.mark.parametrize("kind", ["kl", "vq"])

@@ -35,8 +35,8 @@ def _cli(args, **kw):
 
 
 @pytest.fixture
-def cache_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
+def cache_env(tmp_path, monkeypatch, fresh_cache):
+    monkeypatch.setenv("TDC_AGENT_CACHE", str(fresh_cache(tmp_path / "cache")))
 
 
 def test_run_end_to_end_tiny(make_config, tmp_path, cli, cache_env):

@@ -24,8 +24,8 @@ def save_ddpm_pipeline(path, timesteps: int = 100, schedule: str = "linear") -> 
 
 
 @pytest.mark.slow  # ~50 s; `make test-slow`
-def test_pretrained_start_skips_stage1_and_takes_the_schedule(tmp_path, cli, make_config, monkeypatch):
-    monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
+def test_pretrained_start_skips_stage1_and_takes_the_schedule(tmp_path, cli, make_config, monkeypatch, fresh_cache):
+    monkeypatch.setenv("TDC_AGENT_CACHE", str(fresh_cache(tmp_path / "cache")))
     unet = save_ddpm_pipeline(tmp_path / "ddpm")
     cfg = make_config(schedule={"name": "linear", "timesteps": 1000},
                       stage1={"init": str(tmp_path / "ddpm"), "steps": 0},
@@ -46,8 +46,8 @@ def test_pretrained_start_skips_stage1_and_takes_the_schedule(tmp_path, cli, mak
     assert (run / "progressive" / "manifest.json").is_file()
 
 
-def test_pretrained_start_shortens_stage1(tmp_path, cli, make_config, monkeypatch):
-    monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
+def test_pretrained_start_shortens_stage1(tmp_path, cli, make_config, monkeypatch, fresh_cache):
+    monkeypatch.setenv("TDC_AGENT_CACHE", str(fresh_cache(tmp_path / "cache")))
     unet = save_ddpm_pipeline(tmp_path / "ddpm", schedule="squaredcos_cap_v2")
     cfg = make_config(stage1={"init": str(tmp_path / "ddpm"), "steps": 3, "batch_size": 8, "ckpt_every": 3})
     code, _, err = cli("train-base", "--config", cfg, "--run-dir", tmp_path / "run", "-q")
