@@ -38,11 +38,13 @@ FAULTS = [{"status": 500}, {"status": 429},
 
 def test_never_submitting_model_with_faults_at_default_settings(tmp_path, make_config, cli, monkeypatch):
     """A model that evaluates but never calls submit_candidates, behind 500/429/bad-JSON/unknown-unit
-    faults, at the default 5 rounds x 3 candidates and default caps: the run ends (exit 0), every
-    round closed by our code, in one call per round plus what the faults cost; no traceback."""
+    faults, at the paper's 5 rounds (the README's token figure) x the default 3 candidates and default
+    caps: the run ends (exit 0), every round closed by our code, in one call per round plus what the
+    faults cost; no traceback."""
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     agent = {k: v for k, v in AGENT.items() if k not in ("rounds", "candidates", "max_llm_calls_per_round",
                                                            "max_round_retries")}
+    agent["rounds"] = 5
     cfg = make_config(agent=agent)
     model = NeverSubmits(PromptReader())
     with FakeOpenAI([dict(f) for f in FAULTS], policy=model) as srv:

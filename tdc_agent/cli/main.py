@@ -316,7 +316,7 @@ def prune(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     llm: Optional[str] = typer.Option(None, "--llm", help="agent: builtin, openai:<model>, replay:<file>, <provider>:<model>."),
     llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="agent: an OpenAI-compatible server URL."),
-    rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="agent: rounds R (paper: 5)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="agent: rounds R (default 2; paper: 5)."),
     candidates: Optional[int] = typer.Option(None, "--candidates", min=1, help="agent: candidates per round K (paper: 3)."),
     prompt_dir: Optional[Path] = typer.Option(None, "--prompt-dir", help="agent: directory overriding prompt templates."),
     memory_dir: Optional[Path] = typer.Option(None, "--memory-dir", help="agent: Chroma directory shared across runs."),
