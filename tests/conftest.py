@@ -76,11 +76,14 @@ def fresh_cache(classifier_files):
     classifier, for a test (or the processes it starts) that must not see the worker's cache: each
     would otherwise train the classifier again (~6 s a process)."""
 
-    def _make(path: Path) -> Path:
-        shutil.copytree(classifier_files, path / classifier_files.name, dirs_exist_ok=True)
-        return path
+    return lambda path: with_classifier(path, classifier_files)
 
-    return _make
+
+def with_classifier(cache: Path, classifier_files: Path) -> Path:
+    """``cache`` holding a copy of the trained digits classifier (for session fixtures, which cannot
+    take the function-scoped ``fresh_cache``)."""
+    shutil.copytree(classifier_files, cache / classifier_files.name, dirs_exist_ok=True)
+    return cache
 
 
 @pytest.fixture

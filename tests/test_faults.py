@@ -101,20 +101,26 @@ def kill_chain(cfg: Path, run: Path, cache: Path, specs: list[str]) -> list[dict
 # interleaved with other modules' tests, and a module-scoped fixture is then torn down and built again
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory, classifier_files):
-    import shutil
-
     import yaml
 
-    from conftest import tiny_config_dict
+    from conftest import tiny_config_dict, with_classifier
 
     root = tmp_path_factory.mktemp("faults")
     cfg = root / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config_dict(root, **CFG)))
     trace = root / "trace.txt"
-    shutil.copytree(classifier_files, root / "cache" / classifier_files.name)  # the chains share this cache
+    with_classifier(root / "cache", classifier_files)  # the chains share this cache
     p = _run(cfg, root / "ref", root / "cache", TDC_AGENT_FAILPOINT_TRACE=str(trace))
     assert p.returncode == 0, p.stderr[-3000:]
     return cfg, root, trace.read_text().split(), artifacts(root / "ref")
+
+
+def test_this_module_runs_on_one_worker(request):
+    """Under `make test` (xdist --dist loadgroup) this module's tests carry their group in their id, which
+    is what keeps them, and the reference run they share, on one worker (tests/conftest.py)."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not an xdist loadgroup worker")
+    assert request.node.nodeid.endswith("@test_faults"), request.node.nodeid
 
 
 def test_every_failpoint_is_on_the_path(reference):
