@@ -18,6 +18,7 @@ from llm_behaviours import NeverSubmits, OnePerReply
 from openai_server import FakeOpenAI, tool_call
 from prompt_reader import PromptReader
 from test_agent import AGENT, _check_valid, _events, _round_prompts, _setup, run_agent
+from tdc_agent.models.unet import build_unet, unet_config
 from tdc_agent.agent.runner import AgentPruning
 from tdc_agent.planning.plan import GroupTask
 from tdc_agent.agent.transcript import read_transcript
@@ -183,7 +184,7 @@ def test_shared_memory_adds_candidates_never_displaces_round_one(tmp_path):
 
     def round_levels(ap: AgentPruning, r: int) -> list[str]:
         recs = sorted(ap.memory.all({"$and": [{"run_id": ap.run_id}, {"round": r}]}), key=lambda x: x.candidate)
-        return [json.dumps(x.levels, sort_keys=True) for x in recs]
+        return [json.dumps(x.levels, sort_keys=True) for x in recs if not x.transferred_from]
 
     assert len(warm.memory.all()) > len(fresh.memory.all())
     assert round_levels(warm, 0) == round_levels(fresh, 0)
@@ -193,9 +194,74 @@ def test_shared_memory_adds_candidates_never_displaces_round_one(tmp_path):
     shapes = prompt.split("at other MACs limits")[1]
     assert "limit 0.600" in ranked and "limit 0.620" not in ranked
     assert "limit 0.620" in shapes
-    # round 2 of the warm run tried a transferred shape; its final scheme is one it evaluated itself
-    transfer = [r for r in warm.memory.all({"run_id": warm.run_id}) if "memory transfer" in r.rationale]
-    assert transfer and {r.round for r in transfer} == {1}
+    # round 1 of the warm run also tried the looser budget's shapes, as extra candidates
+    transfer = [r for r in warm.memory.all({"run_id": warm.run_id}) if r.transferred_from]
+    assert transfer and {r.round for r in transfer} == {0}
+    assert {r.transferred_from.split(":")[0] for r in transfer} == {json.loads(
+        (tmp_path / "looser" / "group_1" / "agent.json").read_text())["run_id"]}
+
+
+def _own_lineage(ap: AgentPruning) -> list[tuple[int, str]]:
+    recs = sorted(ap.memory.all({"run_id": ap.run_id}), key=lambda x: (x.round, x.candidate))
+    return [(x.round, json.dumps(x.levels, sort_keys=True)) for x in recs if not x.transferred_from]
+
+
+def test_memory_of_another_base_never_makes_the_builtin_worse(tmp_path):
+    """With the memory of a run on other base weights, the builtin evaluates that run's best shapes as
+    extra candidates of round 1 and leaves its own search as it is: every round's own proposals (the
+    evolution rounds included) equal those of a run with a fresh memory, so the best val loss is the
+    fresh run's or lower. Each round still has K candidates of its own."""
+    cfg, base, task = _setup(tmp_path, memory_dir=str(tmp_path / "bank"), rounds=3, candidates=3)
+    meta = {"schedule": cfg.schedule.model_dump()}
+    AgentPruning(cfg, base, meta, tmp_path / "donor", "builtin", torch.device("cpu"), show=False).prune_group(task)
+    torch.manual_seed(1)
+    other = build_unet(unet_config("tiny")).eval()
+    warm = AgentPruning(cfg, other, meta, tmp_path / "warm", "builtin", torch.device("cpu"), show=False)
+    out_warm, _ = warm.prune_group(task)
+    fresh_cfg = cfg.model_copy(update={"agent": cfg.agent.model_copy(update={"memory_dir": None})})
+    cold = AgentPruning(fresh_cfg, other, meta, tmp_path / "cold", "builtin", torch.device("cpu"), show=False)
+    out_cold, _ = cold.prune_group(task)
+
+    moved = [r for r in warm.memory.all({"run_id": warm.run_id}) if r.transferred_from]
+    assert len(moved) == cfg.agent.transfer_candidates == 2 and {r.round for r in moved} == {0}
+    assert _own_lineage(warm) == _own_lineage(cold)
+    assert len(_own_lineage(cold)) == 3 * 3
+    assert out_warm.best.loss <= out_cold.best.loss
+    # a transferred shape that won is a candidate of its round (the round's best K, our code submitted)
+    summary = json.loads((tmp_path / "warm" / "group_1" / "agent.json").read_text())
+    assert min(summary["rounds"][0]["losses"]) == pytest.approx(min(r.loss for r in warm.memory.all(
+        {"$and": [{"run_id": warm.run_id}, {"round": 0}]})), rel=1e-9)
+
+
+def test_an_llm_takes_memory_shapes_as_extra_candidates(tmp_path, monkeypatch):
+    """Over the OpenAI protocol: ``evaluate_scheme(transfer_from=...)`` with an id that is not another
+    base's record, or beyond agent.transfer_candidates, is refused with what to do instead; a valid one
+    is recorded as an extra candidate, and the round still closes at K candidates of the model's own."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    cfg, base, task = _setup(tmp_path, memory_dir=str(tmp_path / "bank"), rounds=1, candidates=2,
+                             transfer_candidates=1)
+    meta = {"schedule": cfg.schedule.model_dump()}
+    donor = AgentPruning(cfg, base, meta, tmp_path / "donor", "builtin", torch.device("cpu"), show=False)
+    donor.prune_group(task)
+    best = donor.memory.best(None, 2)
+    torch.manual_seed(1)
+    other = build_unet(unet_config("tiny")).eval()
+    script = [{"tool_calls": [tool_call("evaluate_scheme", {"levels": {}, "transfer_from": "no-such-run:g1-r0-c0"}),
+                              tool_call("evaluate_scheme", {"levels": best[0].levels, "transfer_from": best[0].id}),
+                              tool_call("evaluate_scheme", {"levels": best[1].levels, "transfer_from": best[1].id})]}]
+    with FakeOpenAI(script, policy=PromptReader()) as srv:
+        cfg_llm = cfg.model_copy(update={"agent": cfg.agent.model_copy(update={"base_url": srv.url})})
+        ap = AgentPruning(cfg_llm, other, meta, tmp_path / "llm", "openai:fake-model", torch.device("cpu"), show=False)
+        outcome, _ = ap.prune_group(task)
+    outputs = [str(e["output"]) for e in _events(ap, "tool_result")]
+    # (one reply's tool calls run in any order: which of the two valid ones came second is not fixed)
+    assert any("is not a record of another base" in o and best[0].id in o for o in outputs), outputs
+    assert any("agent.transfer_candidates" in o for o in outputs), outputs
+    recs = ap.memory.all({"run_id": ap.run_id})
+    moved = [r.transferred_from for r in recs if r.transferred_from]
+    assert len(moved) == 1 and moved[0] in {best[0].id, best[1].id}
+    assert len([r for r in recs if not r.transferred_from]) == 2  # K of its own, the extra besides
+    assert len(outcome.rounds) == 1 and len(outcome.rounds[0].candidates) == 2
 
 
 # --- 4. the call cap is reachable and named ------------------------------------------------------------

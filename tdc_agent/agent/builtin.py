@@ -9,13 +9,17 @@ same tool calls an LLM would make. Its policy is a search in two steps:
    spared (a shape no uniform classical criterion gives). Round 1 is always these shapes, whatever
    the memory holds: the memory adds candidates later, it never displaces the policy's own best first
    guesses (a shared memory once made the search 3 % worse by replacing them).
-2. **Memory transfer.** Round 2 first tries the best shapes of this run's neighbouring group and of
-   transferable records (other base weights or budgets of this architecture; see
-   :class:`~.memory.Like`), each refitted to this group's limit.
+2. **Memory transfer.** Round 1 also evaluates the best shapes of transferable records (other base
+   weights or budgets of this architecture; see :class:`~.memory.Like`), each refitted to this
+   group's limit, as *extra* candidates (``evaluate_scheme(transfer_from=...)``, at most
+   ``agent.transfer_candidates`` per group): they take none of the round's K slots, and evolution
+   never breeds from them, so the policy's own lineage is the same with or without a shared memory
+   and its best can only be better with one. Round 2 first tries the best shape of this run's
+   neighbouring group.
 3. **Evolution.** Later rounds breed from the best comparable records of the memory (same base, eval
-   set, timesteps and budget): tournament-picked parents, crossover of the two best, and mutations
-   that move quanta from units that cost loss to units that cost little (sampled by the
-   sensitivity), with smaller steps in later rounds.
+   set, timesteps and budget), the transferred ones set aside: tournament-picked parents, crossover
+   of the two best, and mutations that move quanta from units that cost loss to units that cost
+   little (sampled by the sensitivity), with smaller steps in later rounds.
 
 The uniform shape (what the classical criteria prune) is only a fallback candidate.
 
@@ -41,6 +45,9 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 # model per unit would choose; measured losses rise faster than that (interactions), so flatter first.
 ALPHAS = (0.5, 0.25, 1.0)
 MAX_SET_ASIDE = 8  # records of the current round the memory query over-fetches by
+# transferred records the query over-fetches by too (they are set aside as parents); with more than
+# this many (agent.transfer_candidates > 4) the parents could differ from a run without memory
+MAX_TRANSFERRED = 4
 
 
 def _call(name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -75,8 +82,9 @@ def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int, exclude
             rng: np.random.Generator, sensitivity: dict[str, Any] | None = None,
             round_: int = 0, breed: bool | None = None) -> list[tuple[dict[str, float], str]]:
     """``n`` new schemes (levels, rationale) that are not in ``exclude``, for round ``round_`` (0-based):
-    round 0 the sensitivity shapes (never memory), round 1 the transfer seeds then evolution, later
-    rounds evolution. ``breed=True`` breeds from ``memory["best_this_group"]`` in any round (the
+    round 0 the sensitivity shapes (never memory), round 1 the neighbouring group's best then evolution, later
+    rounds evolution. ``memory["best_this_group"]`` must not hold transferred records (they are not
+    parents; see the module docstring). ``breed=True`` breeds from ``memory["best_this_group"]`` in any round (the
     fallback that mutates a round's own fits when shapes keep fitting to the same scheme)."""
     steps = {u["name"]: max(1, u["channels"] // u["quantum"]) for u in units}
     names = [u["name"] for u in units]
@@ -86,9 +94,6 @@ def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int, exclude
     best = [r for r in memory.get("best_this_group", []) if r.get("loss") is not None]
     seeds = [(r["levels"], f"best shape of neighbouring group {r['group']} (this run)")
              for r in memory.get("best_neighbours", [])[:1]]
-    seeds += [(r["levels"], f"best shape of run {r['run']}, group {r['group']} (another base or budget, limit "
-                            f"{r.get('limit_fraction')}): memory transfer")
-              for r in memory.get("other_bases", [])[:2]]
     out: list[tuple[dict[str, float], str]] = []
 
     def add(levels: dict[str, float], why: str) -> bool:
@@ -124,7 +129,7 @@ def propose(units: list[dict[str, Any]], memory: dict[str, Any], n: int, exclude
             add(mutate(shape_from(cheap, 1.0), 1 + tries // 10), "sensitivity shape, perturbed")
         return out
     if round_ == 1:
-        # memory transfer: what the memory adds, tried once, with at least one slot kept for the search
+        # the neighbouring group's best, tried once, with at least one slot kept for the search
         for levels, why in seeds[: max(1, n - 1)]:
             add(levels, why)
     # later rounds: evolution over the comparable records
@@ -171,6 +176,7 @@ class BuiltinPolicy(BaseChatModel):
         rejected = 0
         tried: set[str] = set()  # proposals sent this round's turn so far: not proposed again
         attempts = 0
+        transfers_sent = False
         submitted = False
         calls = {}
         for m in messages:
@@ -184,8 +190,12 @@ class BuiltinPolicy(BaseChatModel):
                     data = {"error": m.content}
                 name = m.name or calls.get(m.tool_call_id, {}).get("name")
                 if name == "evaluate_scheme":
+                    args = (calls.get(m.tool_call_id) or {}).get("args", {})
+                    if isinstance(args, dict) and args.get("transfer_from"):
+                        transfers_sent = True  # extra candidates: they leave the policy's own choices alone
+                        continue
                     attempts += 1
-                    sent = (calls.get(m.tool_call_id) or {}).get("args", {}).get("levels")
+                    sent = args.get("levels") if isinstance(args, dict) else None
                     if isinstance(sent, dict):  # in a shared conversation, other replies may be malformed
                         tried.add(_key(sent))
                     if isinstance(data, dict) and "id" in data:
@@ -202,7 +212,8 @@ class BuiltinPolicy(BaseChatModel):
         need = {"inspect_architecture", "group_context", "query_memory", "unit_sensitivity"} - set(results)
         if need:
             # a few more than the 5 used, so that setting this round's own records aside still leaves 5
-            args = {"inspect_architecture": {}, "group_context": {}, "query_memory": {"k": 5 + MAX_SET_ASIDE},
+            args = {"inspect_architecture": {}, "group_context": {},
+                    "query_memory": {"k": 5 + MAX_SET_ASIDE + MAX_TRANSFERRED},
                     "unit_sensitivity": {}}
             return AIMessage(content="", tool_calls=[_call(n, args[n]) for n in sorted(need)])
         ctx, arch, memory = results["group_context"], results["inspect_architecture"], results["query_memory"]
@@ -214,7 +225,8 @@ class BuiltinPolicy(BaseChatModel):
         rng = np.random.default_rng([self.seed, int(ctx["group"]), int(ctx["round"]), attempts])
         this_round = (ctx.get("run"), ctx["group"], ctx["round"])
         before = {**memory, "best_this_group": [r for r in memory.get("best_this_group", [])
-                                                if (r.get("run"), r.get("group"), r.get("round")) != this_round][:5]}
+                                                if (r.get("run"), r.get("group"), r.get("round")) != this_round
+                                                and not r.get("transferred_from")][:5]}
         # round 1 is the policy's own, whatever the memory holds (not even its records are skipped)
         exclude = ({_key(r["levels"]) for r in before["best_this_group"]} if int(ctx["round"]) > 0 else set()) | tried
         # On a round's first turn: the whole round's proposals, minus those evaluated before a resume
@@ -237,6 +249,15 @@ class BuiltinPolicy(BaseChatModel):
         else:
             props = propose(arch["units"], before, k - len(done) + skip, exclude, rng, sens,
                             int(ctx["round"]))[skip:]
-        return AIMessage(content="", tool_calls=[
-            _call("evaluate_scheme", {"levels": lv, "rationale": why}) for lv, why in props])
+        calls_out = [_call("evaluate_scheme", {"levels": lv, "rationale": why}) for lv, why in props]
+        if int(ctx["round"]) == 0 and not transfers_sent:
+            # memory transfer, beside round 1's own shapes (once: a rejected one is not sent again)
+            used = set(ctx.get("transferred_from", []))
+            offer = [r for r in memory.get("other_bases", []) if r["id"] not in used]
+            calls_out += [_call("evaluate_scheme", {
+                "levels": r["levels"], "transfer_from": r["id"],
+                "rationale": f"best shape of run {r['run']}, group {r['group']} (another base or budget, limit "
+                             f"{r.get('limit_fraction')}): memory transfer"})
+                for r in offer[: int(ctx.get("transfer_slots_left", 0))]]
+        return AIMessage(content="", tool_calls=calls_out)
 

@@ -218,7 +218,7 @@ def _cap_hit(messages: list[Any], cfg: AgentConfig) -> str | None:
 def _diagnose(messages: list[Any], session: PruningSession) -> str:
     """Why a round ended without K valid candidates, in words the LLM (and the user) can act on."""
     k = session.cfg.candidates
-    n_ok = len(session.ok_candidates())
+    n_ok = len(session.own_candidates())
     cap = _cap_hit(messages, session.cfg)
     if cap:
         return f"the round reached {cap} with only {n_ok} of {k} candidates evaluated"
@@ -261,7 +261,7 @@ class CloseRound(AgentMiddleware):
         s = self.session
         if s.submitted:
             return {"jump_to": "end"}
-        if len(s.ok_candidates()) >= s.cfg.candidates:
+        if len(s.own_candidates()) >= s.cfg.candidates:
             ids = s.close_round()
             self.transcript.event("round_closed", by="tdc-agent", candidates=ids,
                                   reason=f"{s.cfg.candidates} valid candidates evaluated; submitted the best "
@@ -411,8 +411,9 @@ class RoundLoop:
                                   for u in sorted(units, key=lambda u: (-u.macs_share, u.name))))
 
         def lines(recs: list[MemoryRecord], with_loss: bool = True) -> str:
+            # other runs' records by their memory id: what evaluate_scheme(transfer_from=...) takes
             return "\n".join(
-                f"- {session.short_id(x)} (run {x.run_id}, limit {session.limit_fraction(x):.3f}): "
+                f"- {session.short_id(x) if with_loss else x.id} (run {x.run_id}, limit {session.limit_fraction(x):.3f}): "
                 + (f"loss {x.loss:.5f}, " if with_loss else "") + f"MACs {x.macs:,.0f}, levels {compact_levels(x.levels)}"
                 for x in recs) or "- (none yet)"
 
@@ -423,7 +424,8 @@ class RoundLoop:
         memory = self.prompts.render(
             "memory", n_records=session.memory.count(), best_this_group=lines(mem["this_group"]),
             best_neighbours=lines(mem["neighbours"]), last_round=lines(last),
-            other_bases=lines(mem["other_bases"], with_loss=False), base_loss=f"{session.base_loss:.5f}")
+            other_bases=lines(mem["other_bases"], with_loss=False), base_loss=f"{session.base_loss:.5f}",
+            transfer_slots=session.transfer_slots_left())
         text = self.prompts.render(
             "round", round=r + 1, rounds=self.cfg.rounds, group=t.index, t_start=t.t_start, t_end=t.t_end,
             snr_min=f"{t.snr_min:.1f}", snr_max=f"{t.snr_max:.1f}", limit_macs=f"{t.limit_macs:,.0f}",
@@ -454,7 +456,7 @@ class RoundLoop:
             self.transcript.event("round_start", resumed_candidates=len(session.ok_candidates()))
             note = None
             for attempt in range(self.cfg.max_round_retries + 1):
-                if len(session.ok_candidates()) >= self.cfg.candidates and attempt > 0:
+                if len(session.own_candidates()) >= self.cfg.candidates and attempt > 0:
                     break
                 shortfall = None
                 try:
@@ -488,7 +490,7 @@ class RoundLoop:
                         raise TDCError(self._cap_message(meter, session, r)) from None
                     else:
                         raise
-                if len(session.ok_candidates()) >= self.cfg.candidates:
+                if len(session.own_candidates()) >= self.cfg.candidates:
                     if not session.submitted:  # a cap ended the attempt right after the K-th evaluation
                         ids = session.close_round()
                         self.transcript.event("round_closed", by="tdc-agent", candidates=ids,

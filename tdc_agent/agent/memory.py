@@ -143,6 +143,9 @@ class MemoryRecord(BaseModel):
     error: str = ""
     levels: dict[str, float] = Field(default_factory=dict)
     rationale: str = ""
+    # the memory id of another base's record whose shape this candidate copies: an extra candidate of
+    # its round, which the builtin does not breed from (see PruningSession.evaluate_scheme)
+    transferred_from: str = ""
 
     def scrubbed(self) -> "MemoryRecord":
         """This record with its free-text fields scrubbed of credentials: an LLM can echo a key into a
@@ -307,6 +310,10 @@ class MemoryBank:
 
     def count(self) -> int:
         return self.collection.count()
+
+    def metadata(self, record_id: str) -> dict[str, Any] | None:
+        """One record's metadata from the index (None: no such record)."""
+        return self._meta().get(record_id)
 
     def _fetch(self, ids: list[str]) -> list[MemoryRecord]:
         if not ids:

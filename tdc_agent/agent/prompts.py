@@ -36,7 +36,8 @@ VARIABLES: dict[str, tuple[set[str], set[str]]] = {
     # name: (required, optional)
     "system": ({"candidates"}, {"rounds"}),
     "architecture": ({"units_table"}, {"n_units", "base_macs", "base_params"}),
-    "memory": ({"best_this_group"}, {"best_neighbours", "last_round", "n_records", "other_bases", "base_loss"}),
+    "memory": ({"best_this_group"}, {"best_neighbours", "last_round", "n_records", "other_bases", "base_loss",
+                                      "transfer_slots"}),
     "round": ({"candidates", "limit_macs"}, {"round", "rounds", "group", "t_start", "t_end", "snr_min",
                                              "snr_max", "limit_fraction", "architecture", "memory", "base_loss"}),
 }

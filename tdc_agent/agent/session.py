@@ -70,14 +70,25 @@ class PruningSession:
         self.closed_by = None
 
     def ok_candidates(self) -> list[MemoryRecord]:
+        """This round's evaluated candidates that have a loss (its own and those taken from memory)."""
         return [r for r in self.evaluated if r.status == "ok"]
+
+    def own_candidates(self) -> list[MemoryRecord]:
+        """This round's valid candidates that count toward its K: all but the shapes taken from other
+        bases' memory, which are extra (memory adds candidates, it never takes a slot of the search's)."""
+        return [r for r in self.ok_candidates() if not r.transferred_from]
+
+    def transferred(self) -> list[MemoryRecord]:
+        """This group's candidates (any round of this run) that copy another base's shape, failed ones too."""
+        return [r for r in self.memory.all({"$and": [{"run_id": self.run_id}, {"group": self.task.index}]})
+                if r.transferred_from]
 
     def round_candidates(self) -> list[MemoryRecord]:
         """The round's result: the submitted candidates, else the first K evaluated."""
         ok = {self.short_id(r): r for r in self.ok_candidates()}
         if self.submitted:
             return [ok[i] for i in self.submitted if i in ok]
-        return self.ok_candidates()[: self.cfg.candidates]
+        return self.own_candidates()[: self.cfg.candidates]
 
     def close_round(self) -> list[str]:
         """Submit the round's best K evaluated candidates ourselves (lowest loss first). Called once K
@@ -103,12 +114,23 @@ class PruningSession:
                 "base_macs": self.pruner.base_count.thop, "round": self.round, "rounds": self.cfg.rounds,
                 "candidates_per_round": self.cfg.candidates, "neighbours": t.neighbours, "run": self.run_id,
                 "base_loss": sig6(self.base_loss),
-                "evaluated_this_round": [self.short_id(r) for r in self.ok_candidates()]}
+                "evaluated_this_round": [self.short_id(r) for r in self.own_candidates()],
+                "transfer_slots_left": self.transfer_slots_left(),
+                "transferred_from": [r.transferred_from for r in self.transferred()]}
 
-    def _brief(self, rec: MemoryRecord) -> dict[str, Any]:
-        return {"id": self.short_id(rec), "run": rec.run_id, "group": rec.group, "round": rec.round,
-                "loss": None if rec.loss is None else sig6(rec.loss), "macs": int(rec.macs),
-                "limit_fraction": sig6(self.limit_fraction(rec)), "levels": rec.levels}
+    def transfer_slots_left(self) -> int:
+        """How many more shapes of other bases this group may still evaluate as extra candidates."""
+        return max(0, self.cfg.transfer_candidates - len(self.transferred()))
+
+    def _brief(self, rec: MemoryRecord, full_id: bool = False) -> dict[str, Any]:
+        """A record as the tools show it; ``full_id``: its memory id (other runs' short ids are ambiguous),
+        which ``evaluate_scheme(transfer_from=...)`` takes."""
+        out = {"id": rec.id if full_id else self.short_id(rec), "run": rec.run_id, "group": rec.group,
+               "round": rec.round, "loss": None if rec.loss is None else sig6(rec.loss), "macs": int(rec.macs),
+               "limit_fraction": sig6(self.limit_fraction(rec)), "levels": rec.levels}
+        if rec.transferred_from:
+            out["transferred_from"] = rec.transferred_from
+        return out
 
     def limit_fraction(self, rec: MemoryRecord) -> float:
         """A record's budget as a fraction of the base MACs (older records only stored the MACs)."""
@@ -144,7 +166,7 @@ class PruningSession:
             "base_loss": sig6(self.base_loss),
             "best_this_group": [self._brief(r) for r in mem["this_group"]],
             "best_neighbours": [self._brief(r) for r in mem["neighbours"]],
-            "other_bases": [self._brief(r) for r in mem["other_bases"]],
+            "other_bases": [self._brief(r, full_id=True) for r in mem["other_bases"]],
         }
         if levels:
             try:
@@ -172,11 +194,31 @@ class PruningSession:
         return {"fitted_levels": {n: v for n, v in fitted.items() if v < 1}, "predicted_macs": int(macs),
                 "limit_macs": int(self.task.limit_macs), "notes": notes}
 
-    def evaluate_scheme(self, levels: dict[str, float], rationale: Optional[str] = None) -> dict[str, Any]:
-        if len(self.ok_candidates()) >= self.cfg.candidates:
+    def _transfer_source(self, source: str) -> str | None:
+        """Why ``source`` cannot be taken as another base's shape here (None: it can)."""
+        if self.transfer_slots_left() <= 0:
+            return (f"this group has used its {self.cfg.transfer_candidates} extra candidate(s) for shapes of other "
+                    "bases (agent.transfer_candidates); evaluate it without transfer_from, as one of the round's "
+                    "own candidates, if it is worth it.")
+        if source in {r.transferred_from for r in self.transferred()}:
+            return f"{cut(source, NAME_CHARS)!r} was already taken in this group."
+        meta = self.memory.metadata(source)
+        if meta is None or not self.like.transferable(meta) or meta.get("status") != "ok":
+            shown = [r.id for r in self.remembered(5)["other_bases"]]
+            return (f"transfer_from {cut(source, NAME_CHARS)!r} is not a record of another base or budget that "
+                    f"transfers to this group; query_memory lists them under other_bases: {shown}.")
+        return None
+
+    def evaluate_scheme(self, levels: dict[str, float], rationale: Optional[str] = None,
+                        transfer_from: Optional[str] = None) -> dict[str, Any]:
+        if transfer_from:
+            why = self._transfer_source(transfer_from)
+            if why:
+                return {"error": why}
+        elif len(self.own_candidates()) >= self.cfg.candidates:
             return {"error": f"this round already has {self.cfg.candidates} evaluated candidates "
-                             f"({', '.join(self.short_id(r) for r in self.ok_candidates())}); it closes with them, this scheme "
-                             "was not evaluated."}
+                             f"({', '.join(self.short_id(r) for r in self.own_candidates())}); it closes with them, this "
+                             "scheme was not evaluated."}
         try:
             rationale = cut(rationale, RATIONALE_CHARS) if rationale else rationale  # stored, re-sent, exported
             scheme = PruningScheme(levels=levels, source=self.llm_spec, rationale=rationale)
@@ -195,7 +237,7 @@ class PruningSession:
             t_start=self.task.t_start, t_end=self.task.t_end, limit_macs=self.task.limit_macs, macs=result.macs.thop,
             params=result.macs.params, round=self.round, candidate=n, llm=self.llm_spec,
             arch_hash=self.memory.arch_hash, base_hash=self.like.base_hash, limit_fraction=self.task.limit_fraction,
-            split=self.like.split, levels=fitted, rationale=rationale or "",
+            split=self.like.split, levels=fitted, rationale=rationale or "", transferred_from=transfer_from or "",
         )
         model = result.model
         try:
@@ -217,7 +259,8 @@ class PruningSession:
         return {"id": self.short_id(rec), "loss": sig6(rec.loss), "macs": int(rec.macs),
                 "fill_of_limit": sig6(rec.macs / self.task.limit_macs), "params": rec.params,
                 "fitted_levels": fitted, "notes": result.notes,
-                "evaluated_this_round": len(self.ok_candidates()), "needed": self.cfg.candidates}
+                **({"transferred_from": transfer_from, "extra": True} if transfer_from else {}),
+                "evaluated_this_round": len(self.own_candidates()), "needed": self.cfg.candidates}
 
     def submit_candidates(self, candidate_ids: list[str]) -> dict[str, Any]:
         ok = {self.short_id(r) for r in self.ok_candidates()}
@@ -226,6 +269,11 @@ class PruningSession:
             shown = [cut(i, NAME_CHARS) for i in unknown[:5]] + ([f"and {len(unknown) - 5} more"] if len(unknown) > 5 else [])
             return {"error": f"unknown or failed candidate id(s) {shown}; evaluated this round: {sorted(ok)}."}
         ids = list(dict.fromkeys(candidate_ids))
+        own = len(self.own_candidates())
+        if own < self.cfg.candidates:
+            return {"error": f"this round has {own} of its {self.cfg.candidates} own candidates; evaluate "
+                             f"{self.cfg.candidates - own} more without transfer_from (shapes taken from other "
+                             "bases are extra candidates, besides the round's own) before submitting."}
         if len(ids) < self.cfg.candidates:
             return {"error": f"submit {self.cfg.candidates} different candidates; got {len(ids)}. "
                              f"Evaluated this round: {sorted(ok)}."}

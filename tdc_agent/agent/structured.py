@@ -90,7 +90,7 @@ def run_json_round(llm: BaseChatModel, session: PruningSession, system: str, pro
     K evaluated candidates, why (in words for the LLM and the user)."""
     tools = {t.name: t for t in agent_tools(session)}
     k = session.cfg.candidates
-    need = k - len(session.ok_candidates())
+    need = k - len(session.own_candidates())
     text = prompt
     if note:
         text += f"\n\nYour previous attempt at this round failed: {note}."
@@ -113,13 +113,13 @@ def run_json_round(llm: BaseChatModel, session: PruningSession, system: str, pro
             messages.append(HumanMessage(f"{problem[0].upper()}{problem[1:]}. {answer_format(need)}"))
             continue
         results = []
-        for s in schemes[:need]:
+        # shapes copied from other bases are extra candidates (the session bounds how many)
+        for s in [s for s in schemes if not s.transfer_from][:need] + [s for s in schemes if s.transfer_from]:
             out = json.loads(tools["evaluate_scheme"].invoke(s.model_dump(), config=config))
             results.append(out)
-        ok = session.ok_candidates()
-        need = k - len(ok)
+        need = k - len(session.own_candidates())
         if need <= 0:
-            ids = [session.short_id(x) for x in ok[:k]]
+            ids = session.close_round()
             tools["submit_candidates"].invoke({"candidate_ids": ids}, config=config)
             session.closed_by = "tdc-agent"  # in json mode our code always submits
             return messages, None
@@ -128,6 +128,6 @@ def run_json_round(llm: BaseChatModel, session: PruningSession, system: str, pro
                    else f"you sent {len(schemes)} scheme(s), fewer than needed")
         messages.append(HumanMessage(f"Results: {json.dumps(results)}\n\n{need} more needed this round. "
                                      f"{answer_format(need)}"))
-    n_ok = len(session.ok_candidates())
+    n_ok = len(session.own_candidates())
     return messages, (f"the round's LLM call cap (agent.max_llm_calls_per_round={max_calls}) was reached with only "
                       f"{n_ok} of {k} candidates evaluated; the last problem: {problem}")

@@ -36,6 +36,9 @@ class CountArgs(BaseModel):
 class SchemeArgs(BaseModel):
     levels: dict[str, float] = Field(description="Keep level in (0, 1] per unit name; units left out keep all channels.")
     rationale: Optional[str] = Field(default=None, description="One sentence: why this scheme.")
+    transfer_from: Optional[str] = Field(
+        default=None, description="Only for a shape copied from the memory's other_bases: that record's id. Such "
+                                  "a scheme is an extra candidate, not one of the round's own (a few per group).")
 
 
 class SensitivityArgs(BaseModel):
