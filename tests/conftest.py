@@ -39,6 +39,9 @@ def tiny_config_dict(tmp_path: Path, **sections: dict) -> dict:
         # no floor and no extra steps: tests pick their stage-2 steps exactly (tests/test_recipe.py
         # checks the floor and the member-vs-base check themselves)
         "stage2": {"min_steps": 0, "extra_steps": 0},
+        # the builtin's per-unit sensitivity on 4 images, not 32: the tests check what the search does
+        # with it, not how precise it is (the sensitivity is most of a tiny agent run's time)
+        "agent": {"sensitivity_images": 4},
     }
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)

@@ -17,7 +17,8 @@ from tdc_agent.diffusion.process import ForwardProcess
 from tdc_agent.diffusion.sampling import sample
 from tdc_agent.core.errors import CheckpointError
 from tdc_agent.models.unet import build_unet, denoise, unet_config
-from tdc_agent.pruning.apply import fit_levels
+from tdc_agent.models.backbone import example_inputs, output_tensor
+from tdc_agent.pruning.apply import OneUnitPruning, build_pruned, fit_levels
 from tdc_agent.core.criteria import BUILTIN_CRITERIA
 from tdc_agent.pruning.criteria import get_criterion
 from tdc_agent.pruning.importance import select_pruned
@@ -69,6 +70,27 @@ def test_random_schemes_build_meet_budget_and_reload_exactly(tiny_pruner, tmp_pa
     back, _ = _roundtrip(r, tmp_path_factory.mktemp("rt"))
     model.eval()
     assert torch.equal(denoise(model, x, t), denoise(back.eval(), x, t))
+
+
+def test_one_unit_pruning_equals_the_full_build(tiny_pruner):
+    """The sensitivity measurement's fast path (one traced graph, one unit pruned per copy) builds,
+    for every unit, the model and record that build_pruned builds: same weights, history, output."""
+    p = tiny_pruner
+    scores = p.scores("magnitude")
+    one = OneUnitPruning(p.base, p.graph, scores)
+    x, t = example_inputs(p.base)
+    for u in p.graph.units:
+        level = u.floor(0.5)
+        if level >= 1:
+            continue
+        a, history_a = build_pruned(p.base, p.graph, {u.name: level}, scores)
+        b, history_b = one.build(u.name, level)
+        assert history_a == history_b, u.name
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), u.name
+        with torch.no_grad():
+            assert torch.equal(output_tensor(a(x, t)), output_tensor(b(x, t)))
+    assert one.build(p.graph.units[0].name, 1.0)[1] == []  # nothing pruned, nothing recorded
 
 
 def test_prediction_equals_measurement(tiny_pruner):

@@ -20,7 +20,7 @@ from ..core.io import atomic_write_json, read_json
 from ..diffusion.process import ForwardProcess
 from ..evaluation.quick import quick_loss
 from ..planning.plan import GroupTask
-from ..pruning.apply import build_pruned
+from ..pruning.apply import OneUnitPruning
 from ..pruning.pruner import Pruner
 
 
@@ -71,11 +71,12 @@ class GroupEvaluator:
         sub = type(self.eval_data)(self.eval_data.images[:n], self.eval_data.name)
         ref = self.loss(self.pruner.base, sub)
         units = []
+        one = OneUnitPruning(self.pruner.base, g, scores)  # one graph for all units: each is pruned alone
         for u in g.units:
             level = u.floor(keep_level)
             if level >= 1:
                 continue
-            model, _ = build_pruned(self.pruner.base, g, {u.name: level}, scores)
+            model, _ = one.build(u.name, level)
             rise = self.loss(model, sub) - ref
             saved = (base_macs - g.predict_macs({u.name: level})) / base_macs
             units.append({"name": u.name, "keep_level": sig6(level), "loss_rise": sig6(rise),

@@ -227,7 +227,9 @@ class PruningSession:
         except (SchemeError, ValueError) as e:
             return {"error": str(e)}
         fitted = result.scheme.levels
-        for prev in self.ok_candidates():
+        # an extra candidate is compared with the round's own too; an own one only with own ones, so
+        # the memory's shapes never change what the round's own search evaluates
+        for prev in (self.ok_candidates() if transfer_from else self.own_candidates()):
             if prev.levels == fitted:
                 return {"error": f"after fitting to the limit this scheme equals {self.short_id(prev)} of this "
                                  "round; propose a different shape."}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..core.lazy import lazy_exports
 
 _MODULES = {
-    "apply": ["PruneResult", "build_pruned", "fit_levels"],
+    "apply": ["OneUnitPruning", "PruneResult", "build_pruned", "fit_levels"],
     "criteria": ["Criterion", "criterion_names", "get_criterion"],
     "pruner": ["Pruner"],
     "scheme": ["PruningScheme", "SchemeError"],

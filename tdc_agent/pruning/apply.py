@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch_pruning as tp
 
 from .importance import select_pruned
 from ..models.macs import MacsCount, count
@@ -53,6 +54,53 @@ def build_pruned(
     history = [[name, bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in dg.pruning_history()]
     _forward_check(model)
     return model, history
+
+
+class OneUnitPruning:
+    """Copies of ``base`` with one unit pruned each, from one dependency graph traced once.
+
+    A unit's pruning group (which layers lose which channels) is computed on the base's graph, and
+    its handlers are applied to the same-named layers of a fresh copy: what :func:`build_pruned`
+    does for a one-unit scheme, without tracing the copy (most of a small model's build time). The
+    sensitivity measurement prunes every unit alone, so it builds one such copy per unit. With more
+    than one unit pruned, channel offsets through concatenations move after the first, so schemes
+    go through :func:`build_pruned`."""
+
+    def __init__(self, base: torch.nn.Module, graph: UnitGraph, scores: dict[str, torch.Tensor]):
+        self.base, self.graph, self.scores = base, graph, scores
+        self.dg = build_graph(base)
+        self.names = {m: n for n, m in base.named_modules()}
+
+    def build(self, unit_name: str, level: float) -> tuple[torch.nn.Module, list[list[Any]]]:
+        """A pruned copy of the base keeping ``level`` of unit ``unit_name`` (and all of the others)."""
+        unit = self.graph.unit(unit_name)
+        idxs = select_pruned(self.scores[unit.name], unit.n_levels, round(level * unit.n_levels))
+        model = copy.deepcopy(self.base)
+        if not idxs:
+            _forward_check(model)
+            return model, []
+        root = dict(self.base.named_modules())[unit.name]
+        group = self.dg.get_pruning_group(root, self.dg.get_pruner_of_module(root).prune_out_channels, idxs)
+        modules = dict(model.named_modules())
+        for dep, dep_idxs in group:
+            name = self.names.get(dep.target.module)
+            if name is None:
+                # a graph-only node (concat, split, element-wise op): nothing in the model to change;
+                # an unwrapped nn.Parameter would be, and has no name here
+                if dep.target.type == tp.ops.OPTYPE.PARAMETER:
+                    raise RuntimeError(f"unit {unit.name} prunes an unwrapped parameter; use build_pruned")
+                continue
+            dep.handler.__self__.pruning_dim = dep.target.pruning_dim
+            dep.handler(modules[name], tp._helpers.to_plain_idxs(dep_idxs) if _hybrid(dep_idxs) else dep_idxs)
+        fix_up(model)
+        for t in list(model.parameters()) + list(model.buffers()):
+            t.data = t.data.contiguous()
+        _forward_check(model)
+        return model, [[unit.name, True, [int(i) for i in group[0][1]]]]
+
+
+def _hybrid(idxs: list[Any]) -> bool:
+    return bool(idxs) and isinstance(idxs[0], tp._helpers._HybridIndex)
 
 
 def _forward_check(model: torch.nn.Module) -> None:
