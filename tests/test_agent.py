@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+import forkserver
 import torch
 
 from conftest import PYTHON, python_env, tiny_config_dict
@@ -172,7 +174,7 @@ def test_replay_exhausted_is_a_clear_error(tmp_path):
 def _cli(args: list, env: dict | None = None) -> subprocess.CompletedProcess:
     e = python_env()
     e.update(env or {})
-    return subprocess.run([PYTHON, "-m", "tdc_agent.cli", *map(str, args)], env=e, capture_output=True, text=True,
+    return forkserver.run([PYTHON, "-m", "tdc_agent.cli", *map(str, args)], env=e, capture_output=True, text=True,
                           timeout=600)
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+import forkserver
+
 from conftest import PYTHON, python_env
 from tdc_agent.core.faults import POINTS
 
@@ -39,7 +41,7 @@ SEED = int(os.environ.get("TDC_FAULT_SEED", "0"))
 
 def _run(cfg: Path, run: Path, cache: Path, **env: str) -> subprocess.CompletedProcess:
     e = {**python_env(), "TDC_AGENT_CACHE": str(cache), **env}
-    return subprocess.run([PYTHON, "-m", "tdc_agent.cli", "run", "--config", str(cfg), "--run-dir", str(run), "-q"],
+    return forkserver.run([PYTHON, "-m", "tdc_agent.cli", "run", "--config", str(cfg), "--run-dir", str(run), "-q"],
                           env=e, capture_output=True, text=True, timeout=600)
 
 

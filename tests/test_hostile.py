@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import forkserver
 import yaml
 
 from conftest import PYTHON, ROOT, python_env, tiny_config_dict
@@ -40,9 +42,11 @@ def _cli(args: list, env: dict | None = None, cwd: Path | None = None) -> subpro
     e = python_env()
     e.update(env or {})
     t0, c0 = time.monotonic(), children_cpu()
-    p = subprocess.run([PYTHON, "-m", "tdc_agent.cli", *map(str, args)], env=e, capture_output=True, text=True,
+    p = forkserver.run([PYTHON, "-m", "tdc_agent.cli", *map(str, args)], env=e, capture_output=True, text=True,
                        timeout=600, cwd=cwd)
-    seen(p.stdout, p.stderr, code=p.returncode, seconds=time.monotonic() - t0, cpu_s=children_cpu() - c0)
+    cpu = getattr(p, "cpu_s", None)  # a fork-server command is not this process's child
+    seen(p.stdout, p.stderr, code=p.returncode, seconds=time.monotonic() - t0,
+         cpu_s=cpu if cpu is not None else children_cpu() - c0)
     return p
 
 

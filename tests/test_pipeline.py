@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import forkserver
 import torch
 
 from conftest import PYTHON, python_env
@@ -30,7 +32,7 @@ E2E = {
 
 
 def _cli(args, **kw):
-    return subprocess.Popen([PYTHON, "-m", "tdc_agent.cli", *map(str, args)], env=python_env(),
+    return forkserver.popen([PYTHON, "-m", "tdc_agent.cli", *map(str, args)], env=python_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 
@@ -77,7 +79,7 @@ def test_run_end_to_end_tiny(make_config, tmp_path, cli, cache_env):
 
     here = generate(lambda x, t: pm(x, t), pm.image_shape, pm.schedule, SampleConfig(steps=10, num=6), seed=5,
                     progress=False)
-    p = subprocess.run([PYTHON, "-m", "tdc_agent.cli", "sample", "--model", str(run / "progressive"), "--num", "6",
+    p = forkserver.run([PYTHON, "-m", "tdc_agent.cli", "sample", "--model", str(run / "progressive"), "--num", "6",
                         "--steps", "10", "--seed", "5", "--out", str(tmp_path / "s"), "-q", "--device", "cpu"],
                        env=python_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
@@ -166,12 +168,12 @@ def test_two_group_jobs_on_one_run_dir_run_concurrently(make_config, tmp_path, c
                       agent={"rounds": 1, "candidates": 2, "eval_batch_size": 16, "eval_timesteps": 2})
     shared, ref = tmp_path / "shared", tmp_path / "ref"
     env = {**python_env(), "TDC_AGENT_CACHE": str(tmp_path / "cache")}
-    jobs = [subprocess.Popen([PYTHON, "-m", "tdc_agent.cli", "run", "--config", str(cfg), "--run-dir", str(shared),
+    jobs = [forkserver.popen([PYTHON, "-m", "tdc_agent.cli", "run", "--config", str(cfg), "--run-dir", str(shared),
                               "--groups", g, "--no-eval", "-q"], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True) for g in ("0", "1,2")]
     outs = [j.communicate(timeout=600)[0] for j in jobs]
     assert all(j.returncode == 0 for j in jobs), outs
-    p = subprocess.run([PYTHON, "-m", "tdc_agent.cli", "run", "--config", str(cfg), "--run-dir", str(ref), "--no-eval",
+    p = forkserver.run([PYTHON, "-m", "tdc_agent.cli", "run", "--config", str(cfg), "--run-dir", str(ref), "--no-eval",
                         "-q"], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     steps = [json.loads(x)["step"] for x in (shared / "stage1" / "metrics.jsonl").read_text().splitlines()

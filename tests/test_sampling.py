@@ -3,6 +3,7 @@ import subprocess
 import numpy as np
 import torch
 
+import forkserver
 from conftest import PYTHON, python_env
 from tdc_agent.models.store import save_model
 from tdc_agent.core.config import SampleConfig, ScheduleConfig
@@ -33,7 +34,7 @@ def test_sample_cli_in_fresh_process_matches(tmp_path):
     m = _saved(tmp_path)
     cfg = SampleConfig(sampler="ddim", steps=10, num=5)
     here = sample_model(m, cfg, tmp_path / "here", seed=1, progress=False).images
-    p = subprocess.run([PYTHON, "-m", "tdc_agent.cli", "sample", "--model", str(m), "--num", "5", "--steps", "10",
+    p = forkserver.run([PYTHON, "-m", "tdc_agent.cli", "sample", "--model", str(m), "--num", "5", "--steps", "10",
                         "--seed", "1", "--out", str(tmp_path / "there"), "-q", "--device", "cpu"],
                        env=python_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr

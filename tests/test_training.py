@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import forkserver
 import torch
 
 from conftest import PYTHON, python_env
@@ -30,7 +32,7 @@ def _losses(run: Path) -> dict[int, float]:
 
 
 def _cli(args, **kw):
-    return subprocess.Popen([PYTHON, "-m", "tdc_agent.cli", *map(str, args)], env=python_env(),
+    return forkserver.popen([PYTHON, "-m", "tdc_agent.cli", *map(str, args)], env=python_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 
