@@ -9,7 +9,9 @@ and argv, and it imports ``tdc_agent`` itself, after its environment is set, as 
 would; its exit status (or signal) comes back as a subprocess's would. What it shares with the
 server is only the third-party modules already imported, so a command whose environment differs
 from the server's in a variable those libraries read at import time (``IMPORT_TIME_VARS``) runs as
-a plain subprocess instead, as does any command other than ``python -m tdc_agent.cli ...``.
+a plain subprocess instead, as does any command other than ``python -m tdc_agent.cli ...``,
+``python -c CODE`` and ``python SCRIPT.py`` (a test about what a fresh interpreter imports keeps
+using :mod:`subprocess`).
 
 ``run`` and ``popen`` take the arguments of :func:`subprocess.run` / :class:`subprocess.Popen` that
 the tests use. ``TDC_TEST_NO_FORKSERVER=1`` turns the server off (every command a plain subprocess).
@@ -109,10 +111,17 @@ def _child(req: dict[str, Any], fds: list[int]) -> None:
 
         random.seed()  # a fresh interpreter seeds these from the OS; forked children would share one state
         np.random.seed()
-        sys.argv = [req["module"], *req["args"]]
-        sys.path[0] = os.getcwd()  # what -m puts first
+        kind, target = req["kind"], req["target"]
         try:
-            runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
+            if kind == "module":  # python -m MODULE ARGS
+                sys.argv, sys.path[0] = [target, *req["args"]], os.getcwd()
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
+            elif kind == "path":  # python SCRIPT ARGS
+                sys.argv, sys.path[0] = [target, *req["args"]], os.path.dirname(os.path.abspath(target))
+                runpy.run_path(target, run_name="__main__")
+            else:  # python -c CODE ARGS
+                sys.argv, sys.path[0] = ["-c", *req["args"]], ""
+                exec(compile(target, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
             code = 0
         except SystemExit as e:
             if e.code is None:
@@ -159,8 +168,23 @@ class _Server:
 _server: _Server | None = None
 
 
+def _command(cmd: list[Any]) -> dict[str, Any] | None:
+    """What the child runs for ``cmd``: ``python -m tdc_agent.cli ...``, ``python -c CODE ...`` or
+    ``python SCRIPT.py ...``; None for anything else."""
+    c = [str(x) for x in cmd]
+    if len(c) < 2 or c[0] != PYTHON:
+        return None
+    if c[1:3] == CLI:
+        return {"kind": "module", "target": CLI[1], "args": c[3:]}
+    if c[1] == "-c" and len(c) > 2:
+        return {"kind": "code", "target": c[2], "args": c[3:]}
+    if c[1].endswith(".py") and not c[1].startswith("-"):
+        return {"kind": "path", "target": c[1], "args": c[2:]}
+    return None
+
+
 def _forkable(cmd: list[Any], env: dict[str, str] | None, kw: dict[str, Any]) -> bool:
-    if os.environ.get("TDC_TEST_NO_FORKSERVER") or [str(c) for c in cmd[:3]] != [PYTHON, *CLI]:
+    if os.environ.get("TDC_TEST_NO_FORKSERVER") or _command(cmd) is None:
         return False
     if set(kw) - {"stdout", "stderr", "text", "cwd", "stdin"} or kw.get("stdin") not in (None, subprocess.DEVNULL):
         return False
@@ -199,8 +223,7 @@ class ForkedProcess:
         else:
             err_fd, self.stderr = end(stderr, 2)
         theirs = [devnull, out_fd, err_fd]
-        req = {"module": CLI[1], "args": [str(a) for a in cmd[3:]], "env": dict(env if env is not None else os.environ),
-               "cwd": str(cwd or os.getcwd())}
+        req = {**_command(cmd), "env": dict(env if env is not None else os.environ), "cwd": str(cwd or os.getcwd())}
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._conn.connect(_server.path)  # type: ignore[union-attr]
         socket.send_fds(self._conn, [json.dumps(req).encode()], theirs)

@@ -258,7 +258,7 @@ def test_custom_prompt_dir_is_used_and_validated(tmp_path, cli):
 def test_custom_llm_example_runs(tmp_path):
     from conftest import ROOT
 
-    p = subprocess.run([PYTHON, str(ROOT / "examples" / "custom_llm.py")], cwd=tmp_path, env=python_env(),
+    p = forkserver.run([PYTHON, str(ROOT / "examples" / "custom_llm.py")], cwd=tmp_path, env=python_env(),
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "runs" / "custom-llm" / "model" / "pruning.json").is_file()

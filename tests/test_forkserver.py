@@ -25,6 +25,15 @@ def test_a_forked_command_behaves_as_a_subprocess(tmp_path):
     assert p.pid not in (os.getpid(), forkserver._server.proc.pid)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 2 and "missing.yaml" in out
+    # python -c and python SCRIPT run forked too, with their argv
+    code = forkserver.run([PYTHON, "-c", "import sys; print(sys.argv[1:], __name__)", "a", "b"], env=python_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert code.cpu_s is not None and code.stdout.strip() == "['a', 'b'] __main__"
+    script = tmp_path / "s.py"
+    script.write_text("import os, sys\nprint(sys.argv[1], os.getcwd())\nraise SystemExit(3)\n")
+    ran = forkserver.run([PYTHON, str(script), "x"], env=python_env(), capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert ran.returncode == 3 and ran.stdout.split() == ["x", str(tmp_path)]
     # a variable the preloaded libraries read at import time sends the command to a plain subprocess
     other = forkserver.run(cmd, env={**python_env(), "HF_HOME": str(tmp_path / "hf")}, capture_output=True, text=True,
                            timeout=120)

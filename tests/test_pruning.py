@@ -1,6 +1,5 @@
 """Pruning engine: schemes on real diffusers UNets with real torch-pruning."""
 
-import subprocess
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ from diffusers import UNet2DModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import forkserver
 from conftest import PYTHON, python_env
 from tdc_agent.models.store import load_model
 from tdc_agent.core.config import ScheduleConfig
@@ -224,7 +224,7 @@ def test_pruned_reload_in_fresh_process_is_exact(tiny_pruner, tmp_path):
         f"m,_=load_model(r'{tmp_path / 'm'}'); x=load_file(r'{tmp_path / 'x.safetensors'}')['x'];"
         f"save_file({{'y': denoise(m.eval(), x, torch.tensor([5, 50])).detach()}}, r'{tmp_path / 'y.safetensors'}')"
     )
-    subprocess.run([PYTHON, "-c", code], env=python_env(), check=True, timeout=300)
+    forkserver.run([PYTHON, "-c", code], env=python_env(), check=True, timeout=300)
     got = load_file(str(tmp_path / "y.safetensors"))["y"]
     assert (got - want).abs().max().item() == 0.0
 
