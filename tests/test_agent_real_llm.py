@@ -211,7 +211,8 @@ def test_memory_of_another_base_never_makes_the_builtin_worse(tmp_path):
     extra candidates of round 1 and leaves its own search as it is: every round's own proposals (the
     evolution rounds included) equal those of a run with a fresh memory, so the best val loss is the
     fresh run's or lower. Each round still has K candidates of its own."""
-    cfg, base, task = _setup(tmp_path, memory_dir=str(tmp_path / "bank"), rounds=3, candidates=3)
+    # 2 rounds: round 2 is already evolution (bred from round 1's records), which a memory could derail
+    cfg, base, task = _setup(tmp_path, memory_dir=str(tmp_path / "bank"), rounds=2, candidates=3)
     meta = {"schedule": cfg.schedule.model_dump()}
     AgentPruning(cfg, base, meta, tmp_path / "donor", "builtin", torch.device("cpu"), show=False).prune_group(task)
     torch.manual_seed(1)
@@ -225,7 +226,7 @@ def test_memory_of_another_base_never_makes_the_builtin_worse(tmp_path):
     moved = [r for r in warm.memory.all({"run_id": warm.run_id}) if r.transferred_from]
     assert len(moved) == cfg.agent.transfer_candidates == 2 and {r.round for r in moved} == {0}
     assert _own_lineage(warm) == _own_lineage(cold)
-    assert len(_own_lineage(cold)) == 3 * 3
+    assert len(_own_lineage(cold)) == 2 * 3
     assert out_warm.best.loss <= out_cold.best.loss
     # a transferred shape that won is a candidate of its round (the round's best K, our code submitted)
     summary = json.loads((tmp_path / "warm" / "group_1" / "agent.json").read_text())
