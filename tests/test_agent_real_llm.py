@@ -234,6 +234,16 @@ def test_memory_of_another_base_never_makes_the_builtin_worse(tmp_path):
         {"$and": [{"run_id": warm.run_id}, {"round": 0}]})), rel=1e-9)
 
 
+def test_transfer_allowance_is_capped_at_what_the_builtin_sets_aside():
+    from pydantic import ValidationError
+
+    from tdc_agent.agent.builtin import MAX_TRANSFERRED
+
+    assert AgentConfig(transfer_candidates=MAX_TRANSFERRED).transfer_candidates == MAX_TRANSFERRED
+    with pytest.raises(ValidationError):
+        AgentConfig(transfer_candidates=MAX_TRANSFERRED + 1)
+
+
 def test_an_llm_takes_memory_shapes_as_extra_candidates(tmp_path, monkeypatch):
     """Over the OpenAI protocol: ``evaluate_scheme(transfer_from=...)`` with an id that is not another
     base's record, or beyond agent.transfer_candidates, is refused with what to do instead; a valid one

@@ -45,8 +45,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 # model per unit would choose; measured losses rise faster than that (interactions), so flatter first.
 ALPHAS = (0.5, 0.25, 1.0)
 MAX_SET_ASIDE = 8  # records of the current round the memory query over-fetches by
-# transferred records the query over-fetches by too (they are set aside as parents); with more than
-# this many (agent.transfer_candidates > 4) the parents could differ from a run without memory
+# transferred records the query over-fetches by too (they are set aside as parents, so the parents are
+# those of a run without memory); agent.transfer_candidates is capped at this
 MAX_TRANSFERRED = 4
 
 

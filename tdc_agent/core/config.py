@@ -365,8 +365,9 @@ class AgentConfig(_Section):
     rounds: int = Field(default=2, ge=1)
     candidates: int = Field(default=3, ge=1)
     # extra candidates per group for shapes copied from other bases' records in the memory: they never
-    # take one of a round's K slots, so a shared memory adds to the search and cannot displace it
-    transfer_candidates: int = Field(default=2, ge=0)
+    # take one of a round's K slots, so a shared memory adds to the search and cannot displace it; at
+    # most 4, what the builtin over-fetches its memory query by to set them aside (builtin.MAX_TRANSFERRED)
+    transfer_candidates: int = Field(default=2, ge=0, le=4)
     # which channels go inside a unit when a scheme is built (the agent decides how many): a pruning
     # criterion's name, built-in or registered (core/criteria.py), so not a Literal
     criterion: str = "group-taylor"

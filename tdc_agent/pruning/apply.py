@@ -27,7 +27,7 @@ from ..models.macs import MacsCount, count
 from .scheme import PruningScheme, SchemeError
 from ..models.backbone import eval_mode, example_inputs, output_tensor
 from ..models.record import attach, fix_up, make_record
-from .units import UnitGraph, build_graph
+from .units import Unit, UnitGraph, build_graph
 
 def build_pruned(
     base: torch.nn.Module,
@@ -40,20 +40,14 @@ def build_pruned(
     dg = build_graph(model)
     modules = dict(model.named_modules())
     for unit in graph.units:
-        level = levels.get(unit.name, 1.0)
-        keep = round(level * unit.n_levels)
-        idxs = select_pruned(scores[unit.name], unit.n_levels, keep)
+        idxs = _pruned_channels(unit, levels.get(unit.name, 1.0), scores)
         if not idxs:
             continue
         root = modules[unit.name]
         group = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs)
         group.prune()
-    fix_up(model)
-    for t in list(model.parameters()) + list(model.buffers()):
-        t.data = t.data.contiguous()  # sliced weights keep odd strides; a reloaded model has none
     history = [[name, bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in dg.pruning_history()]
-    _forward_check(model)
-    return model, history
+    return _finished(model), history
 
 
 class OneUnitPruning:
@@ -64,43 +58,50 @@ class OneUnitPruning:
     does for a one-unit scheme, without tracing the copy (most of a small model's build time). The
     sensitivity measurement prunes every unit alone, so it builds one such copy per unit. With more
     than one unit pruned, channel offsets through concatenations move after the first, so schemes
-    go through :func:`build_pruned`."""
+    go through :func:`build_pruned`; so does a unit whose group reaches an unwrapped ``nn.Parameter``
+    (replaced, not sliced in place, by torch-pruning)."""
 
     def __init__(self, base: torch.nn.Module, graph: UnitGraph, scores: dict[str, torch.Tensor]):
         self.base, self.graph, self.scores = base, graph, scores
         self.dg = build_graph(base)
-        self.names = {m: n for n, m in base.named_modules()}
+        self.modules = dict(base.named_modules())
+        self.names = {m: n for n, m in self.modules.items()}
 
     def build(self, unit_name: str, level: float) -> tuple[torch.nn.Module, list[list[Any]]]:
         """A pruned copy of the base keeping ``level`` of unit ``unit_name`` (and all of the others)."""
         unit = self.graph.unit(unit_name)
-        idxs = select_pruned(self.scores[unit.name], unit.n_levels, round(level * unit.n_levels))
-        model = copy.deepcopy(self.base)
+        idxs = _pruned_channels(unit, level, self.scores)
         if not idxs:
-            _forward_check(model)
-            return model, []
-        root = dict(self.base.named_modules())[unit.name]
+            return _finished(copy.deepcopy(self.base)), []
+        root = self.modules[unit.name]
         group = self.dg.get_pruning_group(root, self.dg.get_pruner_of_module(root).prune_out_channels, idxs)
+        if any(dep.target.type == tp.ops.OPTYPE.PARAMETER for dep, _ in group):
+            return build_pruned(self.base, self.graph, {unit.name: level}, self.scores)
+        model = copy.deepcopy(self.base)
         modules = dict(model.named_modules())
         for dep, dep_idxs in group:
             name = self.names.get(dep.target.module)
-            if name is None:
-                # a graph-only node (concat, split, element-wise op): nothing in the model to change;
-                # an unwrapped nn.Parameter would be, and has no name here
-                if dep.target.type == tp.ops.OPTYPE.PARAMETER:
-                    raise RuntimeError(f"unit {unit.name} prunes an unwrapped parameter; use build_pruned")
+            if name is None:  # a graph-only node (concat, split, element-wise op): nothing in the model
                 continue
-            dep.handler.__self__.pruning_dim = dep.target.pruning_dim
-            dep.handler(modules[name], tp._helpers.to_plain_idxs(dep_idxs) if _hybrid(dep_idxs) else dep_idxs)
-        fix_up(model)
-        for t in list(model.parameters()) + list(model.buffers()):
-            t.data = t.data.contiguous()
-        _forward_check(model)
-        return model, [[unit.name, True, [int(i) for i in group[0][1]]]]
+            dep.handler.__self__.pruning_dim = dep.target.pruning_dim  # as Dependency.__call__ does
+            plain = tp._helpers.to_plain_idxs(dep_idxs) if dep_idxs and isinstance(
+                dep_idxs[0], tp._helpers._HybridIndex) else dep_idxs
+            dep.handler(modules[name], plain)
+        return _finished(model), [[unit.name, True, [int(i) for i in group[0][1]]]]
 
 
-def _hybrid(idxs: list[Any]) -> bool:
-    return bool(idxs) and isinstance(idxs[0], tp._helpers._HybridIndex)
+def _pruned_channels(unit: Unit, level: float, scores: dict[str, torch.Tensor]) -> list[int]:
+    """The channel indices a unit loses when it keeps ``level``, by its criterion's ``scores``."""
+    return select_pruned(scores[unit.name], unit.n_levels, round(level * unit.n_levels))
+
+
+def _finished(model: torch.nn.Module) -> torch.nn.Module:
+    """A model torch-pruning has cut, made whole: the backbone's fix-ups, contiguous tensors, a forward check."""
+    fix_up(model)
+    for t in list(model.parameters()) + list(model.buffers()):
+        t.data = t.data.contiguous()  # sliced weights keep odd strides; a reloaded model has none
+    _forward_check(model)
+    return model
 
 
 def _forward_check(model: torch.nn.Module) -> None:
