@@ -23,6 +23,7 @@ import atexit
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -163,9 +164,13 @@ class _Server:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)  # the socket's folder, one per worker and run
 
 
 _server: _Server | None = None
+# CPU seconds of every command this worker's server ran (they are not our children, so getrusage
+# does not see them); for profiling the suite
+children_cpu_s = 0.0
 
 
 def _command(cmd: list[Any]) -> dict[str, Any] | None:
@@ -248,7 +253,9 @@ class ForkedProcess:
         return json.loads(line)
 
     def _ended(self, msg: dict[str, Any]) -> int:
+        global children_cpu_s
         self.returncode, self.cpu_s = int(msg["returncode"]), float(msg["cpu_s"])
+        children_cpu_s += self.cpu_s
         return self.returncode
 
     def poll(self) -> int | None:

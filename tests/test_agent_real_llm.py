@@ -275,6 +275,43 @@ def test_an_llm_takes_memory_shapes_as_extra_candidates(tmp_path, monkeypatch):
     assert len(outcome.rounds) == 1 and len(outcome.rounds[0].candidates) == 2
 
 
+def test_a_scheme_measured_in_an_earlier_round_is_not_measured_again(tmp_path, monkeypatch):
+    """A model that proposes, in round 2, a scheme round 1 already measured: the candidate counts, its
+    loss is round 1's (the measurement is deterministic), the reply says so, and the training compute
+    counts the measurements made (3), not the candidates (4)."""
+    from tdc_agent.pruning.pruner import Pruner
+    from tdc_agent.pruning.scheme import PruningScheme
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    cfg, base, task = _setup(tmp_path, rounds=2, candidates=2)
+    pruner = Pruner(base)
+    units = [u.name for u in pruner.graph.units]
+    shapes = [{}, {u: 0.5 for u in units[::2]}, {u: 0.5 for u in units[1::2]}, {u: 0.5 for u in units[::3]},
+              {u: 0.3 for u in units[:4]}]
+    fitted: list[dict[str, float]] = []  # three shapes that fit to three different schemes
+    for lv in shapes:
+        f = pruner.prune(PruningScheme(levels=lv), task.limit_macs, cfg.agent.criterion).scheme.levels
+        if f not in fitted:
+            fitted.append(f)
+    a, b, c = fitted[:3]
+    script = [{"tool_calls": [tool_call("evaluate_scheme", {"levels": a}), tool_call("evaluate_scheme", {"levels": b})]},
+              {"tool_calls": [tool_call("evaluate_scheme", {"levels": a}), tool_call("evaluate_scheme", {"levels": c})]}]
+    with FakeOpenAI(script, policy=PromptReader()) as srv:
+        cfg = cfg.model_copy(update={"agent": cfg.agent.model_copy(update={"base_url": srv.url})})
+        ap = AgentPruning(cfg, base, {"schedule": cfg.schedule.model_dump()}, tmp_path / "llm", "openai:fake-model",
+                          torch.device("cpu"), show=False)
+        outcome, _ = ap.prune_group(task)
+    recs = sorted(ap.memory.all({"run_id": ap.run_id}), key=lambda r: (r.round, r.candidate))
+    assert [r.round for r in recs] == [0, 0, 1, 1] and [r.round for r in recs if r.repeat_of] == [1]
+    again = next(r for r in recs if r.repeat_of)
+    first = next(r for r in recs if r.id == again.repeat_of)
+    assert first.round == 0 and first.levels == again.levels and first.loss == again.loss
+    assert any("its loss is reused, not measured again" in str(e["output"]) for e in _events(ap, "tool_result"))
+    assert [len(s.candidates) for s in outcome.rounds] == [2, 2]
+    summary = json.loads((ap.state_dir(task.index) / "agent.json").read_text())
+    assert summary["proxy_evaluations"] == 3
+
+
 # --- 4. the call cap is reachable and named ------------------------------------------------------------
 
 def test_round_call_cap_binds_at_its_value_and_is_named(tmp_path, monkeypatch):

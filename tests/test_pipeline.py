@@ -93,9 +93,11 @@ def test_run_end_to_end_tiny(make_config, tmp_path, cli, cache_env):
     _fid_weights_pth(tmp_path / "inception.pth")
     code, _, err = cli("evaluate", "--config", cfg, "--run-dir", run, "-q", "evaluation.metric=fid",
                        f"evaluation.inception_weights={tmp_path / 'inception.pth'}", "evaluation.reference_samples=16",
-                       "evaluation.samples=16")  # Inception at 299x299 is the slow part on a CPU
+                       "evaluation.samples=16",  # Inception at 299x299 is the slow part on a CPU
+                       "evaluation.compare_equal_compute=false")  # scored above; off, it is left unscored
     assert code == 0, err
     ev = json.loads((run / "evaluation.json").read_text())
+    assert "base_equal_compute" not in ev
     assert ev["protocol"]["metric"] == "fid" and ev["tdc"]["metric"] == "fid-inception"
     assert ev["base"]["reference_images"] == 16 and ev["base"]["fd"] > 0 and "kid" in ev["tdc"]
     assert "FID with the FID Inception-v3" in (run / "report.md").read_text()

@@ -146,6 +146,9 @@ class MemoryRecord(BaseModel):
     # the memory id of another base's record whose shape this candidate copies: an extra candidate of
     # its round, which the builtin does not breed from (see PruningSession.evaluate_scheme)
     transferred_from: str = ""
+    # the memory id of an earlier round's record of the same run and group with the same fitted levels:
+    # its loss was reused, not measured again (the measurement is deterministic)
+    repeat_of: str = ""
 
     def scrubbed(self) -> "MemoryRecord":
         """This record with its free-text fields scrubbed of credentials: an LLM can echo a key into a

@@ -155,7 +155,7 @@ class AgentPruning:
         # at the group's limit (an upper bound of the candidates' MACs) for the training-compute table
         from ..evaluation.quick import eval_timesteps
 
-        n_evals = sum(len(s.losses) for s in outcome.rounds)
+        n_evals = session.measured()  # transferred and failed candidates included, reused repeats not
         per_eval = (len(eval_timesteps(task.timesteps, self.cfg.agent.eval_timesteps))
                     * min(self.cfg.agent.eval_batch_size, len(self.eval_data)))
         # a recovery step's forward and backward cost about 3 forwards (STEP_COST in workflow/stage1.py)

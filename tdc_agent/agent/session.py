@@ -241,16 +241,22 @@ class PruningSession:
             arch_hash=self.memory.arch_hash, base_hash=self.like.base_hash, limit_fraction=self.task.limit_fraction,
             split=self.like.split, levels=fitted, rationale=rationale or "", transferred_from=transfer_from or "",
         )
-        model = result.model
-        try:
-            if self.cfg.recovery_steps:
-                model = self.evaluator.recover(model, self.short_id(rec))
-            loss = self.evaluator.loss(model)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss}")
-            rec.loss = loss
-        except FloatingPointError as e:
-            rec.status, rec.error = "failed", str(e)
+        earlier = self._measured_before(fitted)
+        if earlier is not None:
+            # an earlier round measured this exact scheme on the same images, timesteps and noise:
+            # measuring it again would cost the evaluation and give the same number
+            rec.loss, rec.repeat_of = earlier.loss, earlier.id
+        else:
+            model = result.model
+            try:
+                if self.cfg.recovery_steps:
+                    model = self.evaluator.recover(model, self.short_id(rec))
+                loss = self.evaluator.loss(model)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss}")
+                rec.loss = loss
+            except FloatingPointError as e:
+                rec.status, rec.error = "failed", str(e)
         self.evaluator.eval_seconds += time.time() - t0
         self.memory.add(rec)
         self.evaluated.append(rec)
@@ -262,7 +268,24 @@ class PruningSession:
                 "fill_of_limit": sig6(rec.macs / self.task.limit_macs), "params": rec.params,
                 "fitted_levels": fitted, "notes": result.notes,
                 **({"transferred_from": transfer_from, "extra": True} if transfer_from else {}),
+                **({"repeat_of": self.short_id(earlier),
+                    "note": f"after fitting to the limit this scheme equals {self.short_id(earlier)} of round "
+                            f"{earlier.round + 1}: its loss is reused, not measured again. It counts as a "
+                            "candidate; a shape unlike the earlier ones teaches the search more."}
+                   if earlier is not None else {}),
                 "evaluated_this_round": len(self.own_candidates()), "needed": self.cfg.candidates}
+
+    def _measured_before(self, levels: dict[str, float]) -> MemoryRecord | None:
+        """An earlier round's measured record of this run and group with exactly these fitted levels."""
+        for rec in self.memory.all({"$and": [{"run_id": self.run_id}, {"group": self.task.index}, {"status": "ok"}]}):
+            if rec.round < self.round and not rec.repeat_of and rec.loss is not None and rec.levels == levels:
+                return rec
+        return None
+
+    def measured(self) -> int:
+        """Quick evaluations this run really measured in this group (failed ones too; reused repeats not)."""
+        return sum(1 for r in self.memory.all({"$and": [{"run_id": self.run_id}, {"group": self.task.index}]})
+                   if not r.repeat_of)
 
     def submit_candidates(self, candidate_ids: list[str]) -> dict[str, Any]:
         ok = {self.short_id(r) for r in self.ok_candidates()}

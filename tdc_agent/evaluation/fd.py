@@ -82,7 +82,25 @@ def gaussian(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets."""
-    return frechet_from_stats(*gaussian(a), *gaussian(b))
+    return frechet_to_stats(a, *gaussian(b))
+
+
+def frechet_to_stats(a: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
+    """Fréchet distance between the Gaussian fitted to the features ``a`` and N(mu2, s2).
+
+    With fewer samples than dimensions (1000 samples of 2048-d Inception features, the CPU default)
+    the sample covariance is ``A^T A`` with ``A`` the centred samples / sqrt(n - 1), and the nonzero
+    eigenvalues of ``A^T A s2`` are those of the n x n ``A s2 A^T``: the same number from an n x n
+    eigendecomposition instead of two d x d ones (exact, not an approximation).
+    """
+    mu1, s1 = gaussian(a)
+    n, d = a.shape
+    if n - 1 >= d:
+        return frechet_from_stats(mu1, s1, mu2, s2)
+    c = (a - mu1) / np.sqrt(n - 1)
+    inner = np.linalg.eigvalsh(c @ s2 @ c.T)
+    tr_covmean = float(np.sqrt(np.clip(inner, 0, None)).sum())
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
 def frechet_from_stats(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from ..core.io import load_tensors, save_tensors
 from ..core.config import DataConfig
 from ..core.data import load_dataset
 from ..core.progress import track
-from .fd import cache_dir, frechet_from_stats, gaussian, kid
+from .fd import cache_dir, frechet_to_stats, gaussian, kid
 from .inception import FIDInception, load_fid_inception
 
 KID_REFERENCE_CAP = 5000  # reference features kept for KID (FID uses the statistics of all of them)
@@ -92,7 +92,6 @@ class InceptionEvaluator:
 
     def score(self, images: torch.Tensor) -> InceptionScores:
         feats = inception_features(images, self.model, self.device)
-        mu, sigma = gaussian(feats)
         k, k_std = kid(feats, self.kid_ref, seed=self.seed)
-        return InceptionScores(frechet_from_stats(mu, sigma, self.mu, self.sigma), k, k_std, len(feats),
+        return InceptionScores(frechet_to_stats(feats, self.mu, self.sigma), k, k_std, len(feats),
                                self.count, self.sha)

@@ -84,6 +84,8 @@ class FIDInception(torch.nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         x = F.interpolate(x.float(), size=(299, 299), mode="bilinear", align_corners=False)
+        # channels-last convolutions are ~1.5x faster on CPU (same features to float rounding)
+        x = x.contiguous(memory_format=torch.channels_last)
         n = self.net
         for layer in (n.Conv2d_1a_3x3, n.Conv2d_2a_3x3, n.Conv2d_2b_3x3, n.maxpool1, n.Conv2d_3b_1x1,
                       n.Conv2d_4a_3x3, n.maxpool2, n.Mixed_5b, n.Mixed_5c, n.Mixed_5d, n.Mixed_6a, n.Mixed_6b,
@@ -166,4 +168,4 @@ def load_fid_inception(weights: str | None, device: torch.device) -> tuple[FIDIn
                               f"{unexpected[:3]}, wrong shape {wrong[:3]}). Use "
                               f"pt_inception-2015-12-05-6726825d.pth from {FID_WEIGHTS_URL}.")
     model.net.load_state_dict(state, strict=False)
-    return model.eval().to(device), sha256(path)
+    return model.eval().to(device, memory_format=torch.channels_last), sha256(path)

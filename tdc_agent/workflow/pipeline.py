@@ -198,7 +198,7 @@ def _evaluate_run(cfg: Config, run: RunDir, device: torch.device, show: bool, pl
     planned_limits = float(sum(plan.groups[table[t]].limit_fraction for t in ts) / len(ts)) * base_count.thop
     models = [("base", lambda x, t: denoise(base, x, t), base_count.thop, None),
               ("tdc", pm, pm.sampling_macs(scfg.sampler, scfg.steps)["mean_per_step"], pm)]
-    if (run.equal_compute / "model" / "model.safetensors").is_file():
+    if cfg.evaluation.compare_equal_compute and (run.equal_compute / "model" / "model.safetensors").is_file():
         eq, eq_meta = load_model(run.equal_compute / "model", device)
         eq.eval()
         models.insert(1, ("base_equal_compute", lambda x, t: denoise(eq, x, t), base_count.thop, None))
