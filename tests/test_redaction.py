@@ -66,6 +66,15 @@ def test_state_is_written_verbatim_when_a_secret_is_a_common_word(tmp_path, monk
     assert (tmp_path / "report.md").read_text() == "blocks: [REDACTED], [REDACTED]\n"
 
 
+def test_a_word_after_bearer_in_prose_is_not_taken_for_a_token():
+    """An LLM or a server writing "Bearer authentication failed" has not shown a token: the word stays,
+    here and in every later text; a token-like value after "Bearer" is still scrubbed and remembered."""
+    text = "Bearer authentication failed; retry the authentication"
+    assert redact(text) == text and redact("authentication") == "authentication"
+    assert redact("Authorisation: Bearer abcdEFGH1234ijkl") == "Authorisation: Bearer [REDACTED]"
+    assert redact("echo abcdEFGH1234ijkl") == "echo [REDACTED]"
+
+
 def test_config_yaml_keeps_a_path_that_contains_a_secret_and_the_run_resumes(tmp_path, monkeypatch):
     import yaml
     from conftest import tiny_config_dict

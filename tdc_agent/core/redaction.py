@@ -50,6 +50,9 @@ URL_MASK = "***"
 # Values shorter than this are not scrubbed: replacing a short common substring would garble the
 # transcript (which replay reads back), and no real key is that short.
 MIN_SECRET_LEN = 8
+# A word of letters only, shorter than this, after "Bearer" is English, not a token (random tokens
+# of this length hold a digit or a symbol; a key from the environment is registered by name anyway).
+PROSE_WORD_LEN = 24
 
 _named_env: set[str] = set()
 _values: set[str] = set()  # literal secrets registered or seen (URL passwords, Bearer/Basic tokens)
@@ -155,6 +158,8 @@ def _redact_str(text: str, secrets: list[str]) -> str:
     def auth_token(m: re.Match) -> str:
         if m.group(1).lower() == "basic" and not _is_basic_credential(m.group(3)):
             return m.group(0)
+        if m.group(3).isalpha() and len(m.group(3)) < PROSE_WORD_LEN:
+            return m.group(0)  # "Bearer authentication" is prose: remembering the word would scrub it everywhere
         register_secret(m.group(3))  # seen once, scrubbed everywhere from now on
         seen.append(m.group(3))
         return m.group(1) + m.group(2) + "[REDACTED]"

@@ -24,6 +24,12 @@ def eval_timesteps(timesteps: Sequence[int], n: int) -> list[int]:
     return [int(t) for t in ts[pick]]
 
 
+def fixed_noise(shape: Sequence[int], seed: int, t: int) -> torch.Tensor:
+    """The noise every model is scored with at timestep ``t``: one generator per (seed, timestep), on
+    the CPU, so it is the same on every device and for every batch size."""
+    return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed * 100_003 + t))
+
+
 @torch.no_grad()
 def quick_loss(
     model: torch.nn.Module,
@@ -40,8 +46,7 @@ def quick_loss(
     losses = []
     with eval_mode(model):
         for t in eval_timesteps(timesteps, n_timesteps):
-            g = torch.Generator().manual_seed(seed * 100_003 + t)
-            noise = torch.randn(x0.shape, generator=g).to(device)
+            noise = fixed_noise(x0.shape, seed, t).to(device)
             tt = torch.full((len(x0),), t, dtype=torch.long, device=device)
             losses.append(float(process.loss(lambda x, s: denoise(model, x, s), x0, tt, noise)))
     return float(np.mean(losses))
@@ -68,8 +73,7 @@ def grid_loss(
     device = images.device
     per_t: dict[int, float] = {}
     for t in sorted(int(x) for x in timesteps):
-        g = torch.Generator().manual_seed(seed * 100_003 + t)
-        noise = torch.randn(images.shape, generator=g).to(device)
+        noise = fixed_noise(images.shape, seed, t).to(device)
         total = 0.0
         for i in range(0, len(images), batch_size):
             x0, eps = images[i:i + batch_size], noise[i:i + batch_size]
