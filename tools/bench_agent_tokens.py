@@ -1,8 +1,8 @@
-"""Benchmark: LLM input tokens per group, per model preset, at the default 5 rounds x 3 candidates.
+"""Benchmark: LLM input tokens per group, per model preset and LLM habit, at the default rounds x candidates.
 
 The LLM is a scripted one behind a local OpenAI-protocol server (tests/prompt_reader.py): it reads
 the unit table from the round message and answers as a frugal LLM does (one reply proposes the
-round's candidates, one submits them), so what is measured is what our prompts, tool schemas and tool
+round's candidates; the round closes once K are evaluated), so what is measured is what our prompts, tool schemas and tool
 results cost. Tokens are a **tokenizer-free estimate: bytes / 4** of every request body's messages
 and tool schemas (labelled so in the output). Two groups run on one memory bank, so the second
 group's prompts carry a neighbour's records as in a real run.
@@ -18,7 +18,7 @@ group), ``one-per-reply`` (one ``evaluate_scheme`` per reply).
 
 Writes benchmarks/results/agent_tokens.json and .md. Not a test.
 
-    python tools/bench_agent_tokens.py                      # tiny, ddpm-cifar10, iddpm-cifar10
+    python tools/bench_agent_tokens.py                      # every preset and behaviour, default rounds
     python tools/bench_agent_tokens.py --presets ddpm-cifar10 --behaviours never-submits+faults
 """
 
@@ -44,7 +44,7 @@ from prompt_reader import PromptReader  # noqa: E402
 from tdc_agent.agent.runner import AgentPruning  # noqa: E402
 from tdc_agent.planning.plan import GroupTask  # noqa: E402
 from tdc_agent.core.io import atomic_write_json  # noqa: E402
-from tdc_agent.core.config import load_config  # noqa: E402
+from tdc_agent.core.config import AgentConfig, load_config  # noqa: E402
 from tdc_agent.models.unet import build_unet, unet_config  # noqa: E402
 from tdc_agent.planning.plan import Group  # noqa: E402
 
@@ -121,9 +121,9 @@ def markdown(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="*", default=list(PRESETS), choices=list(PRESETS))
-    ap.add_argument("--behaviours", nargs="*", default=["batching"], choices=list(BEHAVIOURS))
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--candidates", type=int, default=3)
+    ap.add_argument("--behaviours", nargs="*", default=list(BEHAVIOURS), choices=list(BEHAVIOURS))
+    ap.add_argument("--rounds", type=int, default=AgentConfig().rounds, help="default: agent.rounds' default")
+    ap.add_argument("--candidates", type=int, default=AgentConfig().candidates)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     a = ap.parse_args(argv)
     path = a.out / "agent_tokens.json"
