@@ -167,7 +167,8 @@ def test_two_group_jobs_on_one_run_dir_run_concurrently(make_config, tmp_path, c
     # small (the locking and the bit-for-bit result are the point; the e2e test above covers the sizes)
     cfg = make_config(stage1={"steps": 12, "batch_size": 16, "ckpt_every": 4},
                       stage2={"steps": 4, "batch_size": 16, "ckpt_every": 2},
-                      agent={"rounds": 1, "candidates": 2, "eval_batch_size": 16, "eval_timesteps": 2})
+                      agent={"rounds": 1, "candidates": 2, "eval_batch_size": 16, "eval_timesteps": 2},
+                      evaluation={"compare_equal_compute": False})  # not compared here: not trained
     shared, ref = tmp_path / "shared", tmp_path / "ref"
     env = {**python_env(), "TDC_AGENT_CACHE": str(tmp_path / "cache")}
     jobs = [forkserver.popen([PYTHON, "-m", "tdc_agent.cli", "run", "--config", str(cfg), "--run-dir", str(shared),
