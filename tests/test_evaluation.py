@@ -154,8 +154,13 @@ def test_fid_and_kid_separate_real_from_noise(tmp_path):
     noise = torch.rand(16, 3, 16, 16) * 2 - 1
     s_real, s_noise = ev.score(real), ev.score(noise)
     assert s_noise.fid > 2 * s_real.fid and s_noise.kid > s_real.kid
-    # cached reference: a second evaluator reads it instead of recomputing, with identical numbers
+    # cached reference: a second evaluator reads it instead of recomputing (which would rewrite the file)
+    from tdc_agent.evaluation.fd import cache_dir
+
+    (cached,) = (cache_dir() / "fid_reference").glob("*.safetensors")
+    stamp = cached.stat().st_mtime_ns
     ev2 = InceptionEvaluator(data, str(tmp_path / "w.pth"), torch.device("cpu"), reference_samples=16, seed=0)
+    assert cached.stat().st_mtime_ns == stamp
     assert ev2.count == ev.count and all(np.array_equal(getattr(ev2, k), getattr(ev, k))
                                          for k in ("mu", "sigma", "kid_ref"))
 
