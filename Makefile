@@ -24,7 +24,7 @@ demo: $(STAMP)
 JOBS ?= 2
 XDIST := -n $(JOBS) --dist loadgroup
 
-# The layers contract (pyproject's [tool.importlinter]) first, then the default suite in parallel (~8 min alone on 2 cores; target <= 8).
+# The layers contract (pyproject's [tool.importlinter]) first, then the default suite in parallel (7-7.5 min alone on 2 cores; target <= 8).
 test: lint-imports
 	$(PY) -m pytest -q $(XDIST)
 
