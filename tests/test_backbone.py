@@ -265,3 +265,64 @@ def test_an_entry_point_backbone_works_without_registering(installed_package, cl
             ModelConfig(backbone="ep-broken")
     finally:
         unregister_backbone("ep-toy")
+
+
+class ScaledDenoiser(ToyDenoiser):
+    """The toy denoiser with a learnable per-channel scale after conv_mid: a bare ``nn.Parameter``
+    (not inside a module) that torch-pruning must slice with conv_mid's channels."""
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self.scale = torch.nn.Parameter(torch.linspace(0.5, 1.5, self.conv_mid.out_channels))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x) + self.t_proj(t.float()[:, None] / 1000)[:, :, None, None]
+        h = F.silu(self.conv_mid(F.silu(self.norm(h)))) * self.scale[None, :, None, None]
+        return self.conv_out(h)
+
+
+class ScaledBackbone(ToyBackbone):
+    name = "toy-scaled"
+    module_type = ScaledDenoiser
+
+    def build(self, config: dict) -> ScaledDenoiser:
+        return ScaledDenoiser(**config)
+
+
+@pytest.mark.filterwarnings("ignore:Unwrapped parameters detected")
+def test_a_unit_that_reaches_a_bare_parameter_is_pruned_by_the_general_build(tmp_path):
+    """The sensitivity's one-unit build applies a unit's group to a copy; a group that reaches a bare
+    parameter (which torch-pruning replaces rather than slices) goes through build_pruned instead:
+    same weights and record as build_pruned for every unit, and a scheme that prunes it saves and
+    reloads exactly."""
+    from tdc_agent.pruning.apply import OneUnitPruning, build_pruned
+
+    backbone = register_backbone(ScaledBackbone)
+    try:
+        torch.manual_seed(0)
+        pruner = Pruner(backbone.build(backbone.preset_config("small")).eval())
+        scores = pruner.scores("magnitude")
+        one = OneUnitPruning(pruner.base, pruner.graph, scores)
+        assert {u.name for u in pruner.graph.units} == {"conv_in", "conv_mid"}
+        import torch_pruning as tp  # the premise: conv_mid's group reaches the bare parameter
+
+        root = one.modules["conv_mid"]
+        group = one.dg.get_pruning_group(root, one.dg.get_pruner_of_module(root).prune_out_channels, [0])
+        assert any(dep.target.type == tp.ops.OPTYPE.PARAMETER for dep, _ in group)
+        for u in pruner.graph.units:
+            level = u.floor(0.5)
+            a, history_a = build_pruned(pruner.base, pruner.graph, {u.name: level}, scores)
+            b, history_b = one.build(u.name, level)
+            assert history_a == history_b, u.name
+            sa, sb = a.state_dict(), b.state_dict()
+            assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), u.name
+        assert one.build("conv_mid", 0.5)[0].scale.shape == (8,)  # sliced with conv_mid's channels
+        result = pruner.prune(None, pruner.limit(0.6), "magnitude")
+        assert result.model.scale.shape == (result.model.conv_mid.out_channels,) != (16,)
+        save_pruned(tmp_path / "p", result, {"image_shape": [1, 8, 8]})
+        back, _ = load_model(tmp_path / "p")
+        x, t = torch.randn(3, 1, 8, 8), torch.tensor([1, 500, 999])
+        with torch.no_grad():
+            assert torch.equal(denoise(back.eval(), x, t), denoise(result.model.eval(), x, t))
+    finally:
+        unregister_backbone("toy-scaled")
