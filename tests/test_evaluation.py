@@ -22,9 +22,9 @@ def test_frechet_basics():
     assert frechet(a, a + 1.0) == pytest.approx(4.0, rel=0.05)
 
 
-@pytest.mark.parametrize("n", [16, 63, 64, 65, 300])
+@pytest.mark.parametrize("n", [16, 63, 64])
 def test_fewer_samples_than_dimensions_give_the_same_distance(n):
-    """The n x n path (fewer samples than feature dimensions) equals the d x d formula."""
+    """The n x n path (fewer samples than feature dimensions, up to n = d) equals the d x d formula."""
     from tdc_agent.evaluation.fd import frechet_from_stats, frechet_to_stats, gaussian
 
     rng = np.random.default_rng(n)

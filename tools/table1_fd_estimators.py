@@ -44,18 +44,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="the run's work folder (holds s<seed>/scores)")
     ap.add_argument("--steps", default="100")
-    ap.add_argument("--seeds", type=int, nargs="*", default=None, help="default: every s<seed> with scores")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None,
+                    help="default: the scale's reported seeds that have scores")
     a = ap.parse_args(argv)
     bench = Bench("cpu", a.work, "cpu")
     ref = bench.reference()
     mu, sigma = gaussian(ref)
-    seeds = a.seeds or sorted(int(p.name[1:]) for p in a.work.glob("s*")
-                              if (p / "scores" / f"base-equal-compute@{a.steps}.npy").is_file()
-                              and int(p.name[1:]) < 100)  # 100+ are the tuning seeds
+    seeds = a.seeds or [sd for sd in bench.s["seeds"]
+                        if (bench.seed_dir(sd) / "scores" / f"base-equal-compute@{a.steps}.npy").is_file()]
     scores: dict[str, dict[int, tuple[float, float, float]]] = {}
     for row in (*ROWS, "base-equal-compute"):
         for sd in seeds:
-            f = np.load(a.work / f"s{sd}" / "scores" / f"{row}@{a.steps}.npy").astype(np.float64)
+            f = np.load(bench.seed_dir(sd) / "scores" / f"{row}@{a.steps}.npy").astype(np.float64)
             scores.setdefault(row, {})[sd] = (frechet_to_stats(f, mu, sigma), fd_infinity(f, mu, sigma, sd),
                                               kid(f, ref, seed=sd)[0])
     print(f"seeds {seeds}, DDIM-{a.steps}; ratio to base-equal-compute, mean [t 95 % CI over seeds]")
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         for i, name in enumerate(("FD", "FD-inf", "KID")):
             r = paired_ratios([scores[row][s][i] for s in seeds], [scores["base-equal-compute"][s][i] for s in seeds])
             iv = t_interval(r)
-            print(f"{row:14s} {name:6s} {iv.mean:.3f} [{iv.lo:.3f}, {iv.hi:.3f}]  per seed "
+            mean = np.mean([scores[row][s][i] for s in seeds])
+            print(f"{row:14s} {name:6s} mean {mean:8.4f}  ratio {iv.mean:.3f} [{iv.lo:.3f}, {iv.hi:.3f}]  per seed "
                   + ", ".join(f"{x:.2f}" for x in r))
 
 

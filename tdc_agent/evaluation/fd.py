@@ -98,9 +98,7 @@ def frechet_to_stats(a: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
     if n - 1 >= d:
         return frechet_from_stats(mu1, s1, mu2, s2)
     c = (a - mu1) / np.sqrt(n - 1)
-    inner = np.linalg.eigvalsh(c @ s2 @ c.T)
-    tr_covmean = float(np.sqrt(np.clip(inner, 0, None)).sum())
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+    return _frechet(mu1, s1, mu2, s2, np.linalg.eigvalsh(c @ s2 @ c.T))
 
 
 def frechet_from_stats(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
@@ -112,7 +110,12 @@ def frechet_from_stats(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.
     """
     w, v = np.linalg.eigh(s1)
     root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    inner = np.linalg.eigvalsh(root1 @ s2 @ root1)
+    return _frechet(mu1, s1, mu2, s2, np.linalg.eigvalsh(root1 @ s2 @ root1))
+
+
+def _frechet(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray, inner: np.ndarray) -> float:
+    """|mu1 - mu2|² + tr s1 + tr s2 - 2 tr sqrt(s1 s2), given the eigenvalues ``inner`` of a matrix
+    with the nonzero spectrum of s1 s2 (float error can make tiny ones negative: clipped)."""
     tr_covmean = float(np.sqrt(np.clip(inner, 0, None)).sum())
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
