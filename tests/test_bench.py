@@ -114,6 +114,18 @@ def test_agent_quality_smoke_every_row_at_macs_parity_and_resumes(tmp_path, monk
         assert x["never_worse"] == (x["with_memory_final_val"] <= x["no_memory_final_val"] * 1.002)
         assert x["val_noise_rel_sd"] > 0 and len(x["with_memory_best_by_round"]) == 2
         assert 1 <= x["no_memory_rounds_to_final"] <= 2
+        # the verdict against the round-to-round noise (paired, fresh draws)
+        r1 = x["cold_round1_vs_final"]
+        assert x["search_gains_beyond_noise"] == (r1["mean"] > bench.NOISE_MARGIN * r1["sd"])
+        if x["faster_beyond_noise"]:
+            assert x["rounds_saved"] > 0 and x["cold_at_reach_vs_final"]["mean"] > 0
+    for s in seeds:  # every best-so-far model was rebuilt from the memory and gave its record's loss back
+        for name in ("round_noise.json", f"round_noise-agent-memory-from-s{seeds[seeds.index(s) - 1]}.json"):
+            for g in json.loads((tmp_path / "work" / f"s{s}" / "scores" / name).read_text())["groups"]:
+                assert len(g["best_by_round"]) == 2 and set(g["best_by_round"]) == set(g["models"])
+                for m in g["models"].values():
+                    assert abs(m["rebuilt_loss"] / m["record_loss"] - 1) <= 1e-4 and len(m["draws"]) == bench.NOISE_DRAWS
+    assert mt["search_gains_beyond_noise"] == sum(x["search_gains_beyond_noise"] for x in mt["groups"])
     assert res["targets"]["memory_never_worse"] == all(x["never_worse"] for x in mt["groups"])
     assert set(res["seconds_per_seed"][str(seeds[0])]) >= {"stage1", "agent", "pairs", "finetune_fd", "transfer"}
     md = (tmp_path / "out" / "agent_quality-smoke.md").read_text()
@@ -133,6 +145,41 @@ def test_agent_quality_smoke_every_row_at_macs_parity_and_resumes(tmp_path, monk
     bench.main(args[:2] + ["--jobs", "2"] + args[2:])
     assert before == {p: p.stat().st_mtime_ns for p in scores}
     assert json.loads((tmp_path / "out" / "agent_quality-smoke.json").read_text())["pairs"] == res["pairs"]
+
+
+def test_memory_transfer_is_judged_against_the_paired_round_to_round_noise():
+    """tools/bench_agent_quality.py:paired_transfer: "faster beyond noise" needs the cold run's best at
+    the warm run's round to be worse than its final one by more than 2 SDs of their paired difference
+    over fresh noise draws, and the warm run's best there not to be worse; one model's own (unpaired)
+    SD is kept only as the first verdict."""
+    spec = importlib.util.spec_from_file_location("bench_agent_quality", ROOT / "tools" / "bench_agent_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    final = [1.00, 1.10, 0.90, 1.05, 0.95]  # one model's loss over 5 draws: SD ~ 7 %
+
+    def run(*rounds: list[float]) -> dict:
+        return {"best_by_round": [f"r{i}" for i in range(len(rounds))],
+                "models": {f"r{i}": {"draws": d} for i, d in enumerate(rounds)}}
+
+    def group(saved: int | None, margin: float) -> dict:
+        return {"rounds_to_reach": None if saved is None else 2 - saved, "rounds_saved": saved,
+                "margin_at_reach": margin, "val_noise_rel_sd": 0.07, "faster_beyond_noise": True}
+
+    worse = [v * 1.02 for v in final]  # 2 % worse on every draw: far beyond the paired noise (0)
+    jitter = [v * (1 + e) for v, e in zip(final, (0.03, -0.02, 0.01, -0.03, 0.02))]  # mean ~0, SD 2.5 %
+    cold = run(worse, final)
+    x = bench.paired_transfer(group(1, 0.02), cold, run(final, final))
+    assert x["search_gains_beyond_noise"] and x["faster_beyond_noise"]
+    assert not x["faster_beyond_val_noise_unpaired"]  # 2 % < 2 x 7 %: the first verdict missed it
+    assert abs(x["cold_at_reach_vs_final"]["mean"] - 0.02) < 1e-12 and x["cold_at_reach_vs_final"]["sd"] < 1e-12
+    # the warm run's best is itself worse than the cold final beyond noise: not faster
+    assert not bench.paired_transfer(group(1, 0.02), cold, run(worse, final))["faster_beyond_noise"]
+    # the cold run's gain is within its paired noise: nothing to be faster about
+    y = bench.paired_transfer(group(1, 0.001), run(jitter, final), run(final, final))
+    assert not y["search_gains_beyond_noise"] and not y["faster_beyond_noise"]
+    # no round saved: never faster, whatever the noise
+    assert not bench.paired_transfer(group(0, 0.0), cold, run(worse, final))["faster_beyond_noise"]
+    assert not bench.paired_transfer(group(None, 0.0), cold, run(worse, worse))["faster_beyond_noise"]
 
 
 def test_worker_pool_runs_jobs_in_order_keeps_logs_and_reports_failures(tmp_path):

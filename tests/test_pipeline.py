@@ -351,7 +351,8 @@ def test_whole_pipeline_under_torchrun_two_processes(make_config, tmp_path, cach
     cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "tdc_agent.cli", "run", "--config", str(cfg),
            "--run-dir", str(tmp_path / "ddp"), "-q"]
-    p = subprocess.run(cmd, env=python_env(), capture_output=True, text=True, timeout=600)
+    # torchrun's agent keeps a torchelastic_* folder in the temp dir and does not remove it
+    p = subprocess.run(cmd, env={**python_env(), "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     run = tmp_path / "ddp"
     assert (run / "progressive" / "manifest.json").is_file() and (run / "report.md").is_file()

@@ -99,7 +99,8 @@ def test_torchrun_two_processes_keep_identical_parameters(make_config, tmp_path)
     cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "tdc_agent.cli", "train-base", "--config", str(cfg),
            "--run-dir", str(tmp_path / "ddp"), "-q"]
-    p = subprocess.run(cmd, env=python_env(), capture_output=True, text=True, timeout=300)
+    # torchrun's agent keeps a torchelastic_* folder in the temp dir and does not remove it
+    p = subprocess.run(cmd, env={**python_env(), "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     recs = [json.loads(x) for x in (tmp_path / "ddp" / "stage1" / "metrics.jsonl").read_text().splitlines()]
     sync = [r["ddp_param_max_diff"] for r in recs if "ddp_param_max_diff" in r]
