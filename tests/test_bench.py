@@ -126,6 +126,10 @@ def test_agent_quality_smoke_every_row_at_macs_parity_and_resumes(tmp_path, monk
                 for m in g["models"].values():
                     assert abs(m["rebuilt_loss"] / m["record_loss"] - 1) <= 1e-4 and len(m["draws"]) == bench.NOISE_DRAWS
     assert mt["search_gains_beyond_noise"] == sum(x["search_gains_beyond_noise"] for x in mt["groups"])
+    assert mt["faster_beyond_noise_where_search_gains"] == sum(
+        x["faster_beyond_noise"] and x["search_gains_beyond_noise"] for x in mt["groups"])
+    for x in mt["groups"]:  # every group that saved rounds is checked on the test split too
+        assert ("test_at_reach" in x) == bool(x["rounds_saved"])
     assert res["targets"]["memory_never_worse"] == all(x["never_worse"] for x in mt["groups"])
     assert set(res["seconds_per_seed"][str(seeds[0])]) >= {"stage1", "agent", "pairs", "finetune_fd", "transfer"}
     md = (tmp_path / "out" / "agent_quality-smoke.md").read_text()
@@ -180,6 +184,18 @@ def test_memory_transfer_is_judged_against_the_paired_round_to_round_noise():
     # no round saved: never faster, whatever the noise
     assert not bench.paired_transfer(group(0, 0.0), cold, run(worse, final))["faster_beyond_noise"]
     assert not bench.paired_transfer(group(None, 0.0), cold, run(worse, worse))["faster_beyond_noise"]
+    # reached in round 2 of 3 where the cold run needed 3: judged at round 2, and checked on the test split
+    worse2 = [v * 1.05 for v in final]
+    three = {"rounds_to_reach": 2, "rounds_saved": 1, "margin_at_reach": 0.02, "val_noise_rel_sd": 0.07}
+    z = bench.paired_transfer(three, run(worse2, worse, final), run(worse2, final, final),
+                              {"cold_at_reach": 0.52, "warm_at_reach": 0.51, "cold_final": 0.515})
+    assert z["faster_beyond_noise"] and abs(z["cold_at_reach_vs_final"]["mean"] - 0.02) < 1e-12
+    assert z["test_at_reach"]["warm_ahead_on_test"] and abs(z["test_at_reach"]["cold_gain_on_test"] - 0.005 / 0.52) < 1e-12
+    # the warm run's best is not worse than the cold final beyond noise, but not ahead of the cold run's
+    # best at that round either (both about 1 % above the final): not faster
+    tie = [v * 1.01 * (1 + e) for v, e in zip(final, (0.03, -0.02, 0.01, -0.03, 0.02))]
+    assert not bench.paired_transfer(three, run(worse2, [v * 1.01 for v in final], final),
+                                     run(worse2, tie, tie))["faster_beyond_noise"]
 
 
 def test_worker_pool_runs_jobs_in_order_keeps_logs_and_reports_failures(tmp_path):
