@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_table1 import SCALES, Bench  # noqa: E402
 from workers import run_workers  # noqa: E402
+from tdc_agent.agent.memory import MemoryRecord  # noqa: E402
 from tdc_agent.agent.records import memory_records  # noqa: E402
 from tdc_agent.core.io import atomic_write_json, read_json  # noqa: E402
 from tdc_agent.diffusion.process import ForwardProcess  # noqa: E402
@@ -75,6 +76,7 @@ from tdc_agent.models.latent import held_out, training_data  # noqa: E402
 from tdc_agent.models.macs import count  # noqa: E402
 from tdc_agent.models.store import load_model  # noqa: E402
 from tdc_agent.planning.build import build_plan  # noqa: E402
+from tdc_agent.planning.plan import GroupTask  # noqa: E402
 from tdc_agent.pruning.apply import PruneResult, fit_levels  # noqa: E402
 from tdc_agent.pruning.criteria import criterion_names  # noqa: E402
 from tdc_agent.pruning.global_pruning import DEFAULT_MAX_PRUNING_RATIO, global_levels  # noqa: E402
@@ -218,7 +220,8 @@ class QualityBench(Bench):
         atomic_write_json(path, {"groups": out})
         return out
 
-    def best_so_far(self, seed: int, name: str) -> tuple[Pruner, list[tuple[Any, dict[str, Any], list[Any]]]]:
+    def best_so_far(self, seed: int, name: str
+                    ) -> tuple[Pruner, list[tuple[GroupTask, dict[str, Any], list[MemoryRecord]]]]:
         """Agent run ``name``'s best record after each round, per group: (pruner, [(group, prune.json,
         [best record after round 1, 2, ...])]), read from its memory (every successful record of the
         run, transferred shapes included: they are its candidates)."""
@@ -236,7 +239,8 @@ class QualityBench(Bench):
                                   for k in range(len(info["rounds"]))]))
         return pruner, out
 
-    def rebuild(self, seed: int, pruner: Pruner, g: Any, info: dict[str, Any], rec: Any) -> tuple[torch.nn.Module, float]:
+    def rebuild(self, seed: int, pruner: Pruner, g: GroupTask, info: dict[str, Any],
+                rec: MemoryRecord) -> tuple[torch.nn.Module, float]:
         """``rec``'s model, built as the agent builds its final one, and its quick loss on the agent's
         own noise, which must give the record's loss back (checked)."""
         cfg = self.agent_cfg(seed)
@@ -473,10 +477,14 @@ class QualityBench(Bench):
         return [paired_transfer(x, cold[x["group"]], warm[x["group"]], test.get(x["group"])) for x in groups]
 
 
+def _draws(run: dict[str, Any], round_: int) -> list[float]:
+    """The noise draws of ``run``'s best model after round ``round_`` (1-based)."""
+    return run["models"][run["best_by_round"][round_ - 1]]["draws"]
+
+
 def _rel(run: dict[str, Any], round_: int, ref: list[float]) -> dict[str, float]:
     """Mean and SD over the noise draws of (best after ``round_`` (1-based) of ``run`` − ``ref``) / ``ref``."""
-    draws = np.asarray(run["models"][run["best_by_round"][round_ - 1]]["draws"])
-    rel = (draws - np.asarray(ref)) / np.asarray(ref)
+    rel = (np.asarray(_draws(run, round_)) - np.asarray(ref)) / np.asarray(ref)
     return {"mean": float(rel.mean()), "sd": float(rel.std(ddof=1))}
 
 
@@ -484,10 +492,6 @@ def _beyond(d: dict[str, float]) -> bool:
     """A paired relative difference above ``NOISE_MARGIN`` SDs over the draws (one-sided; with 5 draws
     that is a paired t above 4.5); two identical models (SD 0) are never apart."""
     return d["mean"] > NOISE_MARGIN * d["sd"]
-
-
-def _draws(run: dict[str, Any], round_: int) -> list[float]:
-    return run["models"][run["best_by_round"][round_ - 1]]["draws"]
 
 
 def paired_transfer(x: dict[str, Any], cold: dict[str, Any], warm: dict[str, Any],
@@ -498,8 +502,9 @@ def paired_transfer(x: dict[str, Any], cold: dict[str, Any], warm: dict[str, Any
     search *gains beyond noise* after round 1 when its round-1 best is worse than its final one
     beyond noise. The memory is *faster beyond noise* when the warm run reaches the cold run's final
     val loss in fewer rounds and, at that round, on the fresh draws: the cold run's best is worse
-    than its final one beyond noise, the warm run's best is worse than the cold run's beyond noise
-    the other way (it is ahead), and not worse than the cold final beyond noise (it got there).
+    than its final one beyond noise, the cold run's best is worse than the warm run's beyond noise
+    (the warm run is ahead), and the warm run's best is not worse than the cold final beyond noise
+    (it got there).
     ``test``: the held-out test losses of :meth:`QualityBench.reach_test`, reported beside."""
     final = _draws(cold, len(cold["best_by_round"]))
     r1 = _rel(cold, 1, final)
