@@ -130,8 +130,15 @@ def test_agent_quality_smoke_every_row_at_macs_parity_and_resumes(tmp_path, monk
         x["faster_beyond_noise"] and x["search_gains_beyond_noise"] for x in mt["groups"])
     for x in mt["groups"]:  # every group that saved rounds is checked on the test split too
         assert ("test_at_reach" in x) == bool(x["rounds_saved"])
+        # the no-memory search again under another policy seed: the same round 1 (the builtin's round 1
+        # does not draw random numbers), its own later rounds
+        rep = x["replicate"]
+        assert rep["round1_equals_cold"] and rep["best_by_round"][0] == x["no_memory_best_by_round"][0]
+        assert rep["rounds_to_reach_cold_final"] is None or 1 <= rep["rounds_to_reach_cold_final"] <= 2
+    assert mt["replicate_round1_equals_cold"] is True
     assert res["targets"]["memory_never_worse"] == all(x["never_worse"] for x in mt["groups"])
-    assert set(res["seconds_per_seed"][str(seeds[0])]) >= {"stage1", "agent", "pairs", "finetune_fd", "transfer"}
+    assert set(res["seconds_per_seed"][str(seeds[0])]) >= {"stage1", "agent", "pairs", "finetune_fd", "transfer",
+                                                          "replicate"}
     md = (tmp_path / "out" / "agent_quality-smoke.md").read_text()
     for text in ("Round 1 alone vs the full search", "FD after fine-tuning", "Memory transfer", "global-"):
         assert text in md

@@ -33,7 +33,8 @@ scale) and per timestep group:
    round is rebuilt and measured again on fresh noise draws, and at the round the warm run got there
    the cold run's best must be worse than its final one, and behind the warm run's best, by more
    than 2 SDs of the paired difference (:func:`paired_transfer`). Those groups are scored on the
-   test split too (the val images are the ones the search selected on).
+   test split too (the val images are the ones the search selected on), and the no-memory search is
+   repeated under another policy seed (:meth:`QualityBench.replicate`): the rounds another search needs.
 
 Writes benchmarks/results/agent_quality.json and .md (``--scale smoke``: ``agent_quality-smoke.*``).
 Resumable: each seed's results live in ``<work>/s<seed>/scores/`` and are skipped when present;
@@ -109,6 +110,9 @@ PARITY_BUILDS = 3  # of those, the best few built and measured before the criter
 NOISE_DRAWS = 5  # fresh-noise re-evaluations of a model's val loss, for the noise of the agent's yardstick
 NOISE_MARGIN = 2.0  # "beyond noise": a margin larger than this many noise SDs
 WARM_TOLERANCE = 0.002  # warm final val loss <= cold x (1 + this)
+# the no-memory run again with the builtin policy seeded run.seed + this (the same base, quick-loss noise
+# and pruner): how many rounds another search needs to reach the cold run's final val loss
+REPLICATE_POLICY_SEED = 1000
 
 
 def at_parity(predict: Callable[[float], float], build: Callable[[float], PruneResult], target: float,
@@ -462,8 +466,38 @@ class QualityBench(Bench):
                      f"{cold_final:.5f} without; reaches it in {reached or f'>{rounds_total}'} rounds (without: "
                      f"{cold_rounds}); margin {margin if margin is not None else float('nan'):.2%} vs noise {rel_sd:.2%}")
         self.round_noise(seed, f"agent-memory-from-s{donor}")
+        self.timed(seed, "replicate", lambda: self.replicate(seed))
         atomic_write_json(path, {"groups": groups})
         return groups
+
+    def replicate(self, seed: int) -> dict[int, dict[str, Any]]:
+        """Per group: the no-memory run repeated with the builtin policy seeded differently (everything
+        else the same, so its val losses are on the cold run's fixed noise): its best val loss by round
+        and the round it reaches the cold run's final val loss (None: not in ``rounds``). Only for the
+        builtin policy (an LLM's replicate is not a seed away); empty otherwise."""
+        path = self.scores_dir(seed) / "replicate.json"
+        if path.is_file():
+            return {int(k): v for k, v in read_json(path, "policy-seed replicate")["groups"].items()}
+        if self.llm != "builtin":
+            return {}
+        from tdc_agent.agent.builtin import BuiltinPolicy
+
+        policy_seed = REPLICATE_POLICY_SEED + seed
+        cold = self.agent_run(seed, "agent")
+        rep = self.pruned(seed, "replicate", "tdc", dirname=f"agent-policy-seed-{policy_seed}",
+                          llm=BuiltinPolicy(seed=policy_seed))
+        out = {}
+        for g in build_plan(self.agent_cfg(seed)).groups:
+            a = read_json(cold.group(g.index) / "prune.json", "agent pruning summary")
+            b = read_json(rep.group(g.index) / "prune.json", "agent pruning summary")
+            cold_curve = list(np.minimum.accumulate([min(r["losses"]) for r in a["rounds"]]))
+            curve = [float(v) for v in np.minimum.accumulate([min(r["losses"]) for r in b["rounds"]])]
+            out[g.index] = {"policy_seed": policy_seed, "best_by_round": curve,
+                            "round1_equals_cold": curve[0] == float(cold_curve[0]),
+                            "rounds_to_reach_cold_final": next(
+                                (i + 1 for i, v in enumerate(curve) if v <= cold_curve[-1] + 1e-12), None)}
+        atomic_write_json(path, {"groups": {str(k): v for k, v in out.items()}})
+        return out
 
     def transfer_verdicts(self, seed: int) -> list[dict[str, Any]]:
         """The seed's transfer groups, each judged against the round-to-round noise
@@ -474,7 +508,9 @@ class QualityBench(Bench):
         cold = {g["group"]: g for g in self.round_noise(seed)}
         warm = {g["group"]: g for g in self.round_noise(seed, f"agent-memory-from-s{donor}")}
         test = self.reach_test(seed, groups)
-        return [paired_transfer(x, cold[x["group"]], warm[x["group"]], test.get(x["group"])) for x in groups]
+        rep = self.replicate(seed)
+        return [{**paired_transfer(x, cold[x["group"]], warm[x["group"]], test.get(x["group"])),
+                 **({"replicate": rep[x["group"]]} if x["group"] in rep else {})} for x in groups]
 
 
 def _draws(run: dict[str, Any], round_: int) -> list[float]:
@@ -647,6 +683,15 @@ def aggregate(b: QualityBench, seeds: list[int], out_dir: Path, wall_s: float) -
             "faster_and_warm_ahead_on_test": sum(x.get("test_at_reach", {}).get("warm_ahead_on_test", False)
                                                  for x in faster),
             "faster_cold_gain_on_test": [x["test_at_reach"]["cold_gain_on_test"] for x in faster if "test_at_reach" in x],
+            # another no-memory search (policy seed + REPLICATE_POLICY_SEED): the rounds it needs, where the
+            # memory was faster and everywhere (None: not within the rounds)
+            "replicate_rounds_to_reach_where_faster": [x["replicate"]["rounds_to_reach_cold_final"]
+                                                       for x in faster if "replicate" in x],
+            "replicate_round1_equals_cold": all(x["replicate"]["round1_equals_cold"] for x in transfer
+                                                if "replicate" in x) if any("replicate" in x for x in transfer) else None,
+            "replicate_rounds_to_reach_mean": statistics.mean(
+                [x["replicate"]["rounds_to_reach_cold_final"] or rounds_total + 1 for x in transfer if "replicate" in x]
+                or [float("nan")]),
             "round_noise_rel_sd_median": statistics.median(
                 [x["round_noise_rel_sd"] for x in transfer if x["round_noise_rel_sd"]] or [float("nan")]),
             "faster_beyond_val_noise_unpaired": sum(x["faster_beyond_val_noise_unpaired"] for x in transfer),
@@ -727,7 +772,12 @@ def markdown(r: dict[str, Any]) -> str:
             f"warm run's best at that round is ahead of the cold run's in {mt['faster_and_warm_ahead_on_test']} of "
             f"them, and the cold run's later rounds gained there by "
             f"{', '.join(f'{v:+.2%}' for v in mt['faster_cold_gain_on_test'])}. "
-            f"The first, unpaired verdict (the margin "
+            + (f"Another no-memory search (the builtin policy seeded differently; round 1 the same: "
+               f"{mt['replicate_round1_equals_cold']}) reaches the no-memory run's final val loss in "
+               f"{mt['replicate_rounds_to_reach_mean']:.2f} rounds on average, and in "
+               f"{mt['replicate_rounds_to_reach_where_faster']} rounds in the groups where the memory was faster "
+               f"(None: not within {mt['rounds_total']}). " if mt["replicate_round1_equals_cold"] is not None else "")
+            + f"The first, unpaired verdict (the margin "
             f"against one model's own val-loss SD, median {mt['val_noise_rel_sd_median']:.2%}) counted "
             f"{mt['faster_beyond_val_noise_unpaired']}/{mt['n']}.")
     else:

@@ -165,10 +165,10 @@ class Bench:
         return run
 
     def pruned(self, seed: int, name: str, mode: str, memory_from: Path | None = None,
-               dirname: str | None = None) -> RunDir:
+               dirname: str | None = None, llm: Any = None) -> RunDir:
         """A run directory (``<name>-pruned`` unless ``dirname``) holding the seed's base and every
         group's pruned starting model for ``mode`` (``memory_from``: a memory bank copied in first,
-        so the agent starts with its records)."""
+        so the agent starts with its records; ``llm``: a LangChain chat model instead of ``agent.llm``)."""
         run = RunDir(self.seed_dir(seed) / (dirname or f"{name}-pruned"))
         cfg = self.cfg(seed, {"stage2.mode": mode})
         plan = build_plan(cfg)
@@ -181,7 +181,11 @@ class Bench:
             shutil.copytree(memory_from, run.memory)
         self.log(f"seed {seed}: pruning for {name} ({mode})")
         base, meta = load_model(run.base_model, self.device)
-        ctx = RunContext(cfg, run, self.device, plan, show=False)
+        if llm is not None:
+            from tdc_agent.agent.llm import ResolvedLLM  # the agent's imports only where a chat model is given
+
+            llm = ResolvedLLM.of(llm, cfg.agent, cfg.run.seed)
+        ctx = RunContext(cfg, run, self.device, plan, show=False, llm=llm)
         for g in plan.groups:
             prepare_in_order(ctx, cfg, g, base, meta)
         return run
