@@ -168,9 +168,6 @@ class _Server:
 
 
 _server: _Server | None = None
-# CPU seconds of every command this worker's server ran (they are not our children, so getrusage
-# does not see them); for profiling the suite
-children_cpu_s = 0.0
 
 
 def _command(cmd: list[Any]) -> dict[str, Any] | None:
@@ -253,9 +250,7 @@ class ForkedProcess:
         return json.loads(line)
 
     def _ended(self, msg: dict[str, Any]) -> int:
-        global children_cpu_s
         self.returncode, self.cpu_s = int(msg["returncode"]), float(msg["cpu_s"])
-        children_cpu_s += self.cpu_s
         return self.returncode
 
     def poll(self) -> int | None:

@@ -545,7 +545,6 @@ def paired_transfer(x: dict[str, Any], cold: dict[str, Any], warm: dict[str, Any
     final = _draws(cold, len(cold["best_by_round"]))
     r1 = _rel(cold, 1, final)
     saved, margin = x["rounds_saved"], x["margin_at_reach"]
-    x = {k: v for k, v in x.items() if k != "faster_beyond_noise"}  # transfer.json of the first protocol
     out = {**x, "cold_round1_vs_final": r1, "search_gains_beyond_noise": _beyond(r1),
            "round_noise_rel_sd": r1["sd"] if r1["sd"] > 0 else None,
            # the first verdict, kept for comparison: the margin (a difference between two models on the
