@@ -144,9 +144,9 @@ class Bench:
 
     def recipe(self, rule: str) -> dict[str, Any]:
         """Stage-2 overrides for a steps rule, at the same total steps (``steps`` is per group with
-        ``equal`` and the total with ``proportional``)."""
+        ``equal`` and the total with ``proportional`` and ``need``)."""
         total = int(round(self.s["stage1"] * self.s["stage2_fraction"]))
-        return {"stage2.steps_rule": rule, "stage2.steps": total if rule == "proportional" else total // self.s["groups"]}
+        return {"stage2.steps_rule": rule, "stage2.steps": total // self.s["groups"] if rule == "equal" else total}
 
     def seed_dir(self, seed: int) -> Path:
         return self.work / f"s{seed}"
@@ -622,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--distill", type=int)
-    ap.add_argument("--rule", choices=["equal", "proportional"])
+    ap.add_argument("--rule", choices=["equal", "proportional", "need"])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seeds", default=None, help="run only these reported seeds (comma-separated; e.g. to finish "
                                                   "whole seeds first); the tables still report every complete seed")

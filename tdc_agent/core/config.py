@@ -290,7 +290,8 @@ class Stage2Config(TrainConfig):
     """Stage 2: each group's model, pruned (or not) and fine-tuned on the group's timesteps (Eq. 8).
 
     ``steps`` is per group with ``steps_rule: equal``; with ``proportional`` it is the total,
-    shared out by the groups' sizes. Either way every group gets at least ``min_steps`` (default:
+    shared out by the groups' sizes, with ``need`` the total shared by what each group needs (its
+    part of the base's held-out ε-loss: ``workflow/stage2.py:group_needs``). Either way every group gets at least ``min_steps`` (default:
     the lr warm-up plus one EMA window), so a group with few timesteps is not left inside its
     warm-up. ``optimizer: fresh`` starts AdamW anew for every group (what worked in our
     measurements); ``carried`` starts from the base's AdamW state (only possible when the group
@@ -307,7 +308,7 @@ class Stage2Config(TrainConfig):
     lr: float = Field(default=5e-4, gt=0)
     warmup: int = Field(default=25, ge=0)
     ckpt_every: int = Field(default=100, ge=1)
-    steps_rule: Literal["equal", "proportional"] = "equal"
+    steps_rule: Literal["equal", "proportional", "need"] = "equal"
     optimizer: Literal["fresh", "carried"] = "fresh"
     ema_decay: float = Field(default=0.99, ge=0, lt=1)
     ema_warmup: int = Field(default=0, ge=0)

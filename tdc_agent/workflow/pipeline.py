@@ -259,7 +259,7 @@ def training_macs(cfg: Config, run: RunDir, plan, base_macs: int) -> dict[str, f
     (extra steps after a failed check included; a backward costs about twice a forward, the same
     factor for every row); ``teacher[_variant]`` the base's forwards for distillation (no
     backward); ``proxy[_variant]`` the agent's quick evaluations of candidates and the held-out
-    checks of each member against the base.
+    checks of each member against the base (and, with ``steps_rule: need``, the base's loss per group).
     """
     from ..core.io import read_json as _read
 
@@ -277,6 +277,9 @@ def training_macs(cfg: Config, run: RunDir, plan, base_macs: int) -> dict[str, f
             if vcfg.stage2.distill > 0:
                 teacher += float(base_macs) * images
             proxy += float(info.get("proxy_forward_macs") or 0.0) + float(ft.get("check_forward_macs") or 0.0)
+        need = run.stage2(variant) / "need.json"  # stage2.steps_rule=need: the base's loss per group
+        if need.is_file():
+            proxy += float(_read(need, "stage-2 group needs").get("forward_macs") or 0.0)
         out["stage2" + suffix] = student
         out["teacher" + suffix] = teacher
         out["proxy" + suffix] = proxy

@@ -13,7 +13,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -38,19 +38,75 @@ class GroupResult:
     summary: dict[str, Any]
 
 
-def group_steps(cfg: Config, plan: Plan, group: Group) -> int:
+def share_steps(total: int, floor: int, weights: Sequence[float]) -> list[int]:
+    """``total`` steps over groups: ``floor`` each first, the rest shared in proportion to
+    ``weights`` (each group at least 1 step; rounding may move the sum by up to one per group)."""
+    rest = max(0, total - floor * len(weights))
+    s = float(sum(weights))
+    return [max(1, floor + round(rest * w / s)) if s > 0 else max(1, floor) for w in weights]
+
+
+def group_steps(cfg: Config, plan: Plan, group: Group, needs: Sequence[float] | None = None) -> int:
     """Planned fine-tuning steps for one group: at least ``stage2.floor_steps``; with ``equal``
-    ``stage2.steps`` each, with ``proportional`` the total ``stage2.steps`` less the floors, shared
-    by the groups' sizes. (A member that fails its check after these steps may add ``extra_steps``;
-    :func:`finetune_group` records what it really trained.)"""
+    ``stage2.steps`` each; with ``proportional`` / ``need`` the total ``stage2.steps`` less the
+    floors, shared by the groups' sizes / by ``needs`` (:func:`group_needs`: each group's share of
+    the base's held-out loss). A member that fails its check after these steps may add
+    ``extra_steps``; :func:`finetune_group` records what it really trained."""
     s2 = cfg.stage2
     if s2.steps == 0:
         return 0  # no fine-tuning at all: the floor does not apply
     floor = s2.floor_steps
     if s2.steps_rule == "equal":
         return max(s2.steps, floor)
-    rest = max(0, s2.steps - floor * len(plan.groups))
-    return max(1, floor + round(rest * group.num_timesteps / plan.timesteps))
+    if s2.steps_rule == "need":
+        if needs is None:
+            raise ValueError("stage2.steps_rule=need shares steps by the groups' needs: pass group_needs(...)")
+        weights = list(needs)
+    else:
+        weights = [float(g.num_timesteps) for g in plan.groups]
+    return share_steps(s2.steps, floor, weights)[group.index]
+
+
+def need_path(run: RunDir, variant: str = "") -> Path:
+    return run.stage2(variant) / "need.json"
+
+
+def group_needs(ctx: RunContext, cfg: Config, variant: str = "") -> list[float]:
+    """What each group needs (``stage2.steps_rule: need``): the base's held-out quick loss on the
+    group's timesteps (val split, fixed noise: the same inputs as the member check) times the
+    group's number of timesteps, i.e. the group's part of the ε-loss that stage 2 minimises. A
+    high-noise group whose loss is near zero needs little beyond its floor; a group that carries
+    most of the loss gets most of the rest. Measured once per run (``stage2/need.json``, with its
+    forwards, which count in the training compute) and read back by every job."""
+    path = need_path(ctx.run, variant)
+    if path.is_file():
+        return [float(x) for x in read_json(path, "stage-2 group needs")["needs"]]
+    with ctx.run.lock(f"need{'-' + variant if variant else ''}"):
+        if path.is_file():
+            return [float(x) for x in read_json(path, "stage-2 group needs")["needs"]]
+        base = load_model(ctx.run.base_model, ctx.device)[0]
+        data, process = ctx.held_out(), ForwardProcess(cfg.schedule, ctx.device)
+        losses = [quick_loss(base, data, process, g.timesteps, cfg.agent.eval_timesteps, cfg.agent.eval_batch_size,
+                             cfg.run.seed) for g in ctx.plan.groups]
+        needs = [loss * g.num_timesteps for loss, g in zip(losses, ctx.plan.groups)]
+        images = sum(len(data.images[: cfg.agent.eval_batch_size]) * len(eval_timesteps(g.timesteps, cfg.agent.eval_timesteps))
+                     for g in ctx.plan.groups)
+        if dist_env().is_main:
+            atomic_write_json(path, {"needs": needs, "base_losses": losses,
+                                     "forward_macs": float(count(base).thop) * images})
+        barrier()
+    return needs
+
+
+def stored_needs(cfg: Config, run: RunDir, variant: str = "") -> list[float] | None:
+    """The needs a run measured (``None`` when its steps rule does not use them)."""
+    if cfg.stage2.steps_rule != "need":
+        return None
+    path = need_path(run, variant)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: stage2.steps_rule=need measures it before the first fine-tune; "
+                                "run `tdc-agent run` to measure it")
+    return [float(x) for x in read_json(path, "stage-2 group needs")["needs"]]
 
 
 def trained_steps(cfg: Config, run: RunDir, plan: Plan, group: Group, variant: str = "") -> int:
@@ -58,7 +114,7 @@ def trained_steps(cfg: Config, run: RunDir, plan: Plan, group: Group, variant: s
     done = run.group(group.index, variant) / "finetune.json"
     if done.is_file():
         return int(read_json(done, "group fine-tune summary")["steps"])
-    return group_steps(cfg, plan, group)
+    return group_steps(cfg, plan, group, stored_needs(cfg, run, variant))
 
 
 def prepare_group_model(ctx: RunContext, cfg: Config, g: Group, base: torch.nn.Module, meta: dict,
@@ -122,7 +178,8 @@ def finetune_group(ctx: RunContext, cfg: Config, g: Group, show: bool = True, va
     gdir = run.group(g.index, variant)
     model, meta = load_model(gdir / "pruned", device)
     process = ForwardProcess(cfg.schedule, device)
-    planned = group_steps(cfg, plan, g)
+    needs = group_needs(ctx, cfg, variant) if cfg.stage2.steps_rule == "need" else None
+    planned = group_steps(cfg, plan, g, needs)
     ft_dir = gdir / "finetune"
     target_file = ft_dir / "target.json"  # the steps of an extension in progress (resume)
     steps = max(planned, int(read_json(target_file, "fine-tune target")["steps"])) if target_file.is_file() else planned
