@@ -205,6 +205,32 @@ def test_memory_transfer_is_judged_against_the_paired_round_to_round_noise():
                                      run(worse2, tie, tie))["faster_beyond_noise"]
 
 
+def test_fd_infinity_removes_the_finite_sample_bias():
+    """tools/table1_fd_estimators.py:fd_infinity: FD on subsets extrapolated to 1/n = 0. Samples of
+    the reference Gaussian itself have FD > 0 at every finite n (the bias), FD∞ near 0; a mean shift
+    of length 1 keeps FD∞ near 1 (the bias removed, the real distance kept)."""
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("table1_fd_estimators", ROOT / "tools" / "table1_fd_estimators.py")
+    est = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(est)
+    from tdc_agent.evaluation.fd import frechet_to_stats
+
+    rng = np.random.default_rng(0)
+    d = 16
+    mu, sigma = np.zeros(d), np.eye(d)
+    same = rng.standard_normal((2000, d))
+    biased = frechet_to_stats(same, mu, sigma)
+    assert biased > 0.05  # ~ d(d+1)/(2n) for an identity covariance
+    assert abs(est.fd_infinity(same, mu, sigma, seed=0)) < 0.3 * biased
+    shift = np.zeros(d)
+    shift[0] = 1.0
+    moved = same + shift
+    # (the sample mean's own error along the shift moves both by ~2 x 1/sqrt(2000))
+    assert abs(est.fd_infinity(moved, mu, sigma, seed=0) - 1.0) < 0.1
+    assert est.fd_infinity(moved, mu, sigma, seed=0) < frechet_to_stats(moved, mu, sigma)
+
+
 def test_worker_pool_runs_jobs_in_order_keeps_logs_and_reports_failures(tmp_path):
     """tools/workers.py (the pool of `make bench` and `make bench-agent-quality`): at most n at a time,
     every job's output in its own appended log, failed jobs returned, a deadline stops the rest."""

@@ -139,3 +139,49 @@ def test_a_member_worse_than_the_base_trains_on_then_is_flagged(make_config, tmp
     assert "| base loss | pruned loss |" in report
     ev = json.loads((run / "evaluation.json").read_text())
     assert ev["training_steps"]["stage2"] == 3 * (10 if extends else 4)  # the extra steps are counted
+
+
+def test_share_steps_gives_floors_then_the_rest_by_weight():
+    from tdc_agent.workflow.stage2 import share_steps
+
+    assert share_steps(750, 125, [31, 272, 419, 278]) == [133, 193, 230, 195]  # Table I's size rule
+    need = share_steps(750, 125, [15.9, 52.8, 13.1, 0.19])
+    assert need[3] <= 126 and need[1] == max(need)  # nothing left to win at high noise: only the floor
+    assert abs(sum(need) - 750) <= 4
+    assert share_steps(100, 125, [1.0, 2.0]) == [125, 125]  # floors above the total: floors win
+    assert share_steps(10, 0, [0.0, 0.0]) == [1, 1]  # no weight at all: every group still trains
+
+
+def test_the_need_rule_shares_steps_by_the_bases_held_out_loss(make_config, tmp_path, cli):
+    from tdc_agent.core.config import load_config
+    from tdc_agent.planning.build import build_plan
+    from tdc_agent.workflow.pipeline import training_macs
+    from tdc_agent.workflow.rundir import RunDir
+    from tdc_agent.workflow.stage2 import group_steps, stored_needs
+
+    cfg = make_config(stage2={"mode": "tdc-no-prune", "steps": 24, "steps_rule": "need", "batch_size": 16,
+                              "ckpt_every": 100, "warmup": 1, "min_steps": 2},
+                      evaluation={"samples": 8, "compare_equal_compute": False},
+                      agent={"eval_batch_size": 16, "eval_timesteps": 2})
+    code, _, err = cli("run", "--config", cfg, "--run-dir", tmp_path / "r", "-q")
+    assert code == 0, err
+    run = RunDir(tmp_path / "r")
+    need = json.loads((run.stage2() / "need.json").read_text())
+    fts = [json.loads((run.group(g) / "finetune.json").read_text()) for g in range(3)]
+    # the need is the base's held-out loss (the member check's), times the group's timesteps
+    c = load_config(cfg)
+    plan = build_plan(c)
+    assert need["base_losses"] == pytest.approx([ft["loss_base"] for ft in fts])
+    assert need["needs"] == pytest.approx([ft["loss_base"] * g.num_timesteps for ft, g in zip(fts, plan.groups)])
+    steps = [ft["planned_steps"] for ft in fts]
+    assert steps == [group_steps(c, plan, g, stored_needs(c, run)) for g in plan.groups]
+    assert min(steps) >= 2 and steps.index(max(steps)) == need["needs"].index(max(need["needs"]))
+    macs = count(load_model(run.base_model)[0]).thop
+    assert need["forward_macs"] == macs * 16 * 2 * 3  # 16 images x 2 timesteps per group, 3 groups
+    # the member checks reuse the need's base losses: the base's forwards count once, in need.json
+    for ft in fts:
+        assert ft["check_forward_macs"] == macs * (1 + len(ft["checks"])) * 16 * 2
+    checks = sum(ft["check_forward_macs"] for ft in fts)
+    assert training_macs(c, run, plan, macs)["proxy"] == pytest.approx(checks + need["forward_macs"])
+    with pytest.raises(ValueError, match="group_needs"):
+        group_steps(c, plan, plan.groups[0])

@@ -71,31 +71,32 @@ def need_path(run: RunDir, variant: str = "") -> Path:
     return run.stage2(variant) / "need.json"
 
 
-def group_needs(ctx: RunContext, cfg: Config, variant: str = "") -> list[float]:
+def group_needs(ctx: RunContext, cfg: Config, variant: str = "") -> dict[str, Any]:
     """What each group needs (``stage2.steps_rule: need``): the base's held-out quick loss on the
-    group's timesteps (val split, fixed noise: the same inputs as the member check) times the
-    group's number of timesteps, i.e. the group's part of the ε-loss that stage 2 minimises. A
-    high-noise group whose loss is near zero needs little beyond its floor; a group that carries
-    most of the loss gets most of the rest. Measured once per run (``stage2/need.json``, with its
-    forwards, which count in the training compute) and read back by every job."""
+    group's timesteps (val split, fixed noise: the member check's inputs) times the group's number
+    of timesteps, i.e. the group's part of the ε-loss that stage 2 minimises. A high-noise group
+    whose loss is near zero gets little beyond its floor; a group that carries most of the loss gets
+    most of the rest. Measured once per run (``stage2/need.json``: ``needs``, ``base_losses`` and
+    the forwards, which count in the training compute) and read back by every job; the member
+    checks reuse these base losses instead of measuring them again."""
     path = need_path(ctx.run, variant)
     if path.is_file():
-        return [float(x) for x in read_json(path, "stage-2 group needs")["needs"]]
+        return read_json(path, "stage-2 group needs")
     with ctx.run.lock(f"need{'-' + variant if variant else ''}"):
         if path.is_file():
-            return [float(x) for x in read_json(path, "stage-2 group needs")["needs"]]
+            return read_json(path, "stage-2 group needs")
         base = load_model(ctx.run.base_model, ctx.device)[0]
         data, process = ctx.held_out(), ForwardProcess(cfg.schedule, ctx.device)
         losses = [quick_loss(base, data, process, g.timesteps, cfg.agent.eval_timesteps, cfg.agent.eval_batch_size,
                              cfg.run.seed) for g in ctx.plan.groups]
-        needs = [loss * g.num_timesteps for loss, g in zip(losses, ctx.plan.groups)]
         images = sum(len(data.images[: cfg.agent.eval_batch_size]) * len(eval_timesteps(g.timesteps, cfg.agent.eval_timesteps))
                      for g in ctx.plan.groups)
+        record = {"needs": [loss * g.num_timesteps for loss, g in zip(losses, ctx.plan.groups)],
+                  "base_losses": losses, "forward_macs": float(count(base).thop) * images}
         if dist_env().is_main:
-            atomic_write_json(path, {"needs": needs, "base_losses": losses,
-                                     "forward_macs": float(count(base).thop) * images})
+            atomic_write_json(path, record)
         barrier()
-    return needs
+    return record
 
 
 def stored_needs(cfg: Config, run: RunDir, variant: str = "") -> list[float] | None:
@@ -178,8 +179,8 @@ def finetune_group(ctx: RunContext, cfg: Config, g: Group, show: bool = True, va
     gdir = run.group(g.index, variant)
     model, meta = load_model(gdir / "pruned", device)
     process = ForwardProcess(cfg.schedule, device)
-    needs = group_needs(ctx, cfg, variant) if cfg.stage2.steps_rule == "need" else None
-    planned = group_steps(cfg, plan, g, needs)
+    need = group_needs(ctx, cfg, variant) if cfg.stage2.steps_rule == "need" else None
+    planned = group_steps(cfg, plan, g, need["needs"] if need else None)
     ft_dir = gdir / "finetune"
     target_file = ft_dir / "target.json"  # the steps of an extension in progress (resume)
     steps = max(planned, int(read_json(target_file, "fine-tune target")["steps"])) if target_file.is_file() else planned
@@ -192,7 +193,7 @@ def finetune_group(ctx: RunContext, cfg: Config, g: Group, show: bool = True, va
                           cfg.run.seed)
 
     base = load_model(run.base_model, device)[0]
-    loss_base = loss_of(base)
+    loss_base = float(need["base_losses"][g.index]) if need else loss_of(base)  # the same inputs: measured once
     loss_before = loss_of(model)
     teacher = base if cfg.stage2.distill > 0 else None
     is_main = dist_env().is_main
@@ -236,8 +237,9 @@ def finetune_group(ctx: RunContext, cfg: Config, g: Group, show: bool = True, va
             f"(planned {planned}, stage2.extra_steps={cfg.stage2.extra_steps} used up). The report flags it; "
             "raise stage2.extra_steps or the group's budget (plan.k), or prune less.[/]")
     images = len(eval_data.images[: cfg.agent.eval_batch_size]) * len(eval_timesteps(g.timesteps, cfg.agent.eval_timesteps))
-    # the base once, the pruned member before training, then the member at every check
-    check_macs = float(count(base).thop + count(model).thop * (1 + len(checks))) * images
+    # the base once (already counted in need.json under the need rule), the pruned member before
+    # training, then the member at every check
+    check_macs = float(count(base).thop * (need is None) + count(model).thop * (1 + len(checks))) * images
     summary = {"group": g.index, "steps": steps, "planned_steps": planned, "extra_steps": steps - planned,
                "loss_base": loss_base, "loss_before": loss_before, "loss_after": loss_after,
                "loss_ratio": ratio, "worse_than_base": worse, "checks": checks, "check_forward_macs": check_macs}
