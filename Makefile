@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint-imports test-slow test-faults bench bench-speed bench-paper bench-smoke bench-pruning bench-agent bench-agent-quality bench-agent-tokens clean
+.PHONY: venv demo test test-fast lint-imports test-slow test-faults bench bench-speed bench-paper bench-smoke bench-pruning bench-agent bench-agent-quality bench-agent-tokens bench-allocation clean
 
 venv: $(STAMP)
 
@@ -52,6 +52,10 @@ test-faults: $(STAMP)
 # On a GPU: `$(PY) tools/bench_table1.py run --scale full --device cuda --jobs 0`.
 bench: $(STAMP)
 	$(PY) tools/bench_table1.py run --jobs 2 --threads 1 --rows core --choice benchmarks/results/table1-tuning-ddim25.json
+
+# Stage 2's steps shared by need vs by size, on Table I's seeds and bases (after `make bench`; ~1.5 h).
+bench-allocation: $(STAMP)
+	$(PY) tools/bench_allocation.py run --jobs 2
 
 # The sampling-speed benchmark (ddpm-cifar10 at 32x32 and the tiny demo model); run it alone.
 bench-speed: $(STAMP)

@@ -62,6 +62,22 @@ def test_table1_smoke_runs_and_resumes(tmp_path, monkeypatch):
     before = {p: p.stat().st_mtime_ns for p in scores}
     bench.main(args)
     assert before == {p: p.stat().st_mtime_ns for p in scores}
+    # steps shared by need on the same seeds, bases and pruned models (tools/bench_allocation.py): at
+    # this size every group trains its floor under either rule, so the twins must be the same models
+    alloc = _module("bench_allocation")
+    alloc.main(["run", "--scale", "smoke", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out" / "allocation"),
+                "--jobs", "1"])
+    tuning = json.loads((tmp_path / "out" / "allocation-tuning.json").read_text())
+    assert list(tuning["comparisons"]) == ["tdc-no-prune-need / tdc-no-prune"]
+    assert tuning["seeds"] == bench.SCALES["smoke"]["tune_seeds"]
+    reported = json.loads((tmp_path / "out" / "allocation.json").read_text())
+    assert reported["seeds"] == bench.SCALES["smoke"]["seeds"]
+    for mode in ("tdc-no-prune", "tdc-agent"):
+        c = reported["comparisons"][f"{mode}-need / {mode}"]
+        assert c["eps_loss_ratios"] == [1.0] * len(reported["seeds"]) and c["fd_ratios"] == [1.0] * len(reported["seeds"])
+        assert f"{mode}-need / base-equal-compute" in reported["comparisons"]
+        for sd in reported["seeds"]:
+            assert (tmp_path / "work" / f"s{sd}" / f"{mode}-need" / "stage2" / "need.json").is_file()
     # a recipe carried from an earlier tuning: no tuning jobs, the tuning seeds' bases still scored
     carried = ["run", "--scale", "smoke", "--jobs", "1", "--work", str(tmp_path / "work2"), "--out",
                str(tmp_path / "out2"), "--rows", "core", "--choice", str(tmp_path / "work" / "tune" / "choice.json")]

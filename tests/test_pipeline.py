@@ -345,7 +345,8 @@ def test_whole_pipeline_under_torchrun_two_processes(make_config, tmp_path, cach
     from test_training import _free_port
 
     cfg = make_config(stage1={"steps": 8, "batch_size": 16, "ckpt_every": 4},
-                      stage2={"steps": 4, "batch_size": 16, "ckpt_every": 2, "log_every": 2},
+                      # steps shared by need: rank 0 measures the base's losses, every rank reads them
+                      stage2={"steps": 12, "steps_rule": "need", "batch_size": 16, "ckpt_every": 2, "log_every": 2},
                       agent={"rounds": 1, "candidates": 2, "eval_batch_size": 16, "eval_timesteps": 2},
                       evaluation={"samples": 16})
     cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -358,6 +359,9 @@ def test_whole_pipeline_under_torchrun_two_processes(make_config, tmp_path, cach
     assert (run / "progressive" / "manifest.json").is_file() and (run / "report.md").is_file()
     metrics = [run / "stage1" / "metrics.jsonl"] + sorted(run.glob("stage2/g*/finetune/metrics.jsonl"))
     assert len(metrics) == 4  # stage 1 + 3 groups, all trained under DDP
+    need = json.loads((run / "stage2" / "need.json").read_text())
+    steps = [json.loads((run / "stage2" / f"g{g}" / "finetune.json").read_text())["steps"] for g in range(3)]
+    assert steps.index(max(steps)) == need["needs"].index(max(need["needs"])) and abs(sum(steps) - 12) <= 3
     for m in metrics:
         sync = [json.loads(x)["ddp_param_max_diff"] for x in m.read_text().splitlines() if "ddp_param" in x]
         assert sync == [0.0], m

@@ -80,23 +80,20 @@ def group_needs(ctx: RunContext, cfg: Config, variant: str = "") -> dict[str, An
     the forwards, which count in the training compute) and read back by every job; the member
     checks reuse these base losses instead of measuring them again."""
     path = need_path(ctx.run, variant)
-    if path.is_file():
-        return read_json(path, "stage-2 group needs")
-    with ctx.run.lock(f"need{'-' + variant if variant else ''}"):
-        if path.is_file():
-            return read_json(path, "stage-2 group needs")
-        base = load_model(ctx.run.base_model, ctx.device)[0]
-        data, process = ctx.held_out(), ForwardProcess(cfg.schedule, ctx.device)
-        losses = [quick_loss(base, data, process, g.timesteps, cfg.agent.eval_timesteps, cfg.agent.eval_batch_size,
-                             cfg.run.seed) for g in ctx.plan.groups]
-        images = sum(len(data.images[: cfg.agent.eval_batch_size]) * len(eval_timesteps(g.timesteps, cfg.agent.eval_timesteps))
-                     for g in ctx.plan.groups)
-        record = {"needs": [loss * g.num_timesteps for loss, g in zip(losses, ctx.plan.groups)],
-                  "base_losses": losses, "forward_macs": float(count(base).thop) * images}
-        if dist_env().is_main:
-            atomic_write_json(path, record)
+    if not rank0_says(path.is_file()):  # a collective under torchrun: every rank takes the same branch
+        if dist_env().is_main:  # rank 0 measures; the lock keeps jobs on the same run directory to one
+            with ctx.run.lock(f"need{'-' + variant if variant else ''}"):
+                if not path.is_file():
+                    base = load_model(ctx.run.base_model, ctx.device)[0]
+                    data, process = ctx.held_out(), ForwardProcess(cfg.schedule, ctx.device)
+                    losses = [quick_loss(base, data, process, g.timesteps, cfg.agent.eval_timesteps,
+                                         cfg.agent.eval_batch_size, cfg.run.seed) for g in ctx.plan.groups]
+                    images = sum(len(data.images[: cfg.agent.eval_batch_size])
+                                 * len(eval_timesteps(g.timesteps, cfg.agent.eval_timesteps)) for g in ctx.plan.groups)
+                    atomic_write_json(path, {"needs": [x * g.num_timesteps for x, g in zip(losses, ctx.plan.groups)],
+                                             "base_losses": losses, "forward_macs": float(count(base).thop) * images})
         barrier()
-    return record
+    return read_json(path, "stage-2 group needs")
 
 
 def stored_needs(cfg: Config, run: RunDir, variant: str = "") -> list[float] | None:
