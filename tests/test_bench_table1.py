@@ -16,7 +16,7 @@ def _module(name: str):
     return mod
 
 
-@pytest.mark.slow  # ~4 min alone (two runs: tuned, then a carried choice): make bench-smoke / make test-slow
+@pytest.mark.slow  # ~5.5 min alone (two runs: tuned, then a carried choice; then the need rule): make bench-smoke / make test-slow
 @pytest.mark.timeout(1800)
 def test_table1_smoke_runs_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
@@ -74,7 +74,8 @@ def test_table1_smoke_runs_and_resumes(tmp_path, monkeypatch):
     assert reported["seeds"] == bench.SCALES["smoke"]["seeds"]
     for mode in ("tdc-no-prune", "tdc-agent"):
         c = reported["comparisons"][f"{mode}-need / {mode}"]
-        assert c["eps_loss_ratios"] == [1.0] * len(reported["seeds"]) and c["fd_ratios"] == [1.0] * len(reported["seeds"])
+        # (to float noise: the workers run one thread each, Table I's rows ran in this process)
+        assert all(abs(r - 1) < 1e-6 for r in c["eps_loss_ratios"] + c["fd_ratios"]), c
         assert f"{mode}-need / base-equal-compute" in reported["comparisons"]
         for sd in reported["seeds"]:
             assert (tmp_path / "work" / f"s{sd}" / f"{mode}-need" / "stage2" / "need.json").is_file()
