@@ -58,7 +58,7 @@ def worker(b: Bench, seed: int, modes: list[str], equal: bool = True) -> None:
     the seed has none (a tuning seed), matched to the size-rule rows' compute as Table I does."""
     b.s = {**b.s, "fd_steps": [b.s["sample_steps"]]}  # FD at the headline step count only
     base = b.base(seed)
-    need = 0.0
+    match = 0.0  # the training compute the equal-compute base must match
     base_macs = count(load_model(base.base_model, b.device)[0]).thop
     for name, src_name, rule in rows(modes):
         mode = SOURCES[src_name]
@@ -69,9 +69,9 @@ def worker(b: Bench, seed: int, modes: list[str], equal: bool = True) -> None:
         if rule == "proportional":
             cfg = b.cfg(seed, {"stage2.mode": mode, **b.recipe(rule)})
             tm = training_macs(cfg, run, build_plan(cfg), base_macs)
-            need = max(need, STEP_COST * (tm["stage1"] + tm["stage2"]) + tm["teacher"] + tm["proxy"])
+            match = max(match, STEP_COST * (tm["stage1"] + tm["stage2"]) + tm["teacher"] + tm["proxy"])
     if equal and not (b.seed_dir(seed) / "scores" / "base-equal-compute.json").is_file():
-        b.equal_compute(seed, base, need)
+        b.equal_compute(seed, base, match)
 
 
 def group_ratios(row: dict[str, Any], ref: dict[str, Any], bounds: list[tuple[int, int]]) -> list[float]:

@@ -291,9 +291,9 @@ class Stage2Config(TrainConfig):
 
     ``steps`` is per group with ``steps_rule: equal``; with ``proportional`` it is the total,
     shared out by the groups' sizes, with ``need`` the total shared by what each group needs (its
-    part of the base's held-out ε-loss: ``workflow/stage2.py:group_needs``). Either way every group gets at least ``min_steps`` (default:
-    the lr warm-up plus one EMA window), so a group with few timesteps is not left inside its
-    warm-up. ``optimizer: fresh`` starts AdamW anew for every group (what worked in our
+    part of the base's held-out ε-loss: ``workflow/stage2.py:group_needs``). Either way every group
+    gets at least ``min_steps`` (default: the lr warm-up plus one EMA window), so a group with few
+    timesteps is not left inside its warm-up. ``optimizer: fresh`` starts AdamW anew for every group (what worked in our
     measurements); ``carried`` starts from the base's AdamW state (only possible when the group
     model keeps the base architecture, i.e. mode tdc-no-prune).
 
