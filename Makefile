@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint-imports test-slow test-faults bench bench-speed bench-paper bench-smoke bench-pruning bench-agent bench-agent-quality bench-agent-tokens bench-allocation clean
+.PHONY: venv demo test test-fast lint-imports test-slow test-faults bench bench-speed bench-paper bench-smoke bench-pruning bench-agent bench-agent-quality bench-agent-tokens bench-allocation bench-fd-attribution clean
 
 venv: $(STAMP)
 
@@ -56,6 +56,11 @@ bench: $(STAMP)
 # Stage 2's steps shared by need vs by size, on Table I's seeds and bases (after `make bench`; ~1.5 h).
 bench-allocation: $(STAMP)
 	$(PY) tools/bench_allocation.py run --jobs 2
+
+# Which group's member moves Table I's FD: each TDC row sampled again with one group served by the
+# equal-compute base, same noise (after `make bench`; ~40 min per row on 2 cores).
+bench-fd-attribution: $(STAMP)
+	$(PY) tools/table1_fd_attribution.py run --rows tdc-no-prune,tdc-agent --jobs 2
 
 # The sampling-speed benchmark (ddpm-cifar10 at 32x32 and the tiny demo model); run it alone.
 bench-speed: $(STAMP)

@@ -231,6 +231,50 @@ def test_fd_infinity_removes_the_finite_sample_bias():
     assert est.fd_infinity(moved, mu, sigma, seed=0) < frechet_to_stats(moved, mu, sigma)
 
 
+def test_fd_attribution_swaps_one_member_and_splits_fd():
+    """tools/table1_fd_attribution.py: the swapped sampler is the other model on the group's
+    timesteps and the progressive model elsewhere (mixed batches too); FD splits into its mean and
+    covariance terms; a swap that undoes the whole gap has share 1."""
+    import numpy as np
+    import torch
+
+    spec = importlib.util.spec_from_file_location("table1_fd_attribution", ROOT / "tools" / "table1_fd_attribution.py")
+    att = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(att)
+    from tdc_agent.core.config import ScheduleConfig
+    from tdc_agent.evaluation.fd import frechet_to_stats
+    from tdc_agent.models.macs import thop_macs
+    from tdc_agent.models.progressive import Member, ProgressiveModel
+    from tdc_agent.models.unet import build_unet, denoise, unet_config
+
+    nets = []
+    for i in range(3):
+        torch.manual_seed(i)
+        nets.append(build_unet(unet_config("tiny")).eval())
+    members = [Member(i, a, b, n, thop_macs(n)) for i, ((a, b), n) in enumerate(zip([(0, 9), (10, 49), (50, 99)], nets))]
+    pm = ProgressiveModel(members, ScheduleConfig(timesteps=100), (1, 8, 8))
+    torch.manual_seed(9)
+    other = build_unet(unet_config("tiny")).eval()
+    fn = att.swap_member(pm, 1, other)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fn(x, torch.tensor(20)), denoise(other, x, torch.tensor(20).expand(4)))
+        assert torch.equal(fn(x, torch.tensor(70)), pm(x, torch.tensor(70)))
+        t = torch.tensor([5, 20, 49, 99])
+        mixed = fn(x, t)
+        for i, tt in enumerate(t.tolist()):
+            want = denoise(other if 10 <= tt <= 49 else nets[0 if tt < 10 else 2], x[i:i + 1], t[i:i + 1])
+            assert torch.allclose(mixed[i:i + 1], want, atol=1e-6), tt
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((500, 6)) + 0.5
+    mu, sigma = np.zeros(6), np.eye(6)
+    terms = att.fd_terms(a, mu, sigma)
+    assert abs(terms["fd"] - frechet_to_stats(a, mu, sigma)) < 1e-9
+    assert abs(terms["mean_term"] - float((a.mean(0) ** 2).sum())) < 1e-9 and terms["cov_term"] > 0
+    # row 2.0, reference 2.5: a swap back to 2.5 undoes the whole gap, one to 2.0 none, one to 1.5 the opposite
+    assert att.attribution_shares(2.0, 2.5, [2.5, 2.0, 1.5]) == [1.0, 0.0, -1.0]
+
+
 def test_worker_pool_runs_jobs_in_order_keeps_logs_and_reports_failures(tmp_path):
     """tools/workers.py (the pool of `make bench` and `make bench-agent-quality`): at most n at a time,
     every job's output in its own appended log, failed jobs returned, a deadline stops the rest."""

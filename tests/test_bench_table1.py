@@ -16,7 +16,7 @@ def _module(name: str):
     return mod
 
 
-@pytest.mark.slow  # ~5.5 min alone (two runs: tuned, then a carried choice; then the need rule): make bench-smoke / make test-slow
+@pytest.mark.slow  # ~6 min alone (tuned, then a carried choice; need rule; FD attribution): make bench-smoke / make test-slow
 @pytest.mark.timeout(1800)
 def test_table1_smoke_runs_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
@@ -55,6 +55,9 @@ def test_table1_smoke_runs_and_resumes(tmp_path, monkeypatch):
     assert set(res["base_fd_by_steps"]) == {"reported", "tuning"}
     assert set(res["base_fd_by_steps"]["reported"]) == {"seeds", *steps}
     assert "Table I" in (tmp_path / "out" / "table1-smoke.md").read_text()
+    # intra-FD per row, or (48 samples spread over 10 classes) the reason it could not be computed
+    assert all(("intra_fd" in r) != ("intra_fd_note" in r) for r in res["rows"])
+    assert all("intra_fd_ratio_ci95" in r for r in res["rows"] if "intra_fd" in r and r["name"] != "base-equal-compute")
     # the choice came from the tuning seeds only
     assert res["tuning"]["tune_seeds"] and not set(res["tuning"]["tune_seeds"]) & set(res["seeds_complete"])
     # a rerun reads every finished experiment back
@@ -79,6 +82,25 @@ def test_table1_smoke_runs_and_resumes(tmp_path, monkeypatch):
         assert f"{mode}-need / base-equal-compute" in reported["comparisons"]
         for sd in reported["seeds"]:
             assert (tmp_path / "work" / f"s{sd}" / f"{mode}-need" / "stage2" / "need.json").is_file()
+    # which group's member moves FD (tools/table1_fd_attribution.py): every seed and group swapped,
+    # the shares follow from the stored features, and a rerun samples nothing again
+    att = _module("table1_fd_attribution")
+    att_args = ["run", "--scale", "smoke", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out" / "attr"),
+                "--rows", "tdc-no-prune,tdc-agent", "--jobs", "1"]
+    att.main(att_args)
+    attr = json.loads((tmp_path / "out" / "attr.json").read_text())
+    for row in ("tdc-no-prune", "tdc-agent"):
+        r = attr["rows"][row]
+        assert [p["seed"] for p in r["per_seed"]] == bench.SCALES["smoke"]["seeds"]
+        for p in r["per_seed"]:
+            assert len(p["swaps"]) == bench.SCALES["smoke"]["groups"]
+            gap = p["reference"]["fd"] - p["row"]["fd"]
+            assert all(abs(sh * gap + p["row"]["fd"] - w["fd"]) < 1e-9 for sh, w in zip(p["share"], p["swaps"]))
+    stored = sorted((tmp_path / "work").rglob("attribution/*.npy"))
+    assert len(stored) == 2 * len(bench.SCALES["smoke"]["seeds"]) * bench.SCALES["smoke"]["groups"]
+    before = {p: p.stat().st_mtime_ns for p in stored}
+    att.main(att_args)
+    assert before == {p: p.stat().st_mtime_ns for p in stored}
     # a recipe carried from an earlier tuning: no tuning jobs, the tuning seeds' bases still scored
     carried = ["run", "--scale", "smoke", "--jobs", "1", "--work", str(tmp_path / "work2"), "--out",
                str(tmp_path / "out2"), "--rows", "core", "--choice", str(tmp_path / "work" / "tune" / "choice.json")]

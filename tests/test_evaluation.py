@@ -49,6 +49,32 @@ def test_digits_fd_separates_real_from_noise():
     assert fd_noise.fd > 20 * fd_real.fd
 
 
+def test_intra_fd_ignores_which_classes_were_drawn_but_not_how_they_look():
+    """A set that draws the classes in other proportions than the reference moves FD (its mean term)
+    but not intra-FD; a set whose classes are each shifted moves intra-FD. Too few samples of a
+    class is a clear error, not a silently smaller average."""
+    from tdc_agent.core.errors import DataError
+    from tdc_agent.evaluation.fd import intra_fd
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 4)) * 3
+
+    def draw(counts, shift=0.0):
+        labels = np.repeat(np.arange(3), counts)
+        return centres[labels] + rng.normal(size=(len(labels), 4)) + shift, labels
+
+    ref, ref_lab = draw([2000, 2000, 2000])
+    same, same_lab = draw([2000, 2000, 2000])
+    skewed, skewed_lab = draw([4000, 1000, 1000])
+    moved, moved_lab = draw([2000, 2000, 2000], shift=0.5)
+    assert frechet(skewed, ref) > 10 * frechet(same, ref)
+    assert intra_fd(skewed, ref, skewed_lab, ref_lab) < 3 * intra_fd(same, ref, same_lab, ref_lab)
+    assert intra_fd(moved, ref, moved_lab, ref_lab) == pytest.approx(4 * 0.25, rel=0.1)
+    few, few_lab = draw([2000, 2000, 3])
+    with pytest.raises(DataError, match="every class.*2: 3"):
+        intra_fd(few, ref, few_lab, ref_lab)
+
+
 def test_quick_loss_is_deterministic_and_discriminates():
     torch.manual_seed(0)
     m = build_unet(unet_config("tiny"))

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_table1 import STEP_COST, Bench  # noqa: E402
+from tdc_agent.core.errors import DataError  # noqa: E402
 from tdc_agent.core.io import atomic_write_json, read_json  # noqa: E402
 from tdc_agent.evaluation.stats import paired_ratios, t_interval  # noqa: E402
 from tdc_agent.models.macs import count  # noqa: E402
@@ -104,6 +105,13 @@ def aggregate(b: Bench, seeds: list[int], modes: list[str], out: Path) -> dict[s
             eps = paired_ratios([x["eps_loss"] for x in a], [x["eps_loss"] for x in r])
             fd = paired_ratios([x["fd"] for x in a], [x["fd"] for x in r])
             per_group = np.array([group_ratios(x, y, bounds) for x, y in zip(a, r)])
+            intra_fd: dict[str, Any] = {}
+            try:
+                intra = paired_ratios([b.intra_fd(sd, name) for sd in seeds], [b.intra_fd(sd, ref) for sd in seeds])
+                intra_fd = {"intra_fd_ratio": t_interval(intra).mean, "intra_fd_ratio_ci95": t_interval(intra).to_list(),
+                            "intra_fd_ratios": intra}
+            except DataError as e:  # too few samples per class (the smoke scale): said in the table
+                res["intra_fd_note"] = str(e)
             res["comparisons"][f"{name} / {ref}"] = {
                 "eps_loss_ratio": t_interval(eps).mean, "eps_loss_ratio_ci95": t_interval(eps).to_list(),
                 "eps_loss_ratios": eps, "fd_ratio": t_interval(fd).mean, "fd_ratio_ci95": t_interval(fd).to_list(),
@@ -112,6 +120,7 @@ def aggregate(b: Bench, seeds: list[int], modes: list[str], out: Path) -> dict[s
                 "group_eps_loss_ratio_ci95": [t_interval(per_group[:, i].tolist()).to_list() for i in range(len(bounds))],
                 "member_steps": [x.get("member_steps") for x in a],
                 "train_macs_ratio": float(np.mean([x["train_macs"] / y["train_macs"] for x, y in zip(a, r)])),
+                **intra_fd,
             }
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out.with_suffix(".json"), res)
@@ -122,15 +131,18 @@ def aggregate(b: Bench, seeds: list[int], modes: list[str], out: Path) -> dict[s
 def markdown(res: dict[str, Any]) -> str:
     head = ("| comparison | ε-loss ratio [95 % CI] | " + " | ".join(f"group {i} (t {lo}-{hi})" for i, (lo, hi)
                                                        in enumerate(res["groups"]))
-            + " | FD ratio [95 % CI] | training compute ratio |")
+            + " | FD ratio [95 % CI] | intra-FD ratio [95 % CI] | training compute ratio |")
     lines = [f"Seeds {', '.join(map(str, res['seeds']))}; paired per seed, t 95 % intervals over seeds.", "",
-             head, "|" + "---|" * (4 + len(res["groups"]))]
+             head, "|" + "---|" * (5 + len(res["groups"]))]
     for k, c in res["comparisons"].items():
         ci = c["eps_loss_ratio_ci95"]
         groups = " | ".join(f"{m:.4f}" for m in c["group_eps_loss_ratio"])
         lines.append(f"| {k} | {c['eps_loss_ratio']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}] | {groups} | "
                      f"{c['fd_ratio']:.3f} [{c['fd_ratio_ci95'][0]:.3f}, {c['fd_ratio_ci95'][1]:.3f}] | "
-                     f"{c['train_macs_ratio']:.4f} |")
+                     + (f"{c['intra_fd_ratio']:.3f} [{c['intra_fd_ratio_ci95'][0]:.3f}, {c['intra_fd_ratio_ci95'][1]:.3f}]"
+                        if "intra_fd_ratio" in c else "n/a") + f" | {c['train_macs_ratio']:.4f} |")
+    if "intra_fd_note" in res:
+        lines += ["", "Intra-FD not computed: " + res["intra_fd_note"]]
     first = next(iter(res["comparisons"].values()))
     lines += ["", "Steps per group (need rule, per seed): " + "; ".join(str(s) for s in first["member_steps"])]
     return "\n".join(lines) + "\n"

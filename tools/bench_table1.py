@@ -46,7 +46,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 from tdc_agent.core.io import atomic_write_json, read_json
 from tdc_agent.models.store import load_model  # noqa: E402
 from tdc_agent.core.config import Config, load_config  # noqa: E402
-from tdc_agent.evaluation.fd import digits_classifier, features, frechet, gaussian, real_floor_splits  # noqa: E402
+from tdc_agent.core.errors import DataError  # noqa: E402
+from tdc_agent.evaluation.fd import (  # noqa: E402
+    class_labels, digits_classifier, features, frechet, gaussian, intra_fd, real_floor_splits)
 from tdc_agent.evaluation.stats import (  # noqa: E402
     paired_bootstrap_ratio, paired_ratios, percentile_interval, t_interval)
 from tdc_agent.models.unet import denoise  # noqa: E402
@@ -261,6 +263,17 @@ class Bench:
             self._ref = features(load_dataset(DataConfig(name="digits", split="all")).images, clf)
         return self._ref
 
+    _ref_labels: np.ndarray | None = None
+
+    def intra_fd(self, seed: int, name: str) -> float:
+        """Intra-FD (per-class FD, averaged) of a scored model at the headline step count, from the
+        features its scoring stored; a :class:`DataError` when a class has too few samples."""
+        clf, _ = digits_classifier()
+        if self._ref_labels is None:
+            self._ref_labels = class_labels(self.reference(), clf)
+        f = np.load(self.seed_dir(seed) / "scores" / f"{name}@{self.s['sample_steps']}.npy").astype(np.float64)
+        return intra_fd(f, self.reference(), class_labels(f, clf), self._ref_labels)
+
     def score_base(self, seed: int, name: str, run_model: Path, steps: int) -> dict[str, Any]:
         model, _ = load_model(run_model, self.device)
         model.eval()
@@ -458,7 +471,15 @@ class Bench:
                 row["member_extra_steps"] = {str(sd): [a - b for a, b in zip(per[sd]["member_steps"],
                                                                              per[sd]["member_planned_steps"])]
                                              for sd in have}
+            try:
+                row["intra_fd"] = [self.intra_fd(sd, n) for sd in have]
+            except DataError as e:  # too few samples per class (the smoke scale): said in the table
+                row["intra_fd_note"] = str(e)
             if n != "base-equal-compute":
+                if "intra_fd" in row:
+                    r_i = t_interval(paired_ratios(row["intra_fd"], [self.intra_fd(sd, "base-equal-compute")
+                                                                     for sd in have]))
+                    row.update({"intra_fd_ratio": r_i.mean, "intra_fd_ratio_ci95": r_i.to_list()})
                 ratios = paired_ratios(row["fd"], [eq[sd]["fd"] for sd in have])
                 ti = t_interval(ratios)
                 boot = []
@@ -555,15 +576,24 @@ def markdown(r: dict[str, Any]) -> str:
              f"{'on' if r['tuning']['distill'] else 'off'} (weight {p['distill']}), bias-corrected EMA {p['stage2_ema']} "
              "(the average covers only the fine-tuned weights).", "",
              f"| row | FD DDIM-{head} (mean) | FD ratio vs equal compute [95 % CI, t] | bootstrap 95 % CI | ε-loss ratio "
-             "[95 % CI] | MACs / step (× base) | worst member / base loss | training MACs | of which agent |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "[95 % CI] | intra-FD ratio [95 % CI] | MACs / step (× base) | worst member / base loss | training MACs "
+             "| of which agent |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         ratio = f"{row['fd_ratio']:.3f} {_ci(row['fd_ratio_ci95'])}" if "fd_ratio" in row else "reference"
         boot = _ci(row["fd_ratio_bootstrap_ci95"]) if "fd_ratio_bootstrap_ci95" in row else ""
         eps = f"{row['eps_loss_ratio']:.4f} {_ci(row['eps_loss_ratio_ci95'])}" if "eps_loss_ratio" in row else "reference"
+        intra = (f"{row['intra_fd_ratio']:.3f} {_ci(row['intra_fd_ratio_ci95'])}" if "intra_fd_ratio" in row
+                 else "n/a" if "intra_fd_note" in row else "reference")
         mem = f"{row['member_loss_ratio_max']:.3f}" if "member_loss_ratio_max" in row else ""
-        lines.append(f"| {row['name']} | {row['fd_mean']:.3f} | {ratio} | {boot} | {eps} | {row['macs_per_step_ratio']:.3f} | "
-                     f"{mem} | {_g(row['train_macs'])} | {_g(row['proxy_macs'])} |")
+        lines.append(f"| {row['name']} | {row['fd_mean']:.3f} | {ratio} | {boot} | {eps} | {intra} | "
+                     f"{row['macs_per_step_ratio']:.3f} | {mem} | {_g(row['train_macs'])} | {_g(row['proxy_macs'])} |")
+    notes = {row["intra_fd_note"] for row in r["rows"] if "intra_fd_note" in row}
+    if notes:
+        lines += ["", "Intra-FD not computed: " + "; ".join(sorted(notes))]
+    lines += ["", "Intra-FD: the Fréchet distance per class (classes by the digits classifier, on both sides), "
+              "averaged over the 10 classes (Miyato & Koyama 2018); unlike FD it does not weigh which digits "
+              "were drawn, only how each class looks."]
     lines += ["", "FD by sampler steps (mean over seeds; ratio vs the equal-compute base with its 95 % CI):", "",
               "| row | " + " | ".join(f"DDIM-{k}" for k in steps) + " |", "|---|" + "---|" * len(steps)]
     for row in r["rows"]:
@@ -641,7 +671,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(b.choose(), indent=1))
         return
     if a.what == "aggregate":
-        print(markdown(b.aggregate(a.out, 0.0)))
+        # tables read again from the work folder keep the wall time of the run that made them
+        prev = a.out / f"table1{'' if a.scale in ('cpu', 'full') else '-' + a.scale}.json"
+        wall = read_json(prev, "previous Table I").get("wall_seconds", 0.0) if prev.is_file() else 0.0
+        print(markdown(b.aggregate(a.out, wall)))
         return
     t0 = time.time()
     digits_classifier()  # train the FD classifier once, before workers race for its cache
