@@ -47,6 +47,10 @@ def test_digits_fd_separates_real_from_noise():
     fd_noise = digits_fd(torch.rand(500, 1, 8, 8) * 2 - 1)
     assert fd_real.fd < 3 * fd_real.floor + 1e-9
     assert fd_noise.fd > 20 * fd_real.fd
+    # 500 real digits hold every class: intra-FD is there; noise is either far off or said to be missing
+    assert fd_real.intra_fd is not None and fd_real.intra_fd > 0 and fd_real.intra_fd_note is None
+    assert fd_noise.intra_fd_note is not None or fd_noise.intra_fd > 5 * fd_real.intra_fd
+    assert ("intra_fd" in fd_real.to_dict()) and ("intra_fd" in fd_noise.to_dict()) != ("intra_fd_note" in fd_noise.to_dict())
 
 
 def test_intra_fd_ignores_which_classes_were_drawn_but_not_how_they_look():

@@ -52,7 +52,10 @@ def test_run_end_to_end_tiny(make_config, tmp_path, cli, cache_env):
     ev = json.loads((run / "evaluation.json").read_text())
     assert ev["tdc"]["macs_per_step"] < ev["base"]["macs_per_step"]
     assert 0 < ev["base"]["classifier_test_accuracy"] <= 1 and ev["base"]["fd"] > 0 and ev["base"]["real_floor"] > 0
+    # intra-FD, or (64 samples of a barely trained model over 10 classes) the reason there is none
+    assert all(("intra_fd" in ev[m]) != ("intra_fd_note" in ev[m]) for m in ("base", "tdc"))
     report = (run / "report.md").read_text()
+    assert "| intra-FD |" in report
     assert "| base (stage 1 only)" in report and "| TDC (tdc)" in report
     assert "## Agent usage" in report
     # one memory bank for the run, shared by its groups: group 1's first prompt shows group 0's best
@@ -323,6 +326,7 @@ def test_embedded_default_end_to_end(tmp_path, cli, cache_env):
     ev = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
     assert ev["tdc"]["macs_per_step"] <= 0.9 * ev["base"]["macs_per_step"]
     assert ev["tdc"]["fd"] < ev["base"]["fd"] * 2  # sanity: TDC samples are digits too
+    assert ev["tdc"]["intra_fd"] > 0 and ev["base"]["intra_fd"] > 0  # 1000 samples: every digit drawn often enough
 
 
 @pytest.mark.slow

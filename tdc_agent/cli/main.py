@@ -197,6 +197,7 @@ def run_cmd(
         parts = [f"FD {r['fd']:.3f}" + (f" (floor {r['real_floor']:.3f})" if "real_floor" in r else "")] if (
             "fd" in r) else []
         parts += [f"KID {r['kid']:.4g}"] if "kid" in r else []
+        parts += [f"intra-FD {r['intra_fd']:.3f}"] if "intra_fd" in r else []
         parts += [f"{m.macs_per_step / 1e6:,.2f} M MACs/step", f"{m.params:,} params"]
         rows[labels[name]] = ", ".join(parts)
     rows["pipeline time"] = f"{job.seconds:.1f} s"

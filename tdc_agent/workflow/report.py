@@ -95,12 +95,18 @@ def write_report(cfg: Config, run: RunDir, results: Evaluation, plan: Plan | Non
     if b.get("metric") == "digits-fd":
         fd_note = (f"FD: Fréchet distance in the features of a digits classifier (test accuracy "
                    f"{b['classifier_test_accuracy']:.1%}) against all 1797 real digits; real-vs-real floor at the "
-                   "same sample count in the next column. KID: unbiased MMD² (cubic kernel) in the same features.")
+                   "same sample count in the next column. KID: unbiased MMD² (cubic kernel) in the same features. "
+                   "Intra-FD: the FD per class (classes by the same classifier), averaged over the 10 classes; it "
+                   "leaves out which digits were drawn, the part of FD that scatters most between trainings.")
+        note = b.get("intra_fd_note")
+        if note:
+            fd_note += f" No intra-FD: {note}"
     elif b.get("metric") == "fid-inception":
         fd_note = (f"FD: FID with the FID Inception-v3 (weights sha256 {b['weights_sha256'][:12]}…) against "
                    f"{b['reference_images']} real images, after 8-bit quantisation; KID in the same features.")
-    lines += ["| model | FD | real floor | KID | MACs / step | params | training steps | training compute (MACs) | s / image |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| model | FD | real floor | KID | intra-FD | MACs / step | params | training steps | training compute (MACs) "
+              "| s / image |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     steps = results.training_steps
     tm = results.training_macs
     eq_steps = results.equal_compute_steps or 0
@@ -124,8 +130,9 @@ def write_report(cfg: Config, run: RunDir, results: Evaluation, plan: Plan | Non
         fd = f"{r['fd']:.3f}" if "fd" in r else "-"
         floor = f"{r['real_floor']:.3f}" if "real_floor" in r else "-"
         kid = f"{r['kid']:.4g} ± {r['kid_std']:.2g}" if "kid" in r else "-"
-        lines.append(f"| {label} | {fd} | {floor} | {kid} | {fmt_macs_fixed(m.macs_per_step)} | {m.params / 1e6:.3f} M | "
-                     f"{st} | {macs / 1e12:.2f} T | {m.seconds_per_image * 1e3:.2f} ms |")
+        intra = f"{r['intra_fd']:.3f}" if "intra_fd" in r else "-"
+        lines.append(f"| {label} | {fd} | {floor} | {kid} | {intra} | {fmt_macs_fixed(m.macs_per_step)} | "
+                     f"{m.params / 1e6:.3f} M | {st} | {macs / 1e12:.2f} T | {m.seconds_per_image * 1e3:.2f} ms |")
     t = results.models["tdc"]
     lines += ["", f"Protocol: {p['samples']} samples per model, {p['sampler'].upper()} {p['steps']} steps, "
               f"η={p['eta']}, seed {p['seed']} (same noise for all). {fd_note}",

@@ -19,7 +19,7 @@ _FIXED = ("macs_per_step", "seconds_per_image", "params", "planned_macs_per_step
 @dataclass
 class ModelScore:
     """One sampled model: its MACs per denoising step, speed, size, and the metric's scores
-    (``fd``, ``kid``, ``kid_std``, ``real_floor``, and the metric's notes, e.g. ``metric``)."""
+    (``fd``, ``kid``, ``kid_std``, ``real_floor``, ``intra_fd`` for digits, and the metric's notes, e.g. ``metric``)."""
 
     macs_per_step: float
     seconds_per_image: float
