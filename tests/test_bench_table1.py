@@ -16,7 +16,7 @@ def _module(name: str):
     return mod
 
 
-@pytest.mark.slow  # ~6 min alone (tuned, then a carried choice; need rule; FD attribution): make bench-smoke / make test-slow
+@pytest.mark.slow  # ~7 min alone (tuned, then a carried choice; need rule; FD attribution): make bench-smoke / make test-slow
 @pytest.mark.timeout(1800)
 def test_table1_smoke_runs_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("TDC_AGENT_CACHE", str(tmp_path / "cache"))
@@ -92,10 +92,13 @@ def test_table1_smoke_runs_and_resumes(tmp_path, monkeypatch):
     for row in ("tdc-no-prune", "tdc-agent"):
         r = attr["rows"][row]
         assert [p["seed"] for p in r["per_seed"]] == bench.SCALES["smoke"]["seeds"]
-        for p in r["per_seed"]:
-            assert len(p["swaps"]) == bench.SCALES["smoke"]["groups"]
+        for i, p in enumerate(r["per_seed"]):
+            assert len(p["swaps"]) == len(r["groups"]) == bench.SCALES["smoke"]["groups"]
             gap = p["reference"]["fd"] - p["row"]["fd"]
-            assert all(abs(sh * gap + p["row"]["fd"] - w["fd"]) < 1e-9 for sh, w in zip(p["share"], p["swaps"]))
+            assert all(abs(g["fd_share"][i] * gap + p["row"]["fd"] - w["fd"]) < 1e-9 for g, w in zip(r["groups"], p["swaps"]))
+    # 48 samples over 10 classes: FD's parts are there, intra-FD is not, and the table says why
+    assert attr["metrics"] == ["fd"] and "intra_fd_note" in attr
+    assert "Intra-FD not computed" in (tmp_path / "out" / "attr.md").read_text()
     stored = sorted((tmp_path / "work").rglob("attribution/*.npy"))
     assert len(stored) == 2 * len(bench.SCALES["smoke"]["seeds"]) * bench.SCALES["smoke"]["groups"]
     before = {p: p.stat().st_mtime_ns for p in stored}
