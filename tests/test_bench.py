@@ -264,7 +264,9 @@ def test_fd_attribution_swaps_one_member_and_splits_fd():
         mixed = fn(x, t)
         for i, tt in enumerate(t.tolist()):
             want = denoise(other if 10 <= tt <= 49 else nets[0 if tt < 10 else 2], x[i:i + 1], t[i:i + 1])
-            assert torch.allclose(mixed[i:i + 1], want, atol=1e-6), tt
+            # (a sub-batch and a batch of one may take different conv kernels: float noise; a wrong
+            # model differs by ~1)
+            assert torch.allclose(mixed[i:i + 1], want, atol=1e-4), tt
     rng = np.random.default_rng(0)
     a = rng.standard_normal((500, 6)) + 0.5
     mu, sigma = np.zeros(6), np.eye(6)

@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 from bench_table1 import Bench  # noqa: E402
 from tdc_agent.core.io import atomic_write_json  # noqa: E402
 from tdc_agent.core.errors import DataError  # noqa: E402
-from tdc_agent.evaluation.fd import class_labels, digits_classifier, features, gaussian, intra_fd  # noqa: E402
+from tdc_agent.evaluation.fd import (  # noqa: E402
+    DigitsClassifier, class_labels, digits_classifier, features, frechet_from_stats, gaussian, intra_fd)
 from tdc_agent.evaluation.stats import t_interval  # noqa: E402
 from tdc_agent.models.progressive import ProgressiveModel  # noqa: E402
 from tdc_agent.models.store import load_model  # noqa: E402
@@ -72,24 +73,20 @@ def swap_member(pm: ProgressiveModel, group: int, other: torch.nn.Module) -> Cal
 
 def fd_terms(feats: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> dict[str, float]:
     """FD split into its mean term |mu1 - mu|² and covariance term (tr s1 + tr s - 2 tr sqrt(s1 s))."""
-    from tdc_agent.evaluation.fd import frechet_from_stats
-
     mu1, s1 = gaussian(feats)
     fd = frechet_from_stats(mu1, s1, mu, sigma)
     mean = float(((mu1 - mu) ** 2).sum())
     return {"fd": fd, "mean_term": mean, "cov_term": fd - mean}
 
 
-def class_chi2(feats: np.ndarray, ref_props: np.ndarray, head: torch.nn.Linear) -> float:
+def class_chi2(feats: np.ndarray, ref_props: np.ndarray, clf: DigitsClassifier) -> float:
     """χ² distance of the classifier's class proportions of ``feats`` from the reference's."""
-    props = class_proportions(feats, head)
+    props = class_proportions(feats, clf)
     return float(((props - ref_props) ** 2 / ref_props).sum())
 
 
-def class_proportions(feats: np.ndarray, head: torch.nn.Linear) -> np.ndarray:
-    with torch.no_grad():
-        pred = head(torch.from_numpy(feats.astype(np.float32))).argmax(1).numpy()
-    return np.bincount(pred, minlength=head.out_features) / len(pred)
+def class_proportions(feats: np.ndarray, clf: DigitsClassifier) -> np.ndarray:
+    return np.bincount(class_labels(feats, clf), minlength=clf.head.out_features) / len(feats)
 
 
 def attribution_shares(fd_row: float, fd_ref: float, fd_swaps: list[float]) -> list[float]:
@@ -133,13 +130,13 @@ def aggregate(b: Bench, seeds: list[int], rows: list[str], out: Path) -> dict[st
     ref = b.reference()
     mu, sigma = gaussian(ref)
     clf, _ = digits_classifier()
-    ref_props, ref_labels = class_proportions(ref, clf.head), class_labels(ref, clf)
+    ref_props, ref_labels = class_proportions(ref, clf), class_labels(ref, clf)
     res: dict[str, Any] = {"protocol": {"sample_steps": steps, "samples": b.s["samples"], "seeds": seeds,
                                         "reference_row": REFERENCE}, "rows": {}}
     metrics = ["fd", "intra_fd"]
 
     def describe(f: np.ndarray) -> dict[str, float]:
-        d = {**fd_terms(f, mu, sigma), "class_chi2": class_chi2(f, ref_props, clf.head)}
+        d = {**fd_terms(f, mu, sigma), "class_chi2": class_chi2(f, ref_props, clf)}
         if "intra_fd" in metrics:
             try:
                 d["intra_fd"] = intra_fd(f, ref, class_labels(f, clf), ref_labels)
