@@ -23,7 +23,6 @@ because it lowered the sampler ε-loss on both tuning seeds, a criterion fixed b
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_table1 import STEP_COST, Bench  # noqa: E402
+from bench_table1 import STEP_COST, Bench, run_seed_workers, work_parser  # noqa: E402
 from tdc_agent.core.errors import DataError  # noqa: E402
 from tdc_agent.core.io import atomic_write_json, read_json  # noqa: E402
 from tdc_agent.evaluation.stats import paired_ratios, t_interval  # noqa: E402
@@ -43,7 +42,6 @@ from tdc_agent.models.macs import count  # noqa: E402
 from tdc_agent.models.store import load_model  # noqa: E402
 from tdc_agent.planning.build import build_plan  # noqa: E402
 from tdc_agent.workflow.pipeline import training_macs  # noqa: E402
-from workers import run_workers  # noqa: E402
 
 LR = 1e-3  # Table I's tuned stage-2 lr (tune/choice.json); no distillation
 SOURCES = {"tdc-no-prune": "tdc-no-prune", "tdc-agent": "tdc"}
@@ -153,33 +151,23 @@ def run_all(b: Bench, a: argparse.Namespace) -> None:
     missing = [sd for sd in b.s["seeds"] if not (b.seed_dir(sd) / "scores" / "base-equal-compute.json").is_file()]
     if missing:
         raise SystemExit(f"reported seeds {missing} have no equal-compute base in {b.work}: run `make bench` first")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     out_dir = a.out.parent
     for seeds, modes, extra, name in ((b.s["tune_seeds"], "tdc-no-prune", ["--no-equal"], "allocation-tuning"),
                                       (b.s["seeds"], "tdc-no-prune,tdc-agent", [], "allocation")):
         t0 = time.time()
-        failed = run_workers([[str(sd)] for sd in seeds], a.jobs, lambda j, _left: [
-            sys.executable, __file__, "worker", "--scale", a.scale, "--work", str(b.work), "--device", a.device,
-            "--seed", j[0], "--modes", modes, *extra], lambda j: f"allocation_{j[0]}", b.work / "logs", env, b.log)
-        if failed:
-            raise SystemExit(f"{len(failed)} worker(s) failed: {failed} (logs in {b.work / 'logs'})")
+        run_seed_workers(b, __file__, list(seeds), a.jobs, ["--modes", modes, *extra], "allocation")
         res = aggregate(b, list(seeds), modes.split(","), out_dir / name)
         b.log(f"{name}: {time.time() - t0:.0f} s")
         print(markdown(res))
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["run", "worker", "aggregate"])
-    ap.add_argument("--scale", default="cpu")
-    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "table1-cpu")
-    ap.add_argument("--device", default="cpu")
+    ap = work_parser(__doc__)
     ap.add_argument("--seed", type=int)
     ap.add_argument("--seeds", default="100,101")
     ap.add_argument("--modes", default="tdc-no-prune", help="comma-separated: tdc-no-prune, tdc-agent")
     ap.add_argument("--no-equal", action="store_true", help="worker: no equal-compute base (only need vs size)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "allocation")
-    ap.add_argument("--jobs", type=int, default=2, help="run: worker processes (one thread each)")
     a = ap.parse_args(argv)
     modes = a.modes.split(",")
     bad = [m for m in modes if m not in SOURCES]

@@ -263,15 +263,20 @@ class Bench:
             self._ref = features(load_dataset(DataConfig(name="digits", split="all")).images, clf)
         return self._ref
 
+    def table_path(self, out_dir: Path) -> Path:
+        """Where ``aggregate`` writes Table I (``table1.json``; toy scales get their name appended)."""
+        return out_dir / ("table1.json" if self.scale in ("cpu", "full") else f"table1-{self.scale}.json")
+
     _ref_labels: np.ndarray | None = None
 
-    def intra_fd(self, seed: int, name: str) -> float:
-        """Intra-FD (per-class FD, averaged) of a scored model at the headline step count, from the
-        features its scoring stored; a :class:`DataError` when a class has too few samples."""
+    def intra_fd(self, seed: int, name: str, steps: int | str | None = None) -> float:
+        """Intra-FD (per-class FD, averaged) of a scored model at ``steps`` sampler steps (default: the
+        headline count), from the features its scoring stored; a :class:`DataError` when a class has
+        too few samples."""
         clf, _ = digits_classifier()
         if self._ref_labels is None:
             self._ref_labels = class_labels(self.reference(), clf)
-        f = np.load(self.seed_dir(seed) / "scores" / f"{name}@{self.s['sample_steps']}.npy").astype(np.float64)
+        f = np.load(self.seed_dir(seed) / "scores" / f"{name}@{steps or self.s['sample_steps']}.npy").astype(np.float64)
         return intra_fd(f, self.reference(), class_labels(f, clf), self._ref_labels)
 
     def score_base(self, seed: int, name: str, run_model: Path, steps: int) -> dict[str, Any]:
@@ -496,6 +501,10 @@ class Bench:
                 for k, v in row["fd_by_steps"].items():
                     r_k = t_interval(paired_ratios(v["fd"], [eq[sd]["fd_by_steps"][k] for sd in have]))
                     v.update({"fd_ratio": r_k.mean, "fd_ratio_ci95": r_k.to_list()})
+                    if "intra_fd" in row:  # does the headline's intra-FD verdict hold at the other samplers?
+                        i_k = t_interval(paired_ratios([self.intra_fd(sd, n, k) for sd in have],
+                                                       [self.intra_fd(sd, "base-equal-compute", k) for sd in have]))
+                        v.update({"intra_fd_ratio": i_k.mean, "intra_fd_ratio_ci95": i_k.to_list()})
             rows.append(row)
         floor_mean, floor_sd, half = real_floor_splits(s["floor_splits"])
         byname = {r["name"]: r for r in rows}
@@ -544,10 +553,9 @@ class Bench:
                         "gpu": torch.cuda.get_device_name(0) if self.device.type == "cuda" else None,
                         "torch": torch.__version__}, "wall_seconds": wall_s,
         }
-        suffix = "" if self.scale in ("cpu", "full") else f"-{self.scale}"
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / f"table1{suffix}.json", result)
-        (out_dir / f"table1{suffix}.md").write_text(markdown(result))
+        atomic_write_json(self.table_path(out_dir), result)
+        self.table_path(out_dir).with_suffix(".md").write_text(markdown(result))
         return result
 
 
@@ -594,13 +602,15 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", "Intra-FD: the Fréchet distance per class (classes by the digits classifier, on both sides), "
               "averaged over the 10 classes (Miyato & Koyama 2018); unlike FD it does not weigh which digits "
               "were drawn, only how each class looks."]
-    lines += ["", "FD by sampler steps (mean over seeds; ratio vs the equal-compute base with its 95 % CI):", "",
+    lines += ["", "FD by sampler steps (mean over seeds; ratios vs the equal-compute base with their 95 % CIs):", "",
               "| row | " + " | ".join(f"DDIM-{k}" for k in steps) + " |", "|---|" + "---|" * len(steps)]
     for row in r["rows"]:
         cells = []
         for k in steps:
             v = row["fd_by_steps"][k]
-            cells.append(f"{v['fd_mean']:.3f}" + (f" ({v['fd_ratio']:.3f} {_ci(v['fd_ratio_ci95'])})" if "fd_ratio" in v else ""))
+            cells.append(f"{v['fd_mean']:.3f}" + (f" ({v['fd_ratio']:.3f} {_ci(v['fd_ratio_ci95'])})" if "fd_ratio" in v else "")
+                         + (f"; intra-FD {v['intra_fd_ratio']:.3f} {_ci(v['intra_fd_ratio_ci95'])}"
+                            if "intra_fd_ratio" in v else ""))
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     for label, b in r.get("base_fd_by_steps", {}).items():
         lines.append("")
@@ -621,6 +631,29 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", f"Machine: {r['machine']['gpu'] or r['machine']['platform']}, torch {r['machine']['torch']}; "
               f"wall {r['wall_seconds']:.0f} s.", ""]
     return "\n".join(lines)
+
+
+def work_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments of every tool that works on Table I's work folder (bench_allocation,
+    table1_fd_attribution): ``run``/``worker``/``aggregate``, the scale, the folder, the device."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["run", "worker", "aggregate"])
+    ap.add_argument("--scale", default="cpu", choices=list(SCALES))
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "table1-cpu")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jobs", type=int, default=2, help="run: worker processes (one thread each)")
+    return ap
+
+
+def run_seed_workers(b: Bench, script: str, seeds: list[int], jobs: int, args: list[str], log: str) -> None:
+    """``script worker --seed S *args`` for every seed, ``jobs`` processes of one thread at a time;
+    a failed worker stops the tool with its log's place."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    failed = run_workers([str(sd) for sd in seeds], jobs, lambda sd, _left: [
+        sys.executable, script, "worker", "--scale", b.scale, "--work", str(b.work), "--device", str(b.device),
+        "--seed", sd, *args], lambda sd: f"{log}_{sd}", b.work / "logs", env, b.log)
+    if failed:
+        raise SystemExit(f"{len(failed)} worker(s) failed: {failed} (logs in {b.work / 'logs'})")
 
 
 def run_job(b: Bench, a: argparse.Namespace, timeout: float) -> None:
@@ -672,7 +705,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.what == "aggregate":
         # tables read again from the work folder keep the wall time of the run that made them
-        prev = a.out / f"table1{'' if a.scale in ('cpu', 'full') else '-' + a.scale}.json"
+        prev = b.table_path(a.out)
         wall = read_json(prev, "previous Table I").get("wall_seconds", 0.0) if prev.is_file() else 0.0
         print(markdown(b.aggregate(a.out, wall)))
         return

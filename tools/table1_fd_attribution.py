@@ -24,7 +24,6 @@ read back. Writes ``benchmarks/results/fd-attribution.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_table1 import Bench  # noqa: E402
+from bench_table1 import Bench, run_seed_workers, work_parser  # noqa: E402
 from tdc_agent.core.io import atomic_write_json  # noqa: E402
 from tdc_agent.core.errors import DataError  # noqa: E402
 from tdc_agent.evaluation.fd import (  # noqa: E402
@@ -233,15 +232,10 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["run", "worker", "aggregate"])
-    ap.add_argument("--scale", default="cpu")
-    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "table1-cpu")
-    ap.add_argument("--device", default="cpu")
+    ap = work_parser(__doc__)
     ap.add_argument("--rows", default="tdc-no-prune", help="comma-separated TDC rows of Table I")
     ap.add_argument("--seed", type=int, help="worker: the seed")
     ap.add_argument("--seeds", default=None, help="default: the scale's reported seeds")
-    ap.add_argument("--jobs", type=int, default=2, help="run: worker processes (one thread each)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fd-attribution")
     a = ap.parse_args(argv)
     b = Bench(a.scale, a.work, a.device)
@@ -255,18 +249,11 @@ def main(argv: list[str] | None = None) -> None:
             worker(b, a.seed, row)
         return
     if a.what == "run":
-        from workers import run_workers
-
         missing = [sd for sd in seeds for row in (*rows, REFERENCE)
                    if not (b.seed_dir(sd) / "scores" / f"{row}@{b.s['sample_steps']}.npy").is_file()]
         if missing:
             raise SystemExit(f"seeds {sorted(set(missing))} lack Table I's scores in {b.work}: run `make bench` first")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-        failed = run_workers([str(sd) for sd in seeds], a.jobs, lambda sd, _left: [
-            sys.executable, __file__, "worker", "--scale", a.scale, "--work", str(b.work), "--device", a.device,
-            "--rows", a.rows, "--seed", sd], lambda sd: f"attribution_{sd}", b.work / "logs", env, b.log)
-        if failed:
-            raise SystemExit(f"{len(failed)} worker(s) failed: {failed} (logs in {b.work / 'logs'})")
+        run_seed_workers(b, __file__, seeds, a.jobs, ["--rows", a.rows], "attribution")
     print(markdown(aggregate(b, seeds, rows, a.out)))
 
 
